@@ -1,0 +1,104 @@
+"""``longattn-spark ingest|score|select|export|report|demo``: flags come from the config
+dataclasses (``longattn_spark.config``), each sub-command calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+from longattn_spark.config import (LongAttnConfig, add_section_flags, load_config,
+                                   section_from_namespace)
+from longattn_spark.errors import ConfigError, UserFacingError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    section: str
+    target: str  # "module:function", called as function(cfg: LongAttnConfig)
+    help: str
+
+
+COMMANDS = (
+    Command("ingest", "ingest", "longattn_spark.ingest:run_ingest_job",
+            "tokenize documents and cut Algorithm 1 windows into a Delta table"),
+    Command("score", "score", "longattn_spark.score_job:run_score_job",
+            "score windows with layer-0 attention (DS, variance) into a Delta table"),
+    Command("select", "select", "longattn_spark.selection:run_select_job",
+            "per-category z-scores, LDS and the cut into a selection table"),
+    Command("export", "export", "longattn_spark.export:run_export_job",
+            "write the selected windows as sharded JSONL or Parquet training files"),
+    Command("report", "report", "longattn_spark.report:run_report_job",
+            "self-contained HTML report with plots of scores and the selection"),
+    Command("demo", "demo", "longattn_spark.demo:run_demo",
+            "run the whole pipeline locally on a demo corpus with a smoke-test model"),
+)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that ends a wrong flag or value with one line, not the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    return known.config
+
+
+def build_parser(cfg: LongAttnConfig) -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="longattn-spark",
+        description="LongAttn long-context data selection on Spark + Delta.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=OneLineErrorParser)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p.add_argument("--config", help="YAML file with sections spark, ingest, score, "
+                       "select, export, report, demo (flags override it)")
+        add_section_flags(p.add_argument_group(f"{command.name} options"),
+                          getattr(cfg, command.section))
+        add_section_flags(p.add_argument_group("spark options"), cfg.spark)
+    return parser
+
+
+def parse_config(argv: Sequence[str]) -> tuple[Command, LongAttnConfig]:
+    """The command and its configuration: defaults < --config YAML < flags."""
+    cfg = load_config(_config_path(argv))
+    args = build_parser(cfg).parse_args(argv)
+    command = next(c for c in COMMANDS if c.name == args.command)
+    setattr(cfg, command.section, section_from_namespace(getattr(cfg, command.section), args))
+    cfg.spark = section_from_namespace(cfg.spark, args)
+    return command, cfg
+
+
+def run(argv: Sequence[str]) -> int:
+    try:
+        command, cfg = parse_config(argv)
+    except ConfigError as exc:
+        print(f"longattn-spark: error: {exc}", file=sys.stderr)
+        return 2
+    module_name, func_name = command.target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        func(cfg)
+    except UserFacingError as exc:
+        print(f"longattn-spark {command.name}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The one configuration object of every job.
+
+Each job has a dataclass section (``IngestConfig``, ``ScoreConfig``, ...) plus the shared
+``SparkSettings``. Values come from, lowest priority first: the dataclass defaults (the
+embedded local defaults), a YAML file (``--config conf/databricks.yaml``; sections named
+``spark``, ``ingest``, ``score``, ...), then command-line flags. Flags are generated from the
+dataclass fields, so a field's name *is* its flag (``window_size`` -> ``--window-size``) and its
+``help`` metadata is its help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from longattn_spark.errors import ConfigError
+
+
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+         required: bool = False) -> Any:
+    meta = {"help": help, "choices": choices, "required": required}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SparkSettings:
+    """How the one SparkSession is obtained (see ``longattn_spark.session``)."""
+
+    master: str = _opt("local[*]", "Spark master for the embedded session; ignored on a "
+                       "cluster (spark-submit / Databricks decide)")
+    lakehouse: str = _opt("lakehouse", "local folder holding default tables, the local "
+                          "metastore and the warehouse")
+    catalog: str = _opt("hive", "local catalog: 'hive' keeps table names across runs in a "
+                        "Derby metastore under --lakehouse; 'in-memory' forgets them",
+                        choices=("hive", "in-memory"))
+    driver_memory: str = _opt("4g", "driver memory of the embedded session")
+    ivy_cache: str = _opt("~/.cache/longattn-spark/ivy", "where Spark's package resolver "
+                          "caches Delta's jars (outside git)")
+    spark_conf: dict = _opt({}, "extra Spark settings, e.g. {spark.sql.shuffle.partitions: 8} "
+                            "(YAML only)")
+    ui: bool = _opt(False, "start the Spark UI for the embedded session")
+
+
+@dataclass
+class IngestConfig:
+    input: str = _opt("", "input: JSONL file/folder, Parquet, a folder of text files "
+                      "(sub-folder = category) or a table name", required=True)
+    format: str = _opt("auto", "input format", choices=("auto", "jsonl", "parquet", "text",
+                                                       "table"))
+    category: str = _opt("", "category of every document (else taken from --category-column "
+                         "or, for text folders, the sub-folder name)")
+    id_column: str = _opt("id", "column holding the document id")
+    text_column: str = _opt("text", "column holding the document text")
+    category_column: str = _opt("category", "column holding the category")
+    tokenizer: str = _opt("", "local folder of a Hugging Face fast tokenizer "
+                          "(tokenizer.json)", required=True)
+    window_size: int = _opt(32768, "window length W in tokens (Algorithm 1)")
+    table: str = _opt("lakehouse/windows", "windows table (a path if it contains '/', else "
+                      "a metastore / Unity Catalog name)")
+    rejects_table: str = _opt("", "rejects table (default: <table>_rejects)")
+    max_doc_chars: int = _opt(64_000_000, "documents longer than this many characters are "
+                              "rejected as too_large before tokenization")
+    tokenize_chunk_chars: int = _opt(1_000_000, "long documents are tokenized in pieces of "
+                                     "about this many characters, cut at word boundaries "
+                                     "(bounded memory, same ids)")
+    partitions: int = _opt(0, "tokenization tasks (0: the cluster's default parallelism)")
+    commit_chunks: int = _opt(1, "commit the input in this many hash buckets of doc_id, "
+                              "so a killed job resumes from the last committed bucket")
+    batch_docs: int = _opt(64, "documents per Arrow batch sent to the tokenizer")
+
+
+@dataclass
+class ScoreConfig:
+    windows: str = _opt("lakehouse/windows", "windows table")
+    model: str = _opt("", "model folder (config.json + safetensors) or remote URI",
+                      required=True)
+    table: str = _opt("lakehouse/scores", "scores table")
+    rejects_table: str = _opt("", "rejected windows (default: <table>_rejects)")
+    seq_len: int = _opt(0, "tokens per scored sequence L incl. BOS (0: the window size)")
+    min_distance: int = _opt(0, "minimum distance k (0: L // 4)")
+    dtype: str = _opt("auto", "compute dtype", choices=("auto", "float32", "bfloat16",
+                                                       "float16"))
+    batch_size: int = _opt(1, "windows per scorer call")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    rope_theta: float = _opt(0.0, "override the model's rope_theta (0: the model's own)")
+    kernel: str = _opt("auto", "attention sums kernel", choices=("auto", "triton", "torch"))
+    chunk_windows: int = _opt(4096, "windows per committed chunk (resume granularity)")
+    allow_pickle: bool = _opt(False, "allow loading pickled .bin checkpoints (unsafe)")
+    trust_remote_code: bool = _opt(False, "allow model code from the checkpoint (unsafe)")
+    category: str = _opt("", "score only this category")
+    limit: int = _opt(0, "score at most this many new windows (0: all)")
+
+
+@dataclass
+class SelectConfig:
+    windows: str = _opt("lakehouse/windows", "windows table")
+    scores: str = _opt("lakehouse/scores", "scores table")
+    table: str = _opt("lakehouse/selection", "selection table")
+    scorer_id: str = _opt("", "scorer_id to select on (required when the scores table holds "
+                          "several)")
+    method: str = _opt("lds", "lds: LongAttn score; random: the paper's random baseline",
+                       choices=("lds", "random"))
+    normalize: str = _opt("zscore", "zscore: z(DS) + a*z(DU); minmax: minmax(DS) - "
+                          "a*minmax(variance)", choices=("zscore", "minmax"))
+    alpha: float = _opt(0.5, "weight of distribution uniformity")
+    keep_fraction: float = _opt(0.0, "keep the top fraction per category (0: unused)")
+    token_budget: int = _opt(0, "total tokens to select (0: unused)")
+    mix: str = _opt("", "share of the token budget per category, e.g. "
+                    "arxiv=0.33,book=0.33,code=0.34")
+    min_lds: float = _opt(float("nan"), "keep windows with lds >= this (NaN: unused)")
+    seed: int = _opt(0, "seed of the random baseline")
+    exact: bool = _opt(False, "exact cut (sort-based) instead of percentile_approx")
+    accuracy: int = _opt(10000, "percentile_approx accuracy (relative error 1/accuracy)")
+
+
+@dataclass
+class ExportConfig:
+    selection: str = _opt("lakehouse/selection", "selection table")
+    windows: str = _opt("lakehouse/windows", "windows table")
+    output: str = _opt("lakehouse/export", "output folder")
+    format: str = _opt("jsonl", "jsonl (text) or parquet (input_ids)",
+                       choices=("jsonl", "parquet"))
+    shards: int = _opt(4, "number of output shards")
+    tokenizer: str = _opt("", "tokenizer folder, to decode text for jsonl")
+    text_source: str = _opt("decode", "decode: text decoded from the window's ids",
+                            choices=("decode",))
+
+
+@dataclass
+class ReportConfig:
+    windows: str = _opt("lakehouse/windows", "windows table")
+    scores: str = _opt("lakehouse/scores", "scores table")
+    selection: str = _opt("lakehouse/selection", "selection table")
+    output: str = _opt("report.html", "HTML file to write")
+    model: str = _opt("", "model folder: adds the attention-distance profile")
+    tokenizer: str = _opt("", "tokenizer folder, for text snippets")
+    scorer_id: str = _opt("", "scorer_id to report on")
+
+
+@dataclass
+class DemoConfig:
+    output: str = _opt("demo_output", "folder for the demo's corpus, model, tables and files")
+    model: str = _opt("", "real model folder to score with (default: a random smoke-test "
+                      "model whose scores mean nothing)")
+    window_size: int = _opt(1024, "window size of the demo")
+    max_docs_per_category: int = _opt(40, "documents per demo category")
+
+
+@dataclass
+class LongAttnConfig:
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(LongAttnConfig))
+T = TypeVar("T")
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(cls)
+    tp = hints[f.name]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return typing.get_origin(tp) or tp
+
+
+def _coerce(value: Any, tp: type, where: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is dict:
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return {str(k): str(v) for k, v in value.items()}
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+
+
+def section_from_mapping(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Build one config section from a mapping, naming unknown keys and bad types."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(known))}")
+    base = cls()
+    for name, value in values.items():
+        f = known[name]
+        setattr(base, name, _coerce(value, _field_type(cls, f), f"{where}.{name}"))
+    return base
+
+
+def load_config(path: str | os.PathLike | None = None) -> LongAttnConfig:
+    """Defaults, overridden by the YAML file at ``path`` when given."""
+    if path is None:
+        return LongAttnConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: no such file {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {p}: top level must be a mapping of sections")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"--config {p}: unknown section(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(SECTIONS)}")
+    cfg = LongAttnConfig()
+    for name, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {p}: section {name} must be a mapping")
+        cls = type(getattr(cfg, name))
+        setattr(cfg, name, section_from_mapping(cls, values, f"{p}:{name}"))
+    return cfg
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_section_flags(parser: argparse.ArgumentParser, section: Any,
+                      skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of ``section`` with the section's current values as defaults."""
+    cls = type(section)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = _field_type(cls, f)
+        if tp is dict:
+            continue
+        default = getattr(section, f.name)
+        meta = f.metadata
+        help_text = meta.get("help", "")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            help_text += " (default: %(default)s)"
+        else:
+            kwargs["type"] = _argparse_type(tp, f.name)
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+            if meta.get("required") and not default:
+                kwargs["required"] = True
+                help_text += " (required)"
+            else:
+                help_text += " (default: %(default)s)"
+        kwargs["help"] = help_text
+        parser.add_argument(flag_name(f.name), **kwargs)
+
+
+def _argparse_type(tp: type, name: str):
+    def convert(text: str) -> Any:
+        try:
+            return _coerce(text, tp, flag_name(name))
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = tp.__name__
+    return convert
+
+
+def section_from_namespace(section: T, ns: argparse.Namespace) -> T:
+    """A copy of ``section`` with every field that the namespace carries."""
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(type(section))
+              if hasattr(ns, f.name)}
+    return dataclasses.replace(section, **values)
+
+
+def default_rejects_table(table: str) -> str:
+    """``<table>_rejects`` for both paths and names."""
+    return table.rstrip("/") + "_rejects"

@@ -1,0 +1,117 @@
+"""The one SparkSession builder.
+
+On a cluster (Databricks, or any ``spark-submit`` that already started the JVM) the session
+that is there is used as it is: no master, no packages, no catalog settings are added, because
+the cluster owns them. Locally an embedded ``local[*]`` session is started with Delta enabled,
+Delta's jars resolved by Spark's own package resolver into a cache outside git, tables and the
+metastore under a project-local folder, and Python workers running this interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from longattn_spark.config import SparkSettings
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+LOCAL_DEFAULTS = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.python.worker.reuse": "true",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
+    "spark.driver.extraJavaOptions": "-Dio.netty.tryReflectionSetAccessible=true",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def on_cluster() -> bool:
+    """True when a cluster already owns the JVM (Databricks, spark-submit, Spark Connect)."""
+    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION")
+                or os.environ.get("PYSPARK_GATEWAY_PORT")
+                or os.environ.get("SPARK_CONNECT_MODE_ENABLED")
+                or os.environ.get("SPARK_REMOTE"))
+
+
+def get_spark(settings: SparkSettings | None = None, app_name: str = "longattn-spark"
+              ) -> SparkSession:
+    """The active session if there is one, else a new one (embedded locally)."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if on_cluster():
+        return SparkSession.builder.appName(app_name).getOrCreate()
+    return _local_session(settings or SparkSettings(), app_name)
+
+
+def lakehouse_path(settings: SparkSettings) -> Path:
+    return Path(settings.lakehouse).expanduser().resolve()
+
+
+def _local_session(settings: SparkSettings, app_name: str) -> SparkSession:
+    from delta import configure_spark_with_delta_pip
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    lake = lakehouse_path(settings)
+    lake.mkdir(parents=True, exist_ok=True)
+    ivy = Path(settings.ivy_cache).expanduser().resolve()
+    ivy.mkdir(parents=True, exist_ok=True)
+
+    conf = dict(LOCAL_DEFAULTS)
+    conf.update({
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        "spark.sql.warehouse.dir": str(lake / "warehouse"),
+        "spark.jars.ivy": str(ivy),
+        "spark.driver.memory": settings.driver_memory,
+        "spark.pyspark.python": sys.executable,
+        "spark.ui.enabled": str(settings.ui).lower(),
+        "spark.local.dir": str(lake / "tmp"),
+    })
+    conf["spark.driver.extraJavaOptions"] += f" -Dderby.system.home={lake / 'metastore'}"
+    conf.update(settings.spark_conf)
+
+    builder = SparkSession.builder.appName(app_name).master(settings.master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    if settings.catalog == "hive":
+        builder = builder.config("spark.sql.catalogImplementation", "hive")
+        builder = builder.config("javax.jdo.option.ConnectionURL",
+                                 f"jdbc:derby:;databaseName={lake / 'metastore' / 'metastore_db'};"
+                                 "create=true")
+    builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def warm_up(settings: SparkSettings | None = None) -> None:
+    """Start the embedded session once and round-trip a Delta table, so that Delta's jars are
+    resolved into the ivy cache (used by setup.sh)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spark = get_spark(settings or SparkSettings(lakehouse=tmp, catalog="in-memory"))
+        path = str(Path(tmp) / "warm_up")
+        spark.range(3).write.format("delta").save(path)
+        rows = spark.read.format("delta").load(path).count()
+        spark.stop()
+    print(f"Spark + Delta ready ({rows} rows round-tripped through a Delta table)")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Start the embedded Spark + Delta once.")
+    parser.add_argument("--warm-up", action="store_true", required=True)
+    parser.parse_args()
+    warm_up()

@@ -1,0 +1,356 @@
+"""The one place for table schemas, table addressing and idempotent Delta writes.
+
+A table argument containing ``/`` (or a URI scheme) is a Delta path; anything else is a
+metastore / Unity Catalog name (``table``, ``schema.table``, ``catalog.schema.table``).
+Every write is an insert-only MERGE on the table's key, so a re-run or a retried task never
+duplicates a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from longattn_spark.errors import TableError
+
+R = TypeVar("R")
+
+
+def _f(name: str, dtype: T.DataType, comment: str, nullable: bool = True) -> T.StructField:
+    return T.StructField(name, dtype, nullable, metadata={"comment": comment})
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Schema, key, partitioning and documentation of one kind of table."""
+
+    kind: str
+    schema: T.StructType
+    keys: tuple[str, ...]
+    partition_by: tuple[str, ...]
+    comment: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [f.name for f in self.schema.fields]
+
+
+WINDOWS = TableSpec(
+    kind="windows",
+    schema=T.StructType([
+        _f("window_id", T.StringType(), "deterministic id: hash of doc_id, tokenizer, window "
+           "size and token_start", nullable=False),
+        _f("doc_id", T.StringType(), "id of the source document", nullable=False),
+        _f("category", T.StringType(), "category (book, arxiv, code, ...)", nullable=False),
+        _f("window_index", T.IntegerType(), "position of the window in Algorithm 1's output "
+           "order for its document"),
+        _f("token_start", T.IntegerType(), "first token of the window in the document's ids"),
+        _f("n_tokens", T.IntegerType(), "tokens in the window (= window size)"),
+        _f("input_ids", T.ArrayType(T.IntegerType(), False), "token ids of the window, "
+           "without BOS"),
+        _f("char_start", T.LongType(), "first character of the window in the document text"),
+        _f("char_end", T.LongType(), "character after the window's last token"),
+        _f("tokenizer", T.StringType(), "tokenizer identity: name@sha256 of tokenizer.json"),
+        _f("ingested_at", T.TimestampType(), "when the window was written"),
+    ]),
+    keys=("window_id",),
+    partition_by=("category",),
+    comment="LongAttn windows: documents tokenized and cut by Algorithm 1 (paper, Appendix A)",
+)
+
+REJECTS = TableSpec(
+    kind="rejects",
+    schema=T.StructType([
+        _f("reject_id", T.StringType(), "deterministic id of this reject row", nullable=False),
+        _f("doc_id", T.StringType(), "id of the document (null when the row had none)"),
+        _f("category", T.StringType(), "category, when known"),
+        _f("reason", T.StringType(), "why no window came of it: too_short, too_large, "
+           "malformed_json, missing_id, missing_text, empty_text, non_string_text, "
+           "invalid_utf8, duplicate_id, missing_category, tokenizer_error", nullable=False),
+        _f("detail", T.StringType(), "human-readable detail (file, sizes, first characters)"),
+        _f("source", T.StringType(), "input file or table the row came from"),
+        _f("tokenizer", T.StringType(), "tokenizer identity of the run"),
+        _f("window_size", T.IntegerType(), "window size of the run"),
+        _f("ingested_at", T.TimestampType(), "when the row was written"),
+    ]),
+    keys=("reject_id",),
+    partition_by=("category",),
+    comment="Input documents that produced no window, each with its reason",
+)
+
+SCORES = TableSpec(
+    kind="scores",
+    schema=T.StructType([
+        _f("window_id", T.StringType(), "window scored (windows.window_id)", nullable=False),
+        _f("scorer_id", T.StringType(), "stable hash of everything that changes a score: model "
+           "identity, layer, seq_len, min_distance, dtype, rope overrides, math version; see "
+           "the table property longattn.scorer.<scorer_id>", nullable=False),
+        _f("category", T.StringType(), "category of the window"),
+        _f("ds", T.DoubleType(), "dependency strength: mean over query heads of "
+           "sum_{j<=n-k} P[n,j] / L (layer-0 attention mass at distance >= k)"),
+        _f("variance", T.DoubleType(), "mean over query heads of the unbiased variance of the "
+           "L x L matrix equal to P where j <= n-k and 0 elsewhere; DU = -variance"),
+        _f("ds_heads", T.ArrayType(T.DoubleType(), False), "ds of each query head"),
+        _f("var_heads", T.ArrayType(T.DoubleType(), False), "variance of each query head"),
+        _f("seq_len", T.IntegerType(), "L: tokens scored, BOS included"),
+        _f("min_distance", T.IntegerType(), "k: minimum distance counted as long-range"),
+        _f("model", T.StringType(), "model the scores came from"),
+        _f("scored_at", T.TimestampType(), "when the score was written"),
+    ]),
+    keys=("window_id", "scorer_id"),
+    partition_by=("scorer_id",),
+    comment="LongAttn layer-0 attention scores per window and scorer",
+)
+
+SCORE_REJECTS = TableSpec(
+    kind="score_rejects",
+    schema=T.StructType([
+        _f("window_id", T.StringType(), "window that could not be scored", nullable=False),
+        _f("scorer_id", T.StringType(), "scorer that rejected it", nullable=False),
+        _f("category", T.StringType(), "category of the window"),
+        _f("reason", T.StringType(), "wrong_length or ids_out_of_vocab", nullable=False),
+        _f("detail", T.StringType(), "human-readable detail"),
+        _f("scored_at", T.TimestampType(), "when the row was written"),
+    ]),
+    keys=("window_id", "scorer_id"),
+    partition_by=("scorer_id",),
+    comment="Windows the score job could not score, with the reason",
+)
+
+SELECTION = TableSpec(
+    kind="selection",
+    schema=T.StructType([
+        _f("selection_id", T.StringType(), "hash of the parameters and input table versions",
+           nullable=False),
+        _f("window_id", T.StringType(), "window (windows.window_id)", nullable=False),
+        _f("category", T.StringType(), "category of the window"),
+        _f("n_tokens", T.IntegerType(), "tokens in the window"),
+        _f("ds", T.DoubleType(), "dependency strength (scores.ds)"),
+        _f("variance", T.DoubleType(), "variance (scores.variance); DU = -variance"),
+        _f("z_ds", T.DoubleType(), "normalized DS within the category (z-score or min-max)"),
+        _f("z_du", T.DoubleType(), "normalized DU within the category (z-score of -variance, "
+           "or min-max of variance for --normalize minmax)"),
+        _f("lds", T.DoubleType(), "long-distance dependency score used for the cut"),
+        _f("selected", T.BooleanType(), "whether the window is in the selection"),
+        _f("scorer_id", T.StringType(), "scorer whose scores were used"),
+        _f("params", T.StringType(), "JSON of the selection parameters"),
+        _f("windows_version", T.LongType(), "Delta version of the windows table read"),
+        _f("scores_version", T.LongType(), "Delta version of the scores table read"),
+        _f("selected_at", T.TimestampType(), "when the selection was made"),
+    ]),
+    keys=("selection_id", "window_id"),
+    partition_by=("selection_id",),
+    comment="LongAttn selections: per-category normalized scores and the cut",
+)
+
+SPECS = {s.kind: s for s in (WINDOWS, REJECTS, SCORES, SCORE_REJECTS, SELECTION)}
+
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/")
+_NAME_PART = re.compile(r"^(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table given on the command line: a Delta path or a metastore / UC name."""
+
+    text: str
+
+    def __post_init__(self) -> None:
+        if not self.text or not self.text.strip():
+            raise TableError("table argument is empty")
+        if not self.is_path:
+            parts = self.text.split(".")
+            if len(parts) > 3 or not all(_NAME_PART.match(p) for p in parts):
+                raise TableError(f"table name {self.text!r} is not a valid "
+                                 "[catalog.][schema.]table name (use a path with '/' for a "
+                                 "folder)")
+
+    @property
+    def is_path(self) -> bool:
+        return "/" in self.text or bool(_URI.match(self.text))
+
+    @property
+    def location(self) -> str:
+        """Absolute path or URI of a path table."""
+        if _URI.match(self.text):
+            return self.text
+        return str(Path(self.text).expanduser().resolve())
+
+    def __str__(self) -> str:
+        return self.location if self.is_path else self.text
+
+    def exists(self, spark: SparkSession) -> bool:
+        from delta.tables import DeltaTable
+
+        if self.is_path:
+            return DeltaTable.isDeltaTable(spark, self.location)
+        return spark.catalog.tableExists(self.text)
+
+    def delta_table(self, spark: SparkSession):
+        from delta.tables import DeltaTable
+
+        if self.is_path:
+            return DeltaTable.forPath(spark, self.location)
+        return DeltaTable.forName(spark, self.text)
+
+    def read(self, spark: SparkSession, version: int | None = None) -> DataFrame:
+        if not self.exists(spark):
+            raise TableError(f"table {self} does not exist")
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.location) if self.is_path else reader.table(self.text)
+
+    def version(self, spark: SparkSession) -> int:
+        """Current Delta version (for recording what a job read)."""
+        return int(self.delta_table(spark).history(1).collect()[0]["version"])
+
+    def sql_name(self, spark: SparkSession, version: int | None = None) -> str:
+        """A name usable in ``IDENTIFIER(:param)``: the table's own name, or for a path (or a
+        pinned version) a temporary view over it."""
+        if not self.is_path and version is None:
+            return self.text
+        digest = hashlib.sha1(f"{self}@{version}".encode()).hexdigest()[:12]
+        view = f"longattn_{digest}"
+        self.read(spark, version).createOrReplaceTempView(view)
+        return view
+
+
+def _type_signature(schema: T.StructType) -> dict[str, str]:
+    return {f.name.lower(): f.dataType.simpleString() for f in schema.fields}
+
+
+def schema_differences(expected: T.StructType, actual: T.StructType) -> list[str]:
+    """Human-readable differences between two schemas (names case-insensitive, nullability
+    ignored); empty when compatible."""
+    exp, act = _type_signature(expected), _type_signature(actual)
+    diffs = [f"missing column {c} {t}" for c, t in exp.items() if c not in act]
+    diffs += [f"unexpected column {c} {t}" for c, t in act.items() if c not in exp]
+    diffs += [f"column {c} is {act[c]}, expected {t}" for c, t in exp.items()
+              if c in act and act[c] != t]
+    return diffs
+
+
+def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
+                 properties: dict[str, str] | None = None) -> None:
+    """Create the table if it is missing; if it exists, fail unless its schema matches."""
+    from delta.tables import DeltaTable
+
+    if ref.exists(spark):
+        check_schema(spark, ref, spec)
+        return
+    if not ref.is_path:
+        parts = ref.text.split(".")
+        if len(parts) >= 2:
+            spark.sql("CREATE SCHEMA IF NOT EXISTS IDENTIFIER(:schema)",
+                      args={"schema": ".".join(parts[:-1])})
+    builder = DeltaTable.createIfNotExists(spark)
+    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.text)
+    for f in spec.schema.fields:
+        builder = builder.addColumn(f.name, f.dataType, nullable=f.nullable,
+                                    comment=f.metadata.get("comment"))
+    builder = builder.partitionedBy(*spec.partition_by).comment(spec.comment)
+    builder = builder.property("longattn.kind", spec.kind)
+    for key, value in {**spec.properties, **(properties or {})}.items():
+        builder = builder.property(key, value)
+    retry_on_conflict(lambda: builder.execute(), what=f"creating {ref}")
+    check_schema(spark, ref, spec)
+
+
+def check_schema(spark: SparkSession, ref: TableRef, spec: TableSpec) -> None:
+    try:
+        actual = ref.read(spark).schema
+    except Exception as exc:  # not a Delta table, unreadable
+        raise TableError(f"table {ref} exists but cannot be read as a Delta {spec.kind} "
+                         f"table: {str(exc).splitlines()[0]}") from None
+    diffs = schema_differences(spec.schema, actual)
+    if diffs:
+        raise TableError(f"table {ref} exists with another schema than a {spec.kind} table "
+                         f"({'; '.join(diffs)}); nothing was written. Use another table or "
+                         "drop it.")
+
+
+def set_properties(spark: SparkSession, ref: TableRef, properties: dict[str, str]) -> None:
+    """Record table properties (``ALTER TABLE ... SET TBLPROPERTIES``)."""
+    for key, value in properties.items():
+        _set_property(spark, ref, key, value)
+
+
+def _set_property(spark: SparkSession, ref: TableRef, key: str, value: str) -> None:
+    # TBLPROPERTIES keys and values are literals; Spark's parser accepts them only inline, so
+    # both are escaped as SQL string literals (never pasted raw) and the table goes through
+    # IDENTIFIER() or a quoted delta.`path`.
+    lit_key, lit_value = _sql_string(key), _sql_string(value)
+    if ref.is_path:
+        target = "delta." + _quote_identifier(ref.location)
+    else:
+        target = ".".join(_quote_identifier(p.strip("`")) for p in ref.text.split("."))
+    retry_on_conflict(lambda: spark.sql(
+        f"ALTER TABLE {target} SET TBLPROPERTIES ({lit_key} = {lit_value})"),
+        what=f"setting properties of {ref}")
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _quote_identifier(part: str) -> str:
+    return "`" + part.replace("`", "``") + "`"
+
+
+def table_properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
+    detail = ref.delta_table(spark).detail().collect()[0]
+    return dict(detail["properties"] or {})
+
+
+def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: DataFrame,
+                   extra_condition: str = "") -> dict[str, int]:
+    """Insert the rows whose key is not yet in the table (insert-only MERGE).
+
+    ``extra_condition`` narrows the target (for example ``t.scorer_id = 'x'`` for a partition
+    of the scores table) so that concurrent writers of other partitions do not conflict.
+    Returns Delta's operation metrics.
+    """
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in spec.keys)
+    if extra_condition:
+        condition = f"({extra_condition}) AND {condition}"
+    source = rows.select(*spec.column_names)
+
+    def run() -> None:
+        (ref.delta_table(spark).alias("t")
+         .merge(source.alias("s"), condition)
+         .whenNotMatchedInsertAll()
+         .execute())
+
+    retry_on_conflict(run, what=f"writing {ref}")
+    history = ref.delta_table(spark).history(1).collect()[0]
+    metrics = history["operationMetrics"] or {}
+    return {k: int(v) for k, v in metrics.items() if str(v).isdigit()}
+
+
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException",
+              "ConcurrentTransactionException", "ProtocolChangedException",
+              "MetadataChangedException", "ConcurrentWriteException",
+              "DELTA_CONCURRENT")
+
+
+def retry_on_conflict(action: Callable[[], R], what: str, attempts: int = 8) -> R:
+    """Run ``action``, retrying Delta's optimistic-concurrency conflicts with back-off."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:  # py4j wraps Delta's exceptions
+            text = str(exc)
+            if attempt + 1 < attempts and any(c in text for c in _CONFLICTS):
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            raise
+    raise AssertionError("unreachable")

