@@ -1,0 +1,439 @@
+"""The ingest job: raw documents -> tokens -> Algorithm 1 windows -> Delta tables.
+
+Flow per commit chunk (a hash bucket of the documents):
+
+1. ``sources.read_documents``: one row per input row, with a reason when it is no document;
+2. duplicate ids ranked (``row_number`` over the id; the groups are one id each, small);
+3. documents already in the tables for this tokenizer and window size are marked, not redone;
+4. ``mapInArrow`` on the executors: tokenize in Arrow batches, cut windows, emit one status row
+   per document and one row per window;
+5. insert-only MERGE of windows and rejects on deterministic ids; a re-run adds nothing.
+
+Every document read ends as windows, a ``too_short`` row or a reject row with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from longattn_spark.config import IngestConfig, LongAttnConfig, default_rejects_table
+from longattn_spark.errors import ConfigError
+from longattn_spark.session import get_spark
+from longattn_spark.sources import read_documents
+from longattn_spark.tables import REJECTS, WINDOWS, TableRef, ensure_table, merge_new_rows
+from longattn_spark.tokenize import TokenizerSpec, load_tokenizer_spec, tokenize_documents
+from longattn_spark.windowing import sliding_windows
+
+ALREADY_INGESTED = "already_ingested"
+WINDOWED = "windowed"
+TOO_SHORT = "too_short"
+
+OUT_SCHEMA = T.StructType([
+    T.StructField("kind", T.StringType(), False),          # "doc" | "window"
+    T.StructField("doc_id", T.StringType()),
+    T.StructField("category", T.StringType()),
+    T.StructField("source", T.StringType()),
+    T.StructField("content_key", T.StringType()),
+    T.StructField("occurrence", T.IntegerType()),
+    T.StructField("status", T.StringType()),               # doc rows: windowed | reason
+    T.StructField("detail", T.StringType()),
+    T.StructField("doc_tokens", T.LongType()),
+    T.StructField("window_id", T.StringType()),
+    T.StructField("window_index", T.IntegerType()),
+    T.StructField("token_start", T.IntegerType()),
+    T.StructField("n_tokens", T.IntegerType()),
+    T.StructField("input_ids", T.ArrayType(T.IntegerType(), False)),
+    T.StructField("char_start", T.LongType()),
+    T.StructField("char_end", T.LongType()),
+])
+_OUT_ARROW = pa.schema([
+    ("kind", pa.string()), ("doc_id", pa.string()), ("category", pa.string()),
+    ("source", pa.string()), ("content_key", pa.string()), ("occurrence", pa.int32()),
+    ("status", pa.string()), ("detail", pa.string()), ("doc_tokens", pa.int64()),
+    ("window_id", pa.string()), ("window_index", pa.int32()), ("token_start", pa.int32()),
+    ("n_tokens", pa.int32()), ("input_ids", pa.list_(pa.field("element", pa.int32(), False))),
+    ("char_start", pa.int64()), ("char_end", pa.int64()),
+])
+_PASS_THROUGH = ("doc_id", "category", "source", "content_key", "occurrence")
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run did; ``accounted`` checks that every document read is somewhere."""
+
+    documents_read: int = 0
+    windowed: int = 0
+    too_short: int = 0
+    already_ingested: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    windows: int = 0
+    tokens: int = 0
+    window_tokens: int = 0
+    windows_inserted: int = 0
+    rejects_inserted: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def accounted(self) -> bool:
+        return (self.windowed + self.too_short + self.rejected_total + self.already_ingested
+                == self.documents_read)
+
+    def add(self, other: "IngestSummary") -> None:
+        for name in ("documents_read", "windowed", "too_short", "already_ingested", "windows",
+                     "tokens", "window_tokens", "windows_inserted", "rejects_inserted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rejected = dict(Counter(self.rejected) + Counter(other.rejected))
+
+
+def window_id(doc_id: str, tokenizer: str, window_size: int, token_start: int) -> str:
+    """Deterministic window id: the same input and settings always give the same id."""
+    key = f"{doc_id}\x1f{tokenizer}\x1f{window_size}\x1f{token_start}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def validate_ingest_config(cfg: IngestConfig) -> None:
+    if not cfg.input:
+        raise ConfigError("--input is required")
+    if cfg.window_size < 8:
+        raise ConfigError(f"--window-size must be at least 8, got {cfg.window_size}")
+    for name in ("max_doc_bytes", "tokenize_chunk_chars", "batch_docs", "commit_chunks"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got "
+                              f"{getattr(cfg, name)}")
+    if cfg.partitions < 0:
+        raise ConfigError(f"--partitions must be >= 0, got {cfg.partitions}")
+
+
+def run_ingest_job(cfg: LongAttnConfig) -> IngestSummary:
+    """``longattn-spark ingest``: validate everything cheap first, then run on Spark."""
+    validate_ingest_config(cfg.ingest)
+    spec = load_tokenizer_spec(cfg.ingest.tokenizer)
+    spark = get_spark(cfg.spark, app_name="longattn-spark ingest")
+    summary = ingest(spark, cfg.ingest, spec)
+    print_summary(summary, cfg.ingest)
+    return summary
+
+
+def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec) -> IngestSummary:
+    """Run the ingest of ``cfg.input`` into the windows and rejects tables."""
+    validate_ingest_config(cfg)
+    windows_ref = TableRef(cfg.table)
+    rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
+    ensure_table(spark, windows_ref, WINDOWS)
+    ensure_table(spark, rejects_ref, REJECTS)
+
+    started = time.perf_counter()
+    docs = read_documents(spark, cfg)
+    partitions = cfg.partitions or spark.sparkContext.defaultParallelism
+    summary = IngestSummary()
+    with _arrow_batch_rows(spark, cfg.batch_docs):
+        for chunk in range(cfg.commit_chunks):
+            part = docs
+            if cfg.commit_chunks > 1:
+                part = docs.filter(F.pmod(F.xxhash64(_group_key()), F.lit(cfg.commit_chunks))
+                                   == chunk)
+            summary.add(_ingest_chunk(spark, part, cfg, spec, windows_ref, rejects_ref,
+                                      partitions))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _group_key():
+    """Documents are grouped by id; rows without an id by their file and content."""
+    return F.coalesce(F.concat(F.lit("id:"), F.col("doc_id")),
+                      F.concat(F.lit("row:"), F.col("source"), F.lit(":"),
+                               F.col("content_key")))
+
+
+def _ingest_chunk(spark: SparkSession, docs: DataFrame, cfg: IngestConfig, spec: TokenizerSpec,
+                  windows_ref: TableRef, rejects_ref: TableRef, partitions: int
+                  ) -> IngestSummary:
+    ranked = _rank_duplicates(docs.withColumn("group_key", _group_key()), partitions)
+    marked = _mark_already_ingested(spark, ranked, spec, cfg.window_size, windows_ref,
+                                    rejects_ref)
+    out = marked.mapInArrow(window_batches(spec, cfg.window_size, cfg.tokenize_chunk_chars),
+                            OUT_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        summary = _summarize(out)
+        now = F.current_timestamp()
+        windows = (out.filter(F.col("kind") == "window")
+                   .withColumn("tokenizer", F.lit(spec.identity))
+                   .withColumn("ingested_at", now))
+        written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
+        summary.windows_inserted = written.get("numTargetRowsInserted", 0)
+        rejects = _reject_rows(out, spec, cfg.window_size)
+        written = merge_new_rows(spark, rejects_ref, REJECTS, rejects)
+        summary.rejects_inserted = written.get("numTargetRowsInserted", 0)
+    finally:
+        out.unpersist()
+    return summary
+
+
+def _rank_duplicates(docs: DataFrame, partitions: int) -> DataFrame:
+    """Number the rows of each group (one document id). The document kept is a usable row
+    (no reason), the longest text first, then by (source, content) so that the choice does
+    not depend on how the input was split; the others are ``duplicate_id`` rejects naming
+    where the kept one is."""
+    by_group = Window.partitionBy("group_key").orderBy(
+        F.col("reason").isNotNull(), F.length("text").desc_nulls_last(), "source",
+        "content_key")
+    ranked = (docs.repartition(partitions, "group_key")
+              .withColumn("occurrence", F.row_number().over(by_group).cast("int"))
+              .withColumn("first_source", F.first("source").over(by_group)))
+    is_duplicate = (F.col("occurrence") > 1) & F.col("doc_id").isNotNull() & \
+        F.col("reason").isNull()
+    return (ranked
+            .withColumn("detail", F.when(is_duplicate, F.concat(
+                F.lit("doc_id also in "), F.col("first_source"),
+                F.lit(" (occurrence "), F.col("occurrence").cast("string"), F.lit(")")))
+                .otherwise(F.col("detail")))
+            .withColumn("reason", F.when(is_duplicate, F.lit("duplicate_id"))
+                        .otherwise(F.col("reason")))
+            .withColumn("text", F.when(F.col("reason").isNull(), F.col("text")))
+            .drop("first_source"))
+
+
+def _mark_already_ingested(spark: SparkSession, docs: DataFrame, spec: TokenizerSpec,
+                           window_size: int, windows_ref: TableRef, rejects_ref: TableRef
+                           ) -> DataFrame:
+    """Set reason ``already_ingested`` on documents whose windows (or too_short row) for this
+    tokenizer and window size are already committed: a killed job resumes there."""
+    done_windows = (windows_ref.read(spark)
+                    .filter((F.col("tokenizer") == spec.identity)
+                            & (F.col("n_tokens") == window_size))
+                    .select("doc_id"))
+    done_short = (rejects_ref.read(spark)
+                  .filter((F.col("tokenizer") == spec.identity)
+                          & (F.col("window_size") == window_size)
+                          & (F.col("reason") == TOO_SHORT))
+                  .select("doc_id"))
+    done = (done_windows.unionByName(done_short).distinct()
+            .select(F.concat(F.lit("id:"), F.col("doc_id")).alias("group_key"),
+                    F.lit(True).alias("_done")))
+    joined = docs.join(done, "group_key", "left")
+    skip = F.col("_done").isNotNull() & F.col("reason").isNull()
+    return (joined
+            .withColumn("reason", F.when(skip, F.lit(ALREADY_INGESTED))
+                        .otherwise(F.col("reason")))
+            .withColumn("text", F.when(~skip, F.col("text")))
+            .select("doc_id", "text", "category", "source", "content_key", "occurrence",
+                    "reason", "detail"))
+
+
+def window_batches(spec: TokenizerSpec, window_size: int, chunk_chars: int):
+    """The mapInArrow function: input documents -> status rows and window rows."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield from windows_of_batch(batch, spec, window_size, chunk_chars)
+
+    return run
+
+
+def windows_of_batch(batch: pa.RecordBatch, spec: TokenizerSpec, window_size: int,
+                     chunk_chars: int, max_tokens_per_output: int = 8_000_000
+                     ) -> Iterator[pa.RecordBatch]:
+    """Tokenize the batch's documents and cut their windows (pure; no Spark needed)."""
+    columns = {name: batch.column(name).to_pylist() for name in
+               (*_PASS_THROUGH, "text", "reason", "detail")}
+    builder = _OutputBuilder(max_tokens_per_output)
+    to_tokenize = [i for i, reason in enumerate(columns["reason"]) if reason is None]
+    for i, reason in enumerate(columns["reason"]):
+        if reason is not None:
+            builder.add_doc(_row(columns, i), reason, columns["detail"][i], None)
+    texts = [columns["text"][i] for i in to_tokenize]
+    for i, tokens in zip(to_tokenize, _tokenize_or_fail(spec, texts, chunk_chars)):
+        row = _row(columns, i)
+        if isinstance(tokens, Exception):
+            builder.add_doc(row, "tokenizer_error", f"{type(tokens).__name__}: {tokens}", None)
+            continue
+        spans = sliding_windows(tokens.n_tokens, window_size)
+        if not spans:
+            builder.add_doc(row, TOO_SHORT, _too_short_detail(tokens.n_tokens, window_size),
+                            tokens.n_tokens)
+            continue
+        builder.add_doc(row, WINDOWED, f"{len(spans)} windows", tokens.n_tokens)
+        for index, (start, end) in enumerate(spans):
+            char_start, char_end = tokens.char_span(start, end)
+            builder.add_window(row, window_id(row["doc_id"], spec.identity, window_size, start),
+                               index, start, tokens.ids[start:end], char_start, char_end)
+        yield from builder.flush_if_full()
+    yield from builder.flush()
+
+
+def _row(columns: dict[str, list], i: int) -> dict:
+    return {name: columns[name][i] for name in _PASS_THROUGH}
+
+
+def _too_short_detail(n_tokens: int, window_size: int) -> str:
+    if n_tokens == window_size:
+        return (f"exactly {n_tokens} tokens = window size; Algorithm 1 as published gives no "
+                "window for a span of exactly W")
+    return f"{n_tokens} tokens < window size {window_size}"
+
+
+def _tokenize_or_fail(spec: TokenizerSpec, texts: list[str], chunk_chars: int):
+    """DocTokens per text; a text the tokenizer fails on becomes its exception (the others
+    are still tokenized)."""
+    try:
+        yield from tokenize_documents(spec, texts, chunk_chars=chunk_chars)
+        return
+    except Exception:  # isolate the failing document below
+        pass
+    for text in texts:
+        try:
+            yield next(tokenize_documents(spec, [text], chunk_chars=chunk_chars))
+        except Exception as exc:
+            yield exc
+
+
+class _OutputBuilder:
+    """Accumulates output rows column-wise; window ids stay numpy until the Arrow batch."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cols: dict[str, list] = {name: [] for name in _OUT_ARROW.names if
+                                      name != "input_ids"}
+        self.id_parts: list[np.ndarray] = []
+        self.lengths: list[int] = []
+        self.tokens = 0
+
+    def add_doc(self, row: dict, status: str, detail: str | None, doc_tokens: int | None
+                ) -> None:
+        self._append(kind="doc", **row, status=status, detail=detail, doc_tokens=doc_tokens)
+        self.lengths.append(-1)
+
+    def add_window(self, row: dict, wid: str, index: int, start: int, ids: np.ndarray,
+                   char_start: int, char_end: int) -> None:
+        self._append(kind="window", **row, window_id=wid, window_index=index,
+                     token_start=start, n_tokens=int(ids.shape[0]), char_start=char_start,
+                     char_end=char_end)
+        self.id_parts.append(ids)
+        self.lengths.append(int(ids.shape[0]))
+        self.tokens += int(ids.shape[0])
+
+    def _append(self, **values) -> None:
+        for name, column in self.cols.items():
+            column.append(values.get(name))
+
+    def flush_if_full(self) -> Iterator[pa.RecordBatch]:
+        if self.tokens >= self.max_tokens:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[pa.RecordBatch]:
+        if not self.lengths:
+            return
+        lengths = np.asarray(self.lengths, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(np.maximum(lengths, 0), out=offsets[1:])
+        values = (np.concatenate(self.id_parts) if self.id_parts
+                  else np.zeros(0, dtype=np.int32))
+        mask = pa.array(lengths < 0)
+        input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32()),
+                                             mask=mask, type=_OUT_ARROW.field("input_ids").type)
+        arrays = [input_ids if name == "input_ids" else
+                  pa.array(self.cols[name], type=_OUT_ARROW.field(name).type)
+                  for name in _OUT_ARROW.names]
+        self._reset()
+        yield pa.RecordBatch.from_arrays(arrays, schema=_OUT_ARROW)
+
+
+def _reject_rows(out: DataFrame, spec: TokenizerSpec, window_size: int) -> DataFrame:
+    rejected = out.filter((F.col("kind") == "doc")
+                          & ~F.col("status").isin(WINDOWED, ALREADY_INGESTED))
+    reject_id = F.sha2(F.concat_ws(
+        "\u001f", F.col("status"), F.coalesce(F.col("doc_id"), F.lit("")), F.col("source"),
+        F.col("content_key"), F.col("occurrence").cast("string"), F.lit(spec.identity),
+        F.lit(str(window_size))), 256).substr(1, 32)
+    return rejected.select(
+        reject_id.alias("reject_id"), "doc_id", "category", F.col("status").alias("reason"),
+        "detail", "source", F.lit(spec.identity).alias("tokenizer"),
+        F.lit(window_size).alias("window_size"),
+        F.current_timestamp().alias("ingested_at"))
+
+
+def _summarize(out: DataFrame) -> IngestSummary:
+    rows = (out.groupBy("kind", "status")
+            .agg(F.count(F.lit(1)).alias("rows"),
+                 F.sum("doc_tokens").alias("doc_tokens"),
+                 F.sum("n_tokens").alias("window_tokens"))
+            .collect())
+    summary = IngestSummary()
+    for row in rows:
+        if row["kind"] == "window":
+            summary.windows += row["rows"]
+            summary.window_tokens += row["window_tokens"] or 0
+            continue
+        summary.documents_read += row["rows"]
+        summary.tokens += row["doc_tokens"] or 0
+        status = row["status"]
+        if status == WINDOWED:
+            summary.windowed += row["rows"]
+        elif status == TOO_SHORT:
+            summary.too_short += row["rows"]
+        elif status == ALREADY_INGESTED:
+            summary.already_ingested += row["rows"]
+        else:
+            summary.rejected[status] = summary.rejected.get(status, 0) + row["rows"]
+    return summary
+
+
+@contextmanager
+def _arrow_batch_rows(spark: SparkSession, rows: int):
+    """Documents are large rows: send them to Python a few at a time."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
+def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ingest {cfg.input} -> {cfg.table}", show_header=False)
+    seconds = max(summary.seconds, 1e-9)
+    lines = [
+        ("documents read", f"{summary.documents_read:,}"),
+        ("windowed", f"{summary.windowed:,}"),
+        ("too short", f"{summary.too_short:,}"),
+        ("already ingested (skipped)", f"{summary.already_ingested:,}"),
+        ("rejected", f"{summary.rejected_total:,}"),
+        *[(f"  {reason}", f"{n:,}") for reason, n in sorted(summary.rejected.items())],
+        ("windows", f"{summary.windows:,} ({summary.windows_inserted:,} new)"),
+        ("tokens (documents tokenized)", f"{summary.tokens:,}"),
+        ("tokens in windows", f"{summary.window_tokens:,}"),
+        ("seconds", f"{summary.seconds:.1f}"),
+        ("documents/s", f"{summary.documents_read / seconds:,.1f}"),
+        ("tokens/s", f"{summary.tokens / seconds:,.0f}"),
+        ("accounted", "yes: windowed + too short + rejected + skipped = read"
+         if summary.accounted else "NO: some documents are unaccounted for"),
+    ]
+    for name, value in lines:
+        table.add_row(name, value)
+    Console().print(table)
