@@ -68,7 +68,7 @@ class IngestConfig:
     table: str = _opt("lakehouse/windows", "windows table (a path if it contains '/', else "
                       "a metastore / Unity Catalog name)")
     rejects_table: str = _opt("", "rejects table (default: <table>_rejects)")
-    max_doc_chars: int = _opt(64_000_000, "documents longer than this many characters are "
+    max_doc_bytes: int = _opt(64 * 2**20, "documents larger than this many UTF-8 bytes are "
                               "rejected as too_large before tokenization")
     tokenize_chunk_chars: int = _opt(1_000_000, "long documents are tokenized in pieces of "
                                      "about this many characters, cut at word boundaries "
@@ -94,11 +94,11 @@ class ScoreConfig:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     rope_theta: float = _opt(0.0, "override the model's rope_theta (0: the model's own)")
     kernel: str = _opt("auto", "attention sums kernel", choices=("auto", "triton", "torch"))
-    chunk_windows: int = _opt(4096, "windows per committed chunk (resume granularity)")
+    files_per_batch: int = _opt(8, "windows-table files per committed micro-batch "
+                                "(resume granularity)")
     allow_pickle: bool = _opt(False, "allow loading pickled .bin checkpoints (unsafe)")
     trust_remote_code: bool = _opt(False, "allow model code from the checkpoint (unsafe)")
     category: str = _opt("", "score only this category")
-    limit: int = _opt(0, "score at most this many new windows (0: all)")
 
 
 @dataclass
@@ -119,8 +119,12 @@ class SelectConfig:
                     "arxiv=0.33,book=0.33,code=0.34")
     min_lds: float = _opt(float("nan"), "keep windows with lds >= this (NaN: unused)")
     seed: int = _opt(0, "seed of the random baseline")
-    exact: bool = _opt(False, "exact cut (sort-based) instead of percentile_approx")
+    exact: bool = _opt(False, "exact keep-fraction cut (histogram refinement) instead of "
+                       "percentile_approx; token budgets are always exact")
     accuracy: int = _opt(10000, "percentile_approx accuracy (relative error 1/accuracy)")
+    windows_version: int = _opt(-1, "Delta version of the windows table to read (-1: latest; "
+                                "a selection's windows_version rebuilds it by time travel)")
+    scores_version: int = _opt(-1, "Delta version of the scores table to read (-1: latest)")
 
 
 @dataclass
@@ -134,6 +138,8 @@ class ExportConfig:
     tokenizer: str = _opt("", "tokenizer folder, to decode text for jsonl")
     text_source: str = _opt("decode", "decode: text decoded from the window's ids",
                             choices=("decode",))
+    selection_id: str = _opt("", "selection to export (default: the latest one written)")
+    batch_windows: int = _opt(64, "windows per Arrow batch decoded on the executors")
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -30,7 +29,7 @@ from pyspark.sql import types as T
 
 from longattn_spark.config import IngestConfig, LongAttnConfig, default_rejects_table
 from longattn_spark.errors import ConfigError
-from longattn_spark.session import get_spark
+from longattn_spark.session import arrow_batch_rows, get_spark
 from longattn_spark.sources import read_documents
 from longattn_spark.tables import REJECTS, WINDOWS, TableRef, ensure_table, merge_new_rows
 from longattn_spark.tokenize import TokenizerSpec, load_tokenizer_spec, tokenize_documents
@@ -142,7 +141,7 @@ def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec) -> Inges
     docs = read_documents(spark, cfg)
     partitions = cfg.partitions or spark.sparkContext.defaultParallelism
     summary = IngestSummary()
-    with _arrow_batch_rows(spark, cfg.batch_docs):
+    with arrow_batch_rows(spark, cfg.batch_docs):
         for chunk in range(cfg.commit_chunks):
             part = docs
             if cfg.commit_chunks > 1:
@@ -395,21 +394,6 @@ def _summarize(out: DataFrame) -> IngestSummary:
         else:
             summary.rejected[status] = summary.rejected.get(status, 0) + row["rows"]
     return summary
-
-
-@contextmanager
-def _arrow_batch_rows(spark: SparkSession, rows: int):
-    """Documents are large rows: send them to Python a few at a time."""
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, str(rows))
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
 
 
 def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from pyspark.sql import SparkSession
 
@@ -50,6 +52,22 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "longattn-s
     if on_cluster():
         return SparkSession.builder.appName(app_name).getOrCreate()
     return _local_session(settings or SparkSettings(), app_name)
+
+
+@contextmanager
+def arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
+    """Within the block, Arrow batches sent to Python UDFs hold at most ``rows`` rows
+    (documents and windows are large rows; the default of 10,000 would be gigabytes)."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 def lakehouse_path(settings: SparkSettings) -> Path:

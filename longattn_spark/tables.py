@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from longattn_spark.errors import TableError
@@ -140,6 +141,8 @@ SELECTION = TableSpec(
            "or min-max of variance for --normalize minmax)"),
         _f("lds", T.DoubleType(), "long-distance dependency score used for the cut"),
         _f("selected", T.BooleanType(), "whether the window is in the selection"),
+        _f("excluded_reason", T.StringType(), "why the window could not be ranked (no_window, "
+           "no_n_tokens, null_score, nan_score, infinite_score); null for usable windows"),
         _f("scorer_id", T.StringType(), "scorer whose scores were used"),
         _f("params", T.StringType(), "JSON of the selection parameters"),
         _f("windows_version", T.LongType(), "Delta version of the windows table read"),
@@ -279,9 +282,12 @@ def check_schema(spark: SparkSession, ref: TableRef, spec: TableSpec) -> None:
 
 
 def set_properties(spark: SparkSession, ref: TableRef, properties: dict[str, str]) -> None:
-    """Record table properties (``ALTER TABLE ... SET TBLPROPERTIES``)."""
+    """Record table properties (``ALTER TABLE ... SET TBLPROPERTIES``); properties that
+    already have the value are left alone, so a re-run commits nothing."""
+    current = table_properties(spark, ref)
     for key, value in properties.items():
-        _set_property(spark, ref, key, value)
+        if current.get(key) != value:
+            _set_property(spark, ref, key, value)
 
 
 def _set_property(spark: SparkSession, ref: TableRef, key: str, value: str) -> None:
@@ -312,28 +318,39 @@ def table_properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
 
 
 def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: DataFrame,
-                   extra_condition: str = "") -> dict[str, int]:
+                   target_filter: dict[str, str] | None = None) -> dict[str, int]:
     """Insert the rows whose key is not yet in the table (insert-only MERGE).
 
-    ``extra_condition`` narrows the target (for example ``t.scorer_id = 'x'`` for a partition
-    of the scores table) so that concurrent writers of other partitions do not conflict.
-    Returns Delta's operation metrics.
+    When every key is already there nothing is committed, so a re-run leaves the table, its
+    version included, exactly as it was. The anti-join that finds this is not atomic; the
+    MERGE is, so a concurrent writer still cannot make a duplicate.
+
+    ``target_filter`` (column -> value, e.g. ``{"scorer_id": sid}``) narrows the target to one
+    partition, so that concurrent writers of other partitions do not conflict.
+    Returns Delta's MERGE metrics (``num_inserted_rows``, ...) plus ``numTargetRowsInserted``.
     """
-    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in spec.keys)
-    if extra_condition:
-        condition = f"({extra_condition}) AND {condition}"
-    source = rows.select(*spec.column_names)
+    condition = F.lit(True)
+    for column, value in (target_filter or {}).items():
+        condition = condition & (F.col(f"t.`{column}`") == F.lit(value))
+    for key in spec.keys:
+        condition = condition & (F.col(f"t.`{key}`") == F.col(f"s.`{key}`"))
+    existing = ref.read(spark)
+    for column, value in (target_filter or {}).items():
+        existing = existing.filter(F.col(column) == F.lit(value))
+    existing = existing.select(*spec.keys)
+    new_rows = rows.select(*spec.column_names).join(existing, list(spec.keys), "left_anti")
+    if new_rows.isEmpty():
+        return {"numTargetRowsInserted": 0}
 
-    def run() -> None:
-        (ref.delta_table(spark).alias("t")
-         .merge(source.alias("s"), condition)
-         .whenNotMatchedInsertAll()
-         .execute())
+    def run() -> dict[str, int]:
+        result = (ref.delta_table(spark).alias("t")
+                  .merge(new_rows.alias("s"), condition)
+                  .whenNotMatchedInsertAll()
+                  .execute())
+        return result.collect()[0].asDict()
 
-    retry_on_conflict(run, what=f"writing {ref}")
-    history = ref.delta_table(spark).history(1).collect()[0]
-    metrics = history["operationMetrics"] or {}
-    return {k: int(v) for k, v in metrics.items() if str(v).isdigit()}
+    metrics = retry_on_conflict(run, what=f"writing {ref}")
+    return {"numTargetRowsInserted": int(metrics.get("num_inserted_rows", 0)), **metrics}
 
 
 _CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException",
