@@ -1,0 +1,12 @@
+"""spark-submit entry point of the ingest job; takes the flags of ``longattn-spark ingest``.
+
+    spark-submit jobs/ingest.py --input s3://raw/books --category book \
+        --tokenizer /Volumes/models/Llama-3.1-8B --window-size 32768 --table lake.windows
+"""
+
+import sys
+
+from longattn_spark.cli import run
+
+if __name__ == "__main__":
+    sys.exit(run(["ingest", *sys.argv[1:]]))

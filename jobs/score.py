@@ -1,0 +1,12 @@
+"""spark-submit entry point of the score job; takes the flags of ``longattn-spark score``.
+
+    spark-submit jobs/score.py --windows lake.windows --model /Volumes/models/Llama-3.1-8B \
+        --table lake.scores
+"""
+
+import sys
+
+from longattn_spark.cli import run
+
+if __name__ == "__main__":
+    sys.exit(run(["score", *sys.argv[1:]]))
