@@ -4,9 +4,7 @@
         --tokenizer /Volumes/models/Llama-3.1-8B --window-size 32768 --table lake.windows
 """
 
-import sys
-
-from longattn_spark.cli import run
+from longattn_spark.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(run(["ingest", *sys.argv[1:]]))
+    job_main("ingest")

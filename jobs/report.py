@@ -4,9 +4,7 @@
         --selection lake.selection --output report.html
 """
 
-import sys
-
-from longattn_spark.cli import run
+from longattn_spark.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(run(["report", *sys.argv[1:]]))
+    job_main("report")

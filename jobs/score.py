@@ -4,9 +4,7 @@
         --table lake.scores
 """
 
-import sys
-
-from longattn_spark.cli import run
+from longattn_spark.cli import job_main
 
 if __name__ == "__main__":
-    sys.exit(run(["score", *sys.argv[1:]]))
+    job_main("score")

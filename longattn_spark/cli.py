@@ -99,6 +99,11 @@ def main() -> None:
     sys.exit(run(sys.argv[1:]))
 
 
+def job_main(command: str) -> None:
+    """Entry point of ``jobs/<command>.py`` under spark-submit: the sub-command's flags."""
+    sys.exit(run([command, *sys.argv[1:]]))
+
+
 
 if __name__ == "__main__":
     main()

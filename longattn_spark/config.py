@@ -99,6 +99,8 @@ class ScoreConfig:
     allow_pickle: bool = _opt(False, "allow loading pickled .bin checkpoints (unsafe)")
     trust_remote_code: bool = _opt(False, "allow model code from the checkpoint (unsafe)")
     category: str = _opt("", "score only this category")
+    task_gpus: float = _opt(0.0, "GPUs per scoring task through a stage-level ResourceProfile "
+                            "(only the scoring stage holds GPUs; 0: the cluster's defaults)")
 
 
 @dataclass
@@ -259,37 +261,37 @@ def add_section_flags(parser: argparse.ArgumentParser, section: Any,
     """Add one flag per field of ``section`` with the section's current values as defaults."""
     cls = type(section)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         tp = _field_type(cls, f)
-        if tp is dict:
+        if f.name in skip or tp is dict:
             continue
-        default = getattr(section, f.name)
-        meta = f.metadata
-        help_text = meta.get("help", "")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default}
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-            help_text += " (default: %(default)s)"
-        else:
-            kwargs["type"] = _argparse_type(tp, f.name)
-            if meta.get("choices"):
-                kwargs["choices"] = meta["choices"]
-            if meta.get("required") and not default:
-                kwargs["required"] = True
-                help_text += " (required)"
-            else:
-                help_text += " (default: %(default)s)"
-        kwargs["help"] = help_text
-        parser.add_argument(flag_name(f.name), **kwargs)
+        parser.add_argument(flag_name(f.name), **_flag_options(tp, f, getattr(section, f.name)))
+
+
+def _flag_options(tp: type, f: dataclasses.Field, default: Any) -> dict[str, Any]:
+    meta = f.metadata
+    options: dict[str, Any] = {"dest": f.name, "default": default}
+    help_text = meta.get("help", "")
+    if tp is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["type"] = _argparse_type(tp, f.name)
+        if meta.get("choices"):
+            options["choices"] = meta["choices"]
+    if meta.get("required") and default in ("", None):
+        options["required"] = True
+        help_text += " (required)"
+    elif default != "":
+        help_text += " (default: %(default)s)"
+    options["help"] = help_text
+    return options
 
 
 def _argparse_type(tp: type, name: str):
     def convert(text: str) -> Any:
         try:
             return _coerce(text, tp, flag_name(name))
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"expected {tp.__name__}, got {text!r}") from None
     convert.__name__ = tp.__name__
     return convert
 

@@ -307,6 +307,7 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, fault: FaultInjection |
     summary = ScoreSummary(scorer_id=scorer_id, seq_len=seq_len,
                            min_distance=driver_scorer.min_distance_for(seq_len))
     done_before = _scored_count(spark, scores_ref, scorer_id)
+    profile = gpu_resource_profile(spark, cfg.task_gpus)
     started = time.perf_counter()
     reporter = _Progress(progress and not on_cluster())
 
@@ -314,7 +315,8 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, fault: FaultInjection |
         armed = fault if fault is not None and batch_id >= fault.from_micro_batch else None
         udf = score_batches(settings, seq_len, expected_tokens, cfg.batch_size, armed)
         todo = _unscored(spark, batch, scores_ref, rejects_ref, scorer_id)
-        out = todo.mapInArrow(udf, OUT_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+        out = todo.mapInArrow(udf, OUT_SCHEMA, profile=profile).persist(
+            StorageLevel.MEMORY_AND_DISK)
         try:
             now = F.current_timestamp()
             scores = (out.filter(F.col("reason").isNull())
@@ -352,6 +354,22 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, fault: FaultInjection |
     summary.windows_total = _windows_count(spark, windows_ref, cfg)
     summary.already_scored = done_before
     return summary
+
+
+def gpu_resource_profile(spark: SparkSession, task_gpus: float):
+    """A stage-level ResourceProfile asking ``task_gpus`` GPUs per task for the scoring stage
+    only, so tokenization and SQL stages are not bound to GPU slots (Spark >= 3.4 with
+    dynamic allocation, or task-only profiles on standalone / YARN / Kubernetes). None when
+    not asked for, or locally, where Spark has no stage-level scheduling."""
+    if task_gpus <= 0:
+        return None
+    if spark.sparkContext.master.startswith("local"):
+        print("--task-gpus is ignored by a local master (no stage-level scheduling)")
+        return None
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    requests = TaskResourceRequests().cpus(int(spark.conf.get("spark.task.cpus", "1")))
+    return ResourceProfileBuilder().require(requests.resource("gpu", task_gpus)).build
 
 
 def _sequence_length(spark: SparkSession, windows_ref: TableRef, cfg: ScoreConfig

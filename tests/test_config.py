@@ -1,0 +1,78 @@
+"""The one config object: defaults < YAML < flags; bad options get one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from longattn_spark.cli import parse_config
+from longattn_spark.config import load_config
+from longattn_spark.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml", "emr.yaml"])
+def test_shipped_job_configs_load(name):
+    cfg = load_config(CONF / name)
+    assert cfg.ingest.window_size == 32768
+    assert cfg.score.table and cfg.select.table
+
+
+@pytest.mark.parametrize("name", ["databricks-cluster.json", "emr-configurations.json"])
+def test_shipped_cluster_configs_are_json_with_gpu_scheduling(name):
+    text = (CONF / name).read_text()
+    json.loads(text)
+    assert "spark.task.resource.gpu.amount" in text
+    assert "spark.python.worker.reuse" in text
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("score:\n  model: /models/x\n  batch_size: 4\nspark:\n  master: local[1]\n")
+    command, cfg = parse_config(["score", "--config", str(path), "--batch-size", "8"])
+    assert command.name == "score"
+    assert cfg.score.model == "/models/x"      # from YAML; --model no longer required
+    assert cfg.score.batch_size == 8           # flag wins
+    assert cfg.spark.master == "local[1]"
+    assert cfg.score.seq_len == 0              # default
+
+
+@pytest.mark.parametrize("text,message", [
+    ("score:\n  batchsize: 4\n", "unknown option.*batchsize"),
+    ("scoring:\n  batch_size: 4\n", "unknown section.*scoring"),
+    ("score:\n  batch_size: many\n", "score.batch_size: expected int"),
+    ("- a list\n", "top level must be a mapping"),
+])
+def test_bad_yaml_names_the_option(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "longattn_spark.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_wrong_flag_or_value_is_one_line_not_a_stack_trace():
+    for args in (["score", "--batch-size", "x"], ["ingest", "--nope"], ["scor"],
+                 ["select", "--normalize", "rank"]):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "error:" in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_help_shows_defaults():
+    result = run_cli("ingest", "--help")
+    assert result.returncode == 0
+    assert "--window-size" in result.stdout and "32768" in result.stdout
+    assert "(required)" in result.stdout
+    assert run_cli("--help").returncode == 0
