@@ -72,11 +72,15 @@ def build_demo_corpus(output: str | Path, max_docs_per_category: int = 40,
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
+    ids: set[str] = set()
     with output.open("w", encoding="utf-8") as f:
         for source in (code_documents, docs_documents, legal_documents):
-            for i, doc in enumerate(source(min_chars)):
-                if i >= max_docs_per_category:
+            for doc in source(min_chars):
+                if counts.get(doc["category"], 0) >= max_docs_per_category:
                     break
+                if doc["id"] in ids:  # two installed copies of one distribution
+                    continue
+                ids.add(doc["id"])
                 f.write(json.dumps(doc, ensure_ascii=False) + "\n")
                 counts[doc["category"]] = counts.get(doc["category"], 0) + 1
     return counts

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -83,6 +84,7 @@ class IngestSummary:
     windows_inserted: int = 0
     rejects_inserted: int = 0
     seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def rejected_total(self) -> int:
@@ -98,6 +100,7 @@ class IngestSummary:
                      "tokens", "window_tokens", "windows_inserted", "rejects_inserted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rejected = dict(Counter(self.rejected) + Counter(other.rejected))
+        self.step_seconds = dict(Counter(self.step_seconds) + Counter(other.step_seconds))
 
 
 def window_id(doc_id: str, tokenizer: str, window_size: int, token_start: int) -> str:
@@ -169,19 +172,35 @@ def _ingest_chunk(spark: SparkSession, docs: DataFrame, cfg: IngestConfig, spec:
     out = marked.mapInArrow(window_batches(spec, cfg.window_size, cfg.tokenize_chunk_chars),
                             OUT_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        summary = _summarize(out)
+        with _step("read, tokenize, window") as timing:
+            summary = _summarize(out)
+        summary.step_seconds.update(timing)
         now = F.current_timestamp()
         windows = (out.filter(F.col("kind") == "window")
                    .withColumn("tokenizer", F.lit(spec.identity))
                    .withColumn("ingested_at", now))
-        written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
+        with _step("write windows") as timing:
+            written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
         summary.windows_inserted = written.get("numTargetRowsInserted", 0)
         rejects = _reject_rows(out, spec, cfg.window_size)
-        written = merge_new_rows(spark, rejects_ref, REJECTS, rejects)
+        with _step("write rejects") as timing2:
+            written = merge_new_rows(spark, rejects_ref, REJECTS, rejects)
         summary.rejects_inserted = written.get("numTargetRowsInserted", 0)
+        summary.step_seconds.update({**timing, **timing2})
     finally:
         out.unpersist()
     return summary
+
+
+@contextmanager
+def _step(name: str) -> Iterator[dict[str, float]]:
+    """Times one step of the job; the dict is filled when the block ends."""
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        yield timing
+    finally:
+        timing[name] = time.perf_counter() - started
 
 
 def _rank_duplicates(docs: DataFrame, partitions: int) -> DataFrame:
@@ -413,6 +432,7 @@ def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:
         ("tokens (documents tokenized)", f"{summary.tokens:,}"),
         ("tokens in windows", f"{summary.window_tokens:,}"),
         ("seconds", f"{summary.seconds:.1f}"),
+        *[(f"  {step}", f"{seconds:.1f}") for step, seconds in summary.step_seconds.items()],
         ("documents/s", f"{summary.documents_read / seconds:,.1f}"),
         ("tokens/s", f"{summary.tokens / seconds:,.0f}"),
         ("accounted", "yes: windowed + too short + rejected + skipped = read"

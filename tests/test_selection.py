@@ -1,0 +1,455 @@
+"""Selection in Spark SQL against an independent pandas computation, on real local Spark and
+Delta tables built with the schemas of ``longattn_spark.tables``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from longattn_spark import cli
+from longattn_spark.config import SelectConfig
+from longattn_spark.errors import ConfigError, TableError
+from longattn_spark.selection import (
+    Bracket,
+    Target,
+    cut_from_candidates,
+    initial_bracket,
+    keep_counts,
+    load_sql,
+    narrowed_bracket,
+    parse_mix,
+    resolve_inputs,
+    select_options,
+    select_windows,
+    selection_id_for,
+    selection_rows,
+    token_budgets,
+)
+from longattn_spark.tables import SCORES, WINDOWS, TableRef, ensure_table
+
+CATEGORY_SIZES = {"arxiv": 450, "book": 350, "code": 250}
+ALPHA = 0.5
+
+
+# ------------------------------------------------------------------------------------------
+# Building tables
+# ------------------------------------------------------------------------------------------
+
+def spec_frame(spark, spec, rows: list[dict]):
+    names = spec.column_names
+    return spark.createDataFrame([tuple(r.get(n) for n in names) for r in rows], spec.schema)
+
+
+def append(spark, path: str, spec, rows: list[dict]) -> TableRef:
+    ref = TableRef(path)
+    ensure_table(spark, ref, spec)
+    spec_frame(spark, spec, rows).write.format("delta").mode("append").save(ref.location)
+    return ref
+
+
+def synthetic_rows(seed: int = 7, sizes: dict[str, int] = CATEGORY_SIZES
+                   ) -> tuple[list[dict], list[dict]]:
+    """Windows and scores of one scorer in three categories; the first window of each
+    category has an unusable score (NaN, NULL, infinite) and one score has no window."""
+    rng = np.random.default_rng(seed)
+    windows, scores = [], []
+    for category, size in sizes.items():
+        for i in range(size):
+            wid = f"{category}-{i:05d}"
+            windows.append({"window_id": wid, "doc_id": f"d-{wid}", "category": category,
+                            "n_tokens": int(rng.integers(500, 4000))})
+            scores.append({"window_id": wid, "scorer_id": "s8", "category": category,
+                           "ds": float(rng.uniform(0.18, 0.59)),
+                           "variance": float(10 ** rng.uniform(-7, -5.3))})
+    firsts = [scores.index(next(r for r in scores if r["category"] == c)) for c in sizes]
+    scores[firsts[0]]["ds"] = float("nan")
+    scores[firsts[1]]["variance"] = None
+    scores[firsts[2]]["ds"] = float("inf")
+    scores.append({"window_id": "orphan-0", "scorer_id": "s8", "category": "book",
+                   "ds": 0.3, "variance": 1e-6})
+    return windows, scores
+
+
+@dataclass(frozen=True)
+class Tables:
+    windows: TableRef
+    scores: TableRef
+    frame: pd.DataFrame  # scores joined to windows, as pandas sees them
+
+
+@pytest.fixture(scope="module")
+def tables(spark, tmp_path_factory) -> Tables:
+    root = tmp_path_factory.mktemp("selection")
+    windows, scores = synthetic_rows()
+    w = append(spark, str(root / "windows"), WINDOWS, windows)
+    s = append(spark, str(root / "scores"), SCORES, scores)
+    frame = pd.DataFrame(scores).merge(
+        pd.DataFrame(windows)[["window_id", "n_tokens"]], on="window_id", how="inner")
+    return Tables(w, s, frame)
+
+
+# ------------------------------------------------------------------------------------------
+# The independent pandas computation
+# ------------------------------------------------------------------------------------------
+
+def pandas_lds(frame: pd.DataFrame, alpha: float = ALPHA, normalize: str = "zscore"
+               ) -> pd.DataFrame:
+    usable = frame[np.isfinite(frame["ds"].astype(float))
+                   & np.isfinite(frame["variance"].astype(float))].copy()
+    usable["du"] = -usable["variance"]
+    g = usable.groupby("category")
+    if normalize == "zscore":
+        for col, out in (("ds", "z_ds"), ("du", "z_du")):
+            sd = g[col].transform("std")
+            usable[out] = ((usable[col] - g[col].transform("mean")) / sd).where(sd > 0, 0.0)
+        usable["lds"] = usable["z_ds"] + alpha * usable["z_du"]
+    else:
+        for col, out in (("ds", "z_ds"), ("variance", "z_du")):
+            lo, hi = g[col].transform("min"), g[col].transform("max")
+            usable[out] = ((usable[col] - lo) / (hi - lo)).where(hi > lo, 0.0)
+        usable["lds"] = usable["z_ds"] - alpha * usable["z_du"]
+    return usable.sort_values(["category", "lds"], ascending=[True, False])
+
+
+def pandas_top_fraction(ranked: pd.DataFrame, fraction: float) -> set[str]:
+    keep = ranked.groupby("category", group_keys=False).apply(
+        lambda d: d.head(math.floor(fraction * len(d) + 1e-9)))
+    return set(keep["window_id"])
+
+
+def pandas_budget(ranked: pd.DataFrame, budgets: dict[str, int]) -> set[str]:
+    chosen = set()
+    for category, d in ranked.groupby("category"):
+        cum = d["n_tokens"].cumsum()
+        chosen |= set(d.loc[cum <= budgets.get(category, 0), "window_id"])
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------
+# Running the SQL without writing
+# ------------------------------------------------------------------------------------------
+
+def computed(spark, tables: Tables, buckets: int = 1024, candidate_limit: int = 100_000,
+             **options) -> pd.DataFrame:
+    opts = select_options(SelectConfig(**options))
+    inputs = resolve_inputs(spark, tables.windows, tables.scores)
+    with selection_rows(spark, inputs, opts, "0" * 24, "{}", buckets=buckets,
+                        candidate_limit=candidate_limit) as rows:
+        return rows.toPandas()
+
+
+def selected_ids(rows: pd.DataFrame) -> set[str]:
+    return set(rows.loc[rows["selected"], "window_id"])
+
+
+# ------------------------------------------------------------------------------------------
+# Pure parts
+# ------------------------------------------------------------------------------------------
+
+def test_sql_is_in_package_text_files_with_named_parameters():
+    text = load_sql("select_ranked")
+    assert ":alpha" in text and "IDENTIFIER(:scored)" in text
+    assert "OVER (" not in load_sql("select_cut_histogram").upper()
+
+
+def test_parse_mix():
+    assert parse_mix("arxiv=0.33, book=0.33,code=0.34") == {"arxiv": 0.33, "book": 0.33,
+                                                            "code": 0.34}
+    for bad in ("arxiv", "arxiv=x", "arxiv=-0.1", "arxiv=0.5,arxiv=0.2", "a=0.7,b=0.7",
+                "arxiv=0.5,,b=0.1", "=0.3"):
+        with pytest.raises(ConfigError, match="--mix"):
+            parse_mix(bad)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), 10.5, -11.0])
+def test_alpha_outside_sane_range_is_refused(alpha):
+    with pytest.raises(ConfigError, match="--alpha"):
+        select_options(SelectConfig(alpha=alpha, keep_fraction=0.5))
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_keep_fraction_outside_unit_interval_is_refused(fraction):
+    with pytest.raises(ConfigError, match="--keep-fraction"):
+        select_options(SelectConfig(keep_fraction=fraction))
+
+
+def test_option_combinations():
+    with pytest.raises(ConfigError, match="no cut"):
+        select_options(SelectConfig())
+    with pytest.raises(ConfigError, match="not both"):
+        select_options(SelectConfig(keep_fraction=0.5, token_budget=100))
+    with pytest.raises(ConfigError, match="--token-budget"):
+        select_options(SelectConfig(mix="arxiv=0.5"))
+    with pytest.raises(ConfigError, match="--token-budget"):
+        select_options(SelectConfig(token_budget=-5))
+    assert select_options(SelectConfig(min_lds=0.0)).min_lds == 0.0
+    assert select_options(SelectConfig(keep_fraction=1.0)).keep_fraction == 1.0
+
+
+def test_selection_id_is_deterministic_and_tracks_inputs():
+    a = selection_id_for('{"alpha": 0.5}', "s8", 3, 4)
+    assert a == selection_id_for('{"alpha": 0.5}', "s8", 3, 4)
+    assert len({a, selection_id_for('{"alpha": 0.6}', "s8", 3, 4),
+                selection_id_for('{"alpha": 0.5}', "s9", 3, 4),
+                selection_id_for('{"alpha": 0.5}', "s8", 2, 4),
+                selection_id_for('{"alpha": 0.5}', "s8", 3, 5)}) == 5
+
+
+def test_budget_split_and_keep_counts():
+    proportional = token_budgets(select_options(SelectConfig(token_budget=1000)),
+                                 {"a": 300, "b": 100})
+    assert proportional == {"a": 750, "b": 250}
+    mixed = token_budgets(select_options(SelectConfig(token_budget=1000, mix="a=0.3")),
+                          {"a": 300, "b": 100})
+    assert mixed == {"a": 300, "b": 0}
+    assert keep_counts(0.29, {"a": 100, "b": 1, "c": 0}) == {"a": 29, "b": 0, "c": 0}
+
+
+def test_exact_cut_arithmetic_walks_buckets_from_the_top():
+    target = Target("tokens", 250)
+    start = initial_bracket("a", target, n=6, tokens=600, bounds=(0.0, 6.0))
+    assert isinstance(start, Bracket) and start.stage == 1
+    histogram = [{"bucket": 3, "n": 2, "tokens": 200, "key_min": 4.0, "key_max": 5.0},
+                 {"bucket": 2, "n": 2, "tokens": 200, "key_min": 2.0, "key_max": 3.0},
+                 {"bucket": 1, "n": 2, "tokens": 200, "key_min": 0.0, "key_max": 1.0}]
+    b = narrowed_bracket(start, target, histogram)
+    assert (b.lo, b.hi, b.rows, b.taken) == (2.0, 3.0, 2, 200)
+    cut = cut_from_candidates(b, target, [
+        {"sort_key": 2.0, "tiebreak": 0.0, "window_id": "x", "n_tokens": 100},
+        {"sort_key": 3.0, "tiebreak": 0.0, "window_id": "y", "n_tokens": 100}])
+    assert (cut.mode, cut.key, cut.window_id) == ("before", 3.0, "y")
+    assert initial_bracket("a", target, n=6, tokens=200, bounds=(0.0, 6.0)).mode == "all"
+    tie = narrowed_bracket(start, Target("count", 1),
+                           [{"bucket": 1, "n": 6, "tokens": 600, "key_min": 0.0,
+                             "key_max": 0.0}])
+    assert tie.stage == 2 and tie.pinned_key == 0.0
+    with pytest.raises(RuntimeError, match="counted"):
+        narrowed_bracket(start, target, histogram[:2])
+
+
+# ------------------------------------------------------------------------------------------
+# SQL against pandas
+# ------------------------------------------------------------------------------------------
+
+def test_zscore_lds_and_exact_cut_match_pandas(spark, tables):
+    rows = computed(spark, tables, keep_fraction=0.3, exact=True)
+    reference = pandas_lds(tables.frame)
+    merged = reference.merge(rows, on="window_id", suffixes=("_pd", ""))
+    assert len(merged) == len(reference) >= 1000
+    for col in ("z_ds", "z_du", "lds"):
+        assert np.max(np.abs(merged[f"{col}_pd"] - merged[col])) < 1e-9
+    assert selected_ids(rows) == pandas_top_fraction(reference, 0.3)
+    per_category = rows[rows.selected].groupby("category").size().to_dict()
+    assert per_category == {c: math.floor(0.3 * n) for c, n in
+                            reference.groupby("category").size().items()}
+
+    bad = rows[rows.excluded_reason.notna()].set_index("window_id")
+    assert bad.excluded_reason.to_dict() == {"arxiv-00000": "nan_score",
+                                             "book-00000": "null_score",
+                                             "code-00000": "infinite_score",
+                                             "orphan-0": "no_window"}
+    assert not bad.selected.any() and bad[["z_ds", "z_du", "lds"]].isna().all().all()
+    assert len(rows) == len(tables.frame) + 1
+
+
+def test_exact_cut_by_histogram_refinement_matches_pandas(spark, tables):
+    """A candidate limit far below the category sizes forces several refinement passes."""
+    rows = computed(spark, tables, keep_fraction=0.5, exact=True, buckets=8,
+                    candidate_limit=20)
+    assert selected_ids(rows) == pandas_top_fraction(pandas_lds(tables.frame), 0.5)
+
+
+def test_approximate_cut_is_close_to_exact(spark, tables):
+    rows = computed(spark, tables, keep_fraction=0.5, accuracy=10000)
+    exact = pandas_top_fraction(pandas_lds(tables.frame), 0.5)
+    assert len(selected_ids(rows) ^ exact) <= 3
+
+
+def test_minmax_variant_matches_pandas(spark, tables):
+    rows = computed(spark, tables, normalize="minmax", keep_fraction=0.5, exact=True)
+    reference = pandas_lds(tables.frame, normalize="minmax")
+    merged = reference.merge(rows, on="window_id", suffixes=("_pd", ""))
+    for col in ("z_ds", "z_du", "lds"):
+        assert np.max(np.abs(merged[f"{col}_pd"] - merged[col])) < 1e-9
+    assert selected_ids(rows) == pandas_top_fraction(reference, 0.5)
+
+
+def test_token_budget_with_mix_is_met_within_one_window(spark, tables):
+    budget = 600_000
+    rows = computed(spark, tables, token_budget=budget, mix="arxiv=0.5,book=0.3,code=0.2",
+                    buckets=8, candidate_limit=20)
+    shares = {"arxiv": 0.5, "book": 0.3, "code": 0.2}
+    budgets = {c: math.floor(budget * s) for c, s in shares.items()}
+    reference = pandas_lds(tables.frame)
+    assert selected_ids(rows) == pandas_budget(reference, budgets)
+    for category, d in rows[rows.selected].groupby("category"):
+        taken = int(d["n_tokens"].sum())
+        largest = int(reference.loc[reference.category == category, "n_tokens"].max())
+        assert budgets[category] - largest < taken <= budgets[category]
+
+
+def test_token_budget_without_mix_follows_the_data_mix(spark, tables):
+    rows = computed(spark, tables, token_budget=900_000)
+    reference = pandas_lds(tables.frame)
+    usable = reference.groupby("category")["n_tokens"].sum()
+    budgets = {c: 900_000 * int(t) // int(usable.sum()) for c, t in usable.items()}
+    assert selected_ids(rows) == pandas_budget(reference, budgets)
+
+
+def test_min_lds_keeps_windows_at_or_above(spark, tables):
+    rows = computed(spark, tables, min_lds=0.25)
+    reference = pandas_lds(tables.frame)
+    assert selected_ids(rows) == set(reference.loc[reference.lds >= 0.25, "window_id"])
+
+
+def test_random_baseline_is_seeded_and_sized_like_the_lds_cut(spark, tables):
+    a = computed(spark, tables, method="random", seed=1, keep_fraction=0.3, exact=True)
+    b = computed(spark, tables, method="random", seed=1, keep_fraction=0.3, exact=True)
+    c = computed(spark, tables, method="random", seed=2, keep_fraction=0.3, exact=True)
+    assert selected_ids(a) == selected_ids(b)
+    assert selected_ids(a) != selected_ids(c)
+    reference = pandas_lds(tables.frame)
+    lds_pick = pandas_top_fraction(reference, 0.3)
+    assert selected_ids(a) != lds_pick
+    assert selected_ids(a) <= set(reference["window_id"])
+    sizes = a[a.selected].groupby("category").size().to_dict()
+    assert sizes == reference[reference.window_id.isin(lds_pick)].groupby(
+        "category").size().to_dict()
+
+
+def test_random_baseline_with_token_budget_stays_within_it(spark, tables):
+    rows = computed(spark, tables, method="random", seed=3, token_budget=300_000,
+                    candidate_limit=60, buckets=16)
+    reference = pandas_lds(tables.frame)
+    lds_tokens = reference[reference.window_id.isin(pandas_budget(
+        reference, {c: 300_000 * int(t) // int(reference.n_tokens.sum())
+                    for c, t in reference.groupby("category")["n_tokens"].sum().items()}))]
+    lds_per_category = lds_tokens.groupby("category")["n_tokens"].sum()
+    taken = rows[rows.selected].groupby("category")["n_tokens"].sum()
+    for category, limit in lds_per_category.items():
+        assert limit - reference.n_tokens.max() < taken[category] <= limit
+
+
+# ------------------------------------------------------------------------------------------
+# Edge cases on small tables
+# ------------------------------------------------------------------------------------------
+
+def small_tables(spark, table_path, scores: list[dict]) -> tuple[TableRef, TableRef]:
+    windows = [{"window_id": s["window_id"], "doc_id": "d", "category": s["category"],
+                "n_tokens": 100} for s in scores if s["window_id"] != "orphan"]
+    w = append(spark, table_path("windows"), WINDOWS, windows)
+    s = append(spark, table_path("scores"), SCORES,
+               [{"scorer_id": "s8", **row} for row in scores])
+    return w, s
+
+
+def test_single_window_and_zero_spread_categories_get_z_zero(spark, table_path):
+    scores = [{"window_id": "solo", "category": "code", "ds": 0.4, "variance": 1e-6}]
+    scores += [{"window_id": f"flat-{i}", "category": "book", "ds": 0.3, "variance": 2e-6}
+               for i in range(10)]
+    scores += [{"window_id": f"var-{i}", "category": "arxiv", "ds": 0.2 + i / 100,
+                "variance": 1e-6} for i in range(6)]
+    w, s = small_tables(spark, table_path, scores)
+    rows = computed(spark, Tables(w, s, pd.DataFrame()), keep_fraction=0.5, exact=True,
+                    candidate_limit=4, buckets=4).set_index("window_id")
+    assert rows.loc["solo", ["z_ds", "z_du", "lds"]].tolist() == [0.0, 0.0, 0.0]
+    assert not rows.loc["solo", "selected"]  # floor(0.5 * 1) = 0
+    flat = rows[rows.category == "book"]
+    assert (flat[["z_ds", "z_du", "lds"]] == 0.0).all().all()
+    assert flat.selected.sum() == 5  # the tie is split by the hash of window_id
+    arxiv = rows[rows.category == "arxiv"]
+    assert (arxiv.z_du == 0.0).all() and arxiv.z_ds.abs().max() > 0
+    assert set(arxiv[arxiv.selected].index) == {"var-3", "var-4", "var-5"}
+
+
+def test_budget_larger_than_the_data_takes_all_and_says_so(spark, table_path, capsys):
+    scores = [{"window_id": f"w{i}", "category": "book" if i % 2 else "code",
+               "ds": 0.3 + i / 100, "variance": 1e-6 * (1 + i)} for i in range(8)]
+    scores.append({"window_id": "w-nan", "category": "code", "ds": float("nan"),
+                   "variance": 1e-6})
+    w, s = small_tables(spark, table_path, scores)
+    name = "default.selection_budget"  # a metastore table, not a path
+    code = cli.run(["select", "--windows", w.location, "--scores", s.location,
+                    "--table", name, "--token-budget", "100000"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "exceeds the 800 usable tokens: took all" in out
+    assert "1 scores could not be ranked (nan_score: 1)" in out
+    rows = spark.table(name).toPandas().set_index("window_id")
+    assert rows.drop(index="w-nan").selected.all() and not rows.loc["w-nan", "selected"]
+
+
+def test_mix_naming_an_unknown_category_is_refused(spark, tables, table_path):
+    with pytest.raises(ConfigError, match="'poetry'.*categories: arxiv, book, code"):
+        select_windows(spark, select_options(SelectConfig(token_budget=1000,
+                                                          mix="arxiv=0.5,poetry=0.5")),
+                       tables.windows, tables.scores, TableRef(table_path("selection")))
+
+
+def test_several_scorers_need_scorer_id(spark, table_path):
+    scores = [{"window_id": f"w{i}", "category": "book", "ds": 0.3, "variance": 1e-6}
+              for i in range(3)]
+    w, s = small_tables(spark, table_path, scores)
+    append(spark, s.location, SCORES, [{"scorer_id": "s70", **x} for x in scores])
+    options = select_options(SelectConfig(keep_fraction=0.5))
+    with pytest.raises(ConfigError, match="--scorer-id: s70 \\(3 windows\\), s8 \\(3 windows"):
+        select_windows(spark, options, w, s, TableRef(table_path("selection")))
+    with pytest.raises(ConfigError, match="'s9'.*s70"):
+        select_windows(spark, options, w, s, TableRef(table_path("selection")),
+                       scorer_id="s9")
+    assert resolve_inputs(spark, w, s, scorer_id="s70").scorer_id == "s70"
+
+
+def test_empty_scores_table_gives_a_message(spark, table_path, capsys):
+    w = append(spark, table_path("windows"), WINDOWS, [])
+    s = append(spark, table_path("scores"), SCORES, [])
+    code = cli.run(["select", "--windows", w.location, "--scores", s.location,
+                    "--table", table_path("selection"), "--keep-fraction", "0.5"])
+    assert code == 0
+    assert "holds no scores" in capsys.readouterr().out
+    missing = cli.run(["select", "--windows", w.location, "--scores", table_path("nope"),
+                       "--table", table_path("selection"), "--keep-fraction", "0.5"])
+    assert missing == 1
+    assert "--scores: table" in capsys.readouterr().err
+
+
+def test_rerun_is_idempotent_and_time_travel_rebuilds(spark, table_path):
+    windows, scores = synthetic_rows(seed=11, sizes={"arxiv": 40, "book": 30, "code": 20})
+    tables = Tables(append(spark, table_path("windows"), WINDOWS, windows),
+                    append(spark, table_path("scores"), SCORES, scores), pd.DataFrame(scores))
+    options = select_options(SelectConfig(keep_fraction=0.4, exact=True))
+    sel = TableRef(table_path("selection"))
+    first = select_windows(spark, options, tables.windows, tables.scores, sel)
+    version = sel.version(spark)
+    again = select_windows(spark, options, tables.windows, tables.scores, sel)
+    assert first.written and not again.written
+    assert again.selection_id == first.selection_id and again.categories == first.categories
+    assert sel.version(spark) == version
+    stored = sel.read(spark).toPandas()
+    assert len(stored) == len(scores)  # every score, the orphan included
+    assert stored.window_id.is_unique
+
+    row = stored.iloc[0]
+    assert (row.windows_version, row.scores_version) == (first.windows_version,
+                                                         first.scores_version)
+    append(spark, tables.scores.location, SCORES,
+           [{"window_id": "arxiv-00001", "scorer_id": "s70", "category": "arxiv",
+             "ds": 0.5, "variance": 1e-6}])
+    with pytest.raises(ConfigError, match="several scorers"):
+        select_windows(spark, options, tables.windows, tables.scores, sel)
+    rebuilt_table = TableRef(table_path("rebuilt"))
+    rebuilt = select_windows(spark, options, tables.windows, tables.scores, rebuilt_table,
+                             windows_version=int(row.windows_version),
+                             scores_version=int(row.scores_version))
+    assert rebuilt.selection_id == first.selection_id
+    columns = ["window_id", "z_ds", "z_du", "lds", "selected"]
+    again_rows = rebuilt_table.read(spark).toPandas()[columns].sort_values("window_id")
+    assert again_rows.reset_index(drop=True).equals(
+        stored[columns].sort_values("window_id").reset_index(drop=True))
+    with pytest.raises(TableError, match="--scores-version 99"):
+        select_windows(spark, options, tables.windows, tables.scores, rebuilt_table,
+                       scores_version=99)
