@@ -51,15 +51,26 @@ def base_documents(corpus: Path, tmp: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def scaled(docs: list[dict], factor: int) -> list[dict]:
-    return [{**doc, "id": f"{doc['id']}#{copy}"} for copy in range(factor) for doc in docs]
+def scaled(docs: list[dict], megabytes: float) -> list[dict]:
+    """Copies of ``docs`` (new ids) until the texts reach ``megabytes`` of UTF-8."""
+    out, size, copy = [], 0.0, 0
+    while size < megabytes * 1e6:
+        for doc in docs:
+            out.append({**doc, "id": f"{doc['id']}#{copy}"})
+            size += len(doc["text"].encode("utf-8"))
+        copy += 1
+    return out
 
 
-def bare_tokens_per_second(spec, texts: list[str]) -> tuple[int, float]:
+def bare_tokens_per_second(spec, texts: list[str], batch: int = 64) -> tuple[int, float]:
+    """``encode_batch`` in one process (Rust threads on every core), ``batch`` texts a call as
+    the job's Arrow batches, so both hold the same encodings in memory at a time."""
     tokenizer = get_tokenizer(spec)
     started = time.perf_counter()
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    tokens = sum(len(e.ids) for e in encodings)
+    tokens = 0
+    for begin in range(0, len(texts), batch):
+        encodings = tokenizer.encode_batch(texts[begin:begin + batch], add_special_tokens=False)
+        tokens += sum(len(e.ids) for e in encodings)
     return tokens, tokens / (time.perf_counter() - started)
 
 
@@ -74,7 +85,8 @@ def job_tokens_per_second(spark, spec, docs: list[dict], workdir: Path, window_s
                        window_size=window_size, table=str(workdir / "windows"))
     summary = ingest(spark, cfg, spec)
     assert summary.accounted
-    return summary.tokens, summary.tokens / summary.seconds, summary.seconds
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in summary.step_seconds.items())
+    return summary.tokens, summary.tokens / summary.seconds, summary.seconds, steps
 
 
 def main() -> None:
@@ -82,6 +94,8 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "corpus"))
     parser.add_argument("--window-size", type=int, default=8192)
     parser.add_argument("--scales", default="1,4")
+    parser.add_argument("--base-mb", type=float, default=40.0,
+                        help="size of the 1x input (the corpus is repeated to reach it)")
     args = parser.parse_args()
 
     spec = load_tokenizer_spec(llama3_tokenizer_dir())
@@ -95,17 +109,17 @@ def main() -> None:
               f"Spark {spark.version}, master {spark.sparkContext.master}; "
               f"window size {args.window_size}")
         print(f"{'input':>6} {'docs':>6} {'MB':>7} {'tokens':>11} {'bare tok/s':>12} "
-              f"{'job tok/s':>12} {'job s':>7} {'ratio':>6}")
+              f"{'job tok/s':>12} {'job s':>7} {'ratio':>6}  job steps (s)")
         for factor in (int(s) for s in args.scales.split(",")):
-            batch = scaled(docs, factor)
+            batch = scaled(docs, args.base_mb * factor)
             megabytes = sum(len(d["text"].encode("utf-8")) for d in batch) / 1e6
             bare_tokens, bare_rate = bare_tokens_per_second(spec, [d["text"] for d in batch])
-            job_tokens, job_rate, seconds = job_tokens_per_second(
+            job_tokens, job_rate, seconds, steps = job_tokens_per_second(
                 spark, spec, batch, work / f"x{factor}", args.window_size)
             assert job_tokens == bare_tokens, (job_tokens, bare_tokens)
             print(f"{factor:>5}x {len(batch):>6} {megabytes:>7.1f} {job_tokens:>11,} "
                   f"{bare_rate:>12,.0f} {job_rate:>12,.0f} {seconds:>7.1f} "
-                  f"{job_rate / bare_rate:>6.2f}")
+                  f"{job_rate / bare_rate:>6.2f}  {steps}")
         spark.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)

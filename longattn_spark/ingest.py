@@ -180,12 +180,14 @@ def _ingest_chunk(spark: SparkSession, docs: DataFrame, cfg: IngestConfig, spec:
                    .withColumn("tokenizer", F.lit(spec.identity))
                    .withColumn("ingested_at", now))
         with _step("write windows") as timing:
-            written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
-        summary.windows_inserted = written.get("numTargetRowsInserted", 0)
+            if summary.windows:
+                written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
+                summary.windows_inserted = written["numTargetRowsInserted"]
         rejects = _reject_rows(out, spec, cfg.window_size)
         with _step("write rejects") as timing2:
-            written = merge_new_rows(spark, rejects_ref, REJECTS, rejects)
-        summary.rejects_inserted = written.get("numTargetRowsInserted", 0)
+            if summary.rejected_total or summary.too_short:
+                written = merge_new_rows(spark, rejects_ref, REJECTS, rejects)
+                summary.rejects_inserted = written["numTargetRowsInserted"]
         summary.step_seconds.update({**timing, **timing2})
     finally:
         out.unpersist()

@@ -321,9 +321,9 @@ def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: Da
                    target_filter: dict[str, str] | None = None) -> dict[str, int]:
     """Insert the rows whose key is not yet in the table (insert-only MERGE).
 
-    When every key is already there nothing is committed, so a re-run leaves the table, its
-    version included, exactly as it was. The anti-join that finds this is not atomic; the
-    MERGE is, so a concurrent writer still cannot make a duplicate.
+    When every key is already there Delta commits nothing, so a re-run leaves the table, its
+    version included, exactly as it was; the MERGE is atomic, so a concurrent writer cannot
+    make a duplicate either.
 
     ``target_filter`` (column -> value, e.g. ``{"scorer_id": sid}``) narrows the target to one
     partition, so that concurrent writers of other partitions do not conflict.
@@ -334,13 +334,7 @@ def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: Da
         condition = condition & (F.col(f"t.`{column}`") == F.lit(value))
     for key in spec.keys:
         condition = condition & (F.col(f"t.`{key}`") == F.col(f"s.`{key}`"))
-    existing = ref.read(spark)
-    for column, value in (target_filter or {}).items():
-        existing = existing.filter(F.col(column) == F.lit(value))
-    existing = existing.select(*spec.keys)
-    new_rows = rows.select(*spec.column_names).join(existing, list(spec.keys), "left_anti")
-    if new_rows.isEmpty():
-        return {"numTargetRowsInserted": 0}
+    new_rows = rows.select(*spec.column_names)
 
     def run() -> dict[str, int]:
         result = (ref.delta_table(spark).alias("t")
