@@ -23,7 +23,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -169,25 +168,29 @@ def _ingest_chunk(spark: SparkSession, docs: DataFrame, cfg: IngestConfig, spec:
     ranked = _rank_duplicates(docs.withColumn("group_key", _group_key()), partitions)
     marked = _mark_already_ingested(spark, ranked, spec, cfg.window_size, windows_ref,
                                     rejects_ref)
-    out = marked.mapInArrow(window_batches(spec, cfg.window_size, cfg.tokenize_chunk_chars),
-                            OUT_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    # A local checkpoint, not a cache: the plan reads the windows and rejects tables (to
+    # skip documents already done), and Spark drops cached data that depends on a table
+    # when that table is written. Cut from its lineage, the result is computed once and
+    # cannot change between the two writes below.
+    with _step("read, tokenize, window") as timing:
+        out = marked.mapInArrow(window_batches(spec, cfg.window_size,
+                                               cfg.tokenize_chunk_chars),
+                                OUT_SCHEMA).localCheckpoint(eager=True)
+        summary = _summarize(out)
+    summary.step_seconds.update(timing)
     try:
-        with _step("read, tokenize, window") as timing:
-            summary = _summarize(out)
-        summary.step_seconds.update(timing)
-        now = F.current_timestamp()
-        windows = (out.filter(F.col("kind") == "window")
-                   .withColumn("tokenizer", F.lit(spec.identity))
-                   .withColumn("ingested_at", now))
-        with _step("write windows") as timing:
-            if summary.windows:
-                written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
-                summary.windows_inserted = written["numTargetRowsInserted"]
         rejects = _reject_rows(out, spec, cfg.window_size)
-        with _step("write rejects") as timing2:
+        with _step("write rejects") as timing:
             if summary.rejected_total or summary.too_short:
                 written = merge_new_rows(spark, rejects_ref, REJECTS, rejects)
                 summary.rejects_inserted = written["numTargetRowsInserted"]
+        windows = (out.filter(F.col("kind") == "window")
+                   .withColumn("tokenizer", F.lit(spec.identity))
+                   .withColumn("ingested_at", F.current_timestamp()))
+        with _step("write windows") as timing2:
+            if summary.windows:
+                written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
+                summary.windows_inserted = written["numTargetRowsInserted"]
         summary.step_seconds.update({**timing, **timing2})
     finally:
         out.unpersist()

@@ -26,7 +26,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -315,8 +314,9 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, fault: FaultInjection |
         armed = fault if fault is not None and batch_id >= fault.from_micro_batch else None
         udf = score_batches(settings, seq_len, expected_tokens, cfg.batch_size, armed)
         todo = _unscored(spark, batch, scores_ref, rejects_ref, scorer_id)
-        out = todo.mapInArrow(udf, OUT_SCHEMA, profile=profile).persist(
-            StorageLevel.MEMORY_AND_DISK)
+        # Checkpointed, not cached: the plan reads the two tables written below, and Spark
+        # drops cached data depending on a table when it is written (scoring twice).
+        out = todo.mapInArrow(udf, OUT_SCHEMA, profile=profile).localCheckpoint(eager=True)
         try:
             now = F.current_timestamp()
             scores = (out.filter(F.col("reason").isNull())
