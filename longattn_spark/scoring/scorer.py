@@ -1,0 +1,447 @@
+"""Layer0Scorer: DS and variance of windows from a model's layer-0 attention.
+
+Per window (DESIGN.md, "The method, exactly"): token embedding -> input RMSNorm (the model's
+eps) -> q_proj, k_proj (+ bias) -> heads -> RoPE as the config says -> per query head the
+tail sums of the causal softmax (``tail_attention_sums``, or the Triton kernel on CUDA) ->
+proportion and variance per head -> their means over heads. Nothing else of the model is
+read or run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from longattn_spark.errors import InputError
+from longattn_spark.scoring.attention_sums import (
+    DEFAULT_BLOCK_SIZE,
+    MATH_VERSION,
+    ds_and_variance,
+    tail_attention_sums,
+)
+from longattn_spark.scoring.checkpoint import (
+    SUPPORTED_MODEL_TYPES,
+    Layer0Checkpoint,
+    config_head_dim,
+    load_layer0_checkpoint,
+)
+from longattn_spark.scoring.rope import (
+    RotaryEmbedding,
+    config_with_rope_theta,
+    modeling_module,
+)
+
+MIN_SEQ_LEN = 8
+LAYER = 0
+KERNELS = ("auto", "torch", "triton")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_PROJECTION_CHUNK_ELEMENTS = 1 << 24
+"""Hidden-state elements per projection chunk: embedding, norm, q/k projection and RoPE run
+over chunks of positions, so their temporaries stay ~64 MiB whatever the window length."""
+
+SumsFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ScoreOutput:
+    """Scores of a batch of B windows, all float64 numpy arrays.
+
+    ``ds``/``variance`` are ``[B]`` (means over query heads), ``ds_heads``/``var_heads`` are
+    ``[B, n_query_heads]``. ``seq_len`` and ``min_distance`` are the L and k used.
+    """
+
+    ds: np.ndarray
+    variance: np.ndarray
+    ds_heads: np.ndarray
+    var_heads: np.ndarray
+    seq_len: int
+    min_distance: int
+
+
+def build_model_input(window_ids: Any, bos_id: int, seq_len: int) -> torch.Tensor:
+    """LongTensor ``[B, seq_len]``: BOS followed by the first ``seq_len - 1`` tokens of each
+    window.
+
+    ``window_ids``: one window (1-D array, tensor or list of ints) or several (a 2-D array or
+    tensor, or a sequence of 1-D windows of possibly different lengths). Every window must
+    have at least ``seq_len - 1`` tokens.
+    """
+    if seq_len < 2:
+        raise InputError(f"seq_len must be >= 2, got {seq_len}")
+    rows = _windows_as_rows(window_ids)
+    out = torch.empty(len(rows), seq_len, dtype=torch.long)
+    out[:, 0] = int(bos_id)
+    for index, row in enumerate(rows):
+        if row.shape[0] < seq_len - 1:
+            raise InputError(f"window {index} has {row.shape[0]} tokens; seq_len {seq_len} "
+                             f"needs at least {seq_len - 1} after BOS")
+        out[index, 1:] = row[: seq_len - 1]
+    return out
+
+
+def _windows_as_rows(window_ids: Any) -> list[torch.Tensor]:
+    if isinstance(window_ids, torch.Tensor) or (isinstance(window_ids, np.ndarray)
+                                                and window_ids.dtype != object):
+        tensor = torch.as_tensor(window_ids)
+        if tensor.dim() == 1:
+            tensor = tensor.unsqueeze(0)
+        if tensor.dim() != 2:
+            raise InputError(f"window_ids must be 1-D or 2-D, got shape {tuple(tensor.shape)}")
+        rows = list(tensor)
+    else:
+        items = list(window_ids)
+        nested = bool(items) and not isinstance(items[0], (int, np.integer))
+        rows = [torch.as_tensor(np.asarray(item)) for item in items] if nested else \
+            [torch.as_tensor(np.asarray(items, dtype=np.int64))]
+    if not rows:
+        raise InputError("window_ids holds no window")
+    for index, row in enumerate(rows):
+        if row.dim() != 1 or (row.numel() and row.dtype.is_floating_point):
+            raise InputError(f"window {index}: expected a 1-D sequence of integer token ids")
+    return rows
+
+
+class Layer0Scorer:
+    """Scores windows with one model's layer-0 attention (see the module docstring).
+
+    ``scorer_id`` identifies what this scorer computes with the sequence length left to the
+    caller: it covers the model identity (a hash of the layer-0 tensors read), the config
+    fields that shape layer 0's attention, the layer, the min_distance policy, the dtype,
+    the RoPE settings after any override and ``MATH_VERSION``. Two scores with the same
+    ``scorer_id`` *and* the same seq_len are comparable. ``scorer_id_for(seq_len)`` puts
+    that seq_len and the min_distance it implies in the hash as well; the score job keys its
+    rows on it. Device and kernel are not part of either id: they change results only
+    within floating-point rounding.
+    """
+
+    def __init__(self, checkpoint: Layer0Checkpoint, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str = torch.float32, min_distance: int | None = None,
+                 rope_theta: float | None = None, kernel: str = "auto",
+                 block_size: int | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if min_distance is not None and int(min_distance) < 0:
+            raise InputError(f"min_distance must be >= 0 (or None for L // 4), got "
+                             f"{min_distance}")
+        self.min_distance = None if min_distance is None else int(min_distance)
+        self.rope_theta = None if rope_theta is None else float(rope_theta)
+        self.block_size = int(block_size or DEFAULT_BLOCK_SIZE)
+        if self.block_size < 1:
+            raise InputError(f"block_size must be >= 1, got {block_size}")
+        self.config = config_with_rope_theta(checkpoint.config, self.rope_theta)
+        self.head_dim = config_head_dim(self.config)
+        self.n_query_heads = int(self.config.num_attention_heads)
+        self.n_kv_heads = int(self.config.num_key_value_heads)
+        self.rope = RotaryEmbedding(self.config, checkpoint.model_type, self.device)
+        self._kernel_requested = kernel
+        self._triton_sums, self.kernel_note = resolve_triton_kernel(kernel, self.device)
+        self.kernel = "torch" if self._triton_sums is None else "triton"
+        self._load_weights()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str = torch.float32,
+                        min_distance: int | None = None, rope_theta: float | None = None,
+                        allow_pickle: bool = False, kernel: str = "auto",
+                        block_size: int | None = None) -> Layer0Scorer:
+        """A scorer for the checkpoint in folder ``path`` (config.json + safetensors)."""
+        checkpoint = load_layer0_checkpoint(path, allow_pickle=allow_pickle)
+        return cls(checkpoint, device=device, dtype=dtype, min_distance=min_distance,
+                   rope_theta=rope_theta, kernel=kernel, block_size=block_size)
+
+    def _load_weights(self) -> None:
+        tensors = self.checkpoint.tensors
+        on_device = {"device": self.device, "dtype": self.dtype}
+        # The embedding keeps its stored dtype (rows are widened after lookup, which gives
+        # the same values) so a bf16 vocabulary table is never copied on the CPU.
+        self._embed = tensors["embed_tokens"].to(self.device)
+        norm_class = getattr(modeling_module(self.checkpoint.model_type),
+                             f"{SUPPORTED_MODEL_TYPES[self.checkpoint.model_type]}RMSNorm")
+        self._norm = norm_class(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        self._norm.weight = torch.nn.Parameter(tensors["input_layernorm"].to(**on_device),
+                                               requires_grad=False)
+        self._q_weight = tensors["q_proj.weight"].to(**on_device)
+        self._k_weight = tensors["k_proj.weight"].to(**on_device)
+        self._q_bias = tensors["q_proj.bias"].to(**on_device) if "q_proj.bias" in tensors \
+            else None
+        self._k_bias = tensors["k_proj.bias"].to(**on_device) if "k_proj.bias" in tensors \
+            else None
+
+    @property
+    def bos_id(self) -> int:
+        """The BOS token id from config.json (or generation_config.json)."""
+        bos = _bos_token_id(self.checkpoint)
+        if bos is None:
+            raise InputError(f"{self.checkpoint.path}: neither config.json nor "
+                             f"generation_config.json sets bos_token_id")
+        return bos
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding table: valid ids are 0 .. vocab_size - 1."""
+        return int(self._embed.shape[0])
+
+    def min_distance_for(self, seq_len: int) -> int:
+        """k for sequences of length ``seq_len``: the fixed min_distance, else L // 4."""
+        return seq_len // 4 if self.min_distance is None else self.min_distance
+
+    @property
+    def scorer_id(self) -> str:
+        """Id of this scorer with seq_len left to the caller (see the class docstring)."""
+        policy = "L//4" if self.min_distance is None else self.min_distance
+        return _stable_id({**self._identity(), "seq_len": "caller", "min_distance": policy})
+
+    def scorer_id_for(self, seq_len: int) -> str:
+        """Id of this scorer's scores for sequences of ``seq_len`` tokens (incl. BOS)."""
+        seq_len = int(seq_len)
+        return _stable_id({**self._identity(), "seq_len": seq_len,
+                           "min_distance": self.min_distance_for(seq_len)})
+
+    def _identity(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "math_version": MATH_VERSION,
+            "layer": LAYER,
+            "model": self.checkpoint.fingerprint(),
+            "model_type": self.checkpoint.model_type,
+            "hidden_size": int(config.hidden_size),
+            "num_attention_heads": self.n_query_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": float(config.rms_norm_eps),
+            "max_position_embeddings": int(config.max_position_embeddings),
+            "rope": self.rope.parameters,
+            "dtype": _dtype_name(self.dtype),
+        }
+
+    def config_summary(self) -> dict[str, Any]:
+        """A JSON-able description of the scorer (stored as a table property)."""
+        return {
+            "scorer_id": self.scorer_id,
+            "math_version": MATH_VERSION,
+            "model_path": str(self.checkpoint.path),
+            "model_type": self.checkpoint.model_type,
+            "model_fingerprint": self.checkpoint.fingerprint(),
+            "layer": LAYER,
+            "tensors_read": list(self.checkpoint.tensor_names_read),
+            "files_read": list(self.checkpoint.files_read),
+            "vocab_size": self.vocab_size,
+            "bos_id": _bos_token_id(self.checkpoint),
+            "hidden_size": int(self.config.hidden_size),
+            "n_query_heads": self.n_query_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": float(self.config.rms_norm_eps),
+            "rope_parameters": self.rope.parameters,
+            "rope_theta_override": self.rope_theta,
+            "min_distance": "L//4" if self.min_distance is None else self.min_distance,
+            "dtype": _dtype_name(self.dtype),
+            "device": str(self.device),
+            "kernel": self.kernel,
+            "kernel_note": self.kernel_note,
+            "block_size": self.block_size,
+        }
+
+    def score(self, ids: torch.Tensor) -> ScoreOutput:
+        """DS and variance of each row of ``ids`` (LongTensor ``[B, L]``, scored as given:
+        callers add BOS with ``build_model_input``)."""
+        ids = self._checked_ids(ids)
+        seq_len = ids.shape[1]
+        min_distance = self._checked_min_distance(seq_len)
+        self._check_sliding_window(seq_len)
+        with torch.inference_mode():
+            q, k = self.rotated_query_key(ids)
+            sum_p, sum_p2 = self._tail_sums(q, k, min_distance)
+            ds_heads, var_heads = ds_and_variance(sum_p, sum_p2, seq_len)
+        ds_heads = ds_heads.cpu().numpy()
+        var_heads = var_heads.cpu().numpy()
+        return ScoreOutput(ds=ds_heads.mean(axis=1), variance=var_heads.mean(axis=1),
+                           ds_heads=ds_heads, var_heads=var_heads, seq_len=seq_len,
+                           min_distance=min_distance)
+
+    def _tail_sums(self, q: torch.Tensor, k: torch.Tensor,
+                   min_distance: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ_R P and Σ_R P² per head: the Triton kernel when selected, else the torch one.
+
+        With kernel="auto", inputs the kernel rejects (ValueError, e.g. a head dim it has no
+        tiles for) switch this scorer to the torch kernel for good, noted in kernel_note."""
+        scale = self.head_dim ** -0.5
+        if self._triton_sums is not None:
+            try:
+                return self._triton_sums(q, k, min_distance, scale=scale)
+            except ValueError as exc:
+                if self._kernel_requested == "triton":
+                    raise InputError(f"kernel 'triton' cannot score these inputs: {exc}") \
+                        from exc
+                self._triton_sums, self.kernel = None, "torch"
+                self.kernel_note = f"triton refused the inputs ({exc}); torch kernel used"
+        return tail_attention_sums(q, k, min_distance, scale=scale, block_size=self.block_size)
+
+    def rotated_query_key(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer 0's queries ``[B, Hq, L, D]`` and keys ``[B, Hkv, L, D]`` after RoPE, in the
+        compute dtype, for already checked ids on this scorer's device."""
+        batch, seq_len = ids.shape
+        cos, sin = self.rope.cos_sin(seq_len, self.dtype, self.device)
+        q = torch.empty(batch, self.n_query_heads, seq_len, self.head_dim, dtype=self.dtype,
+                        device=self.device)
+        k = torch.empty(batch, self.n_kv_heads, seq_len, self.head_dim, dtype=self.dtype,
+                        device=self.device)
+        chunk = max(128, _PROJECTION_CHUNK_ELEMENTS // (batch * int(self.config.hidden_size)))
+        for c0 in range(0, seq_len, chunk):
+            c1 = min(c0 + chunk, seq_len)
+            hidden = self._norm(F.embedding(ids[:, c0:c1], self._embed).to(self.dtype))
+            q_chunk = self._heads(F.linear(hidden, self._q_weight, self._q_bias),
+                                  self.n_query_heads)
+            k_chunk = self._heads(F.linear(hidden, self._k_weight, self._k_bias),
+                                  self.n_kv_heads)
+            q[:, :, c0:c1], k[:, :, c0:c1] = self.rope.apply(
+                q_chunk, k_chunk, cos[:, c0:c1], sin[:, c0:c1])
+        return q, k
+
+    def _heads(self, projected: torch.Tensor, n_heads: int) -> torch.Tensor:
+        batch, positions, _ = projected.shape
+        return projected.view(batch, positions, n_heads, self.head_dim).transpose(1, 2)
+
+    def _checked_ids(self, ids: Any) -> torch.Tensor:
+        ids = torch.as_tensor(ids)
+        if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise InputError(f"ids must be an integer tensor [B, L], got {ids.dtype} of shape "
+                             f"{tuple(ids.shape)}")
+        batch, seq_len = ids.shape
+        if batch < 1:
+            raise InputError("ids holds no window (B = 0)")
+        if seq_len < MIN_SEQ_LEN:
+            raise InputError(f"seq_len {seq_len} is too short; the scorer needs L >= "
+                             f"{MIN_SEQ_LEN}")
+        ids = ids.to(device=self.device, dtype=torch.long)
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bool(bad.any()):
+            row, position = (int(i) for i in bad.nonzero()[0])
+            raise InputError(f"ids row {row}, position {position}: token id "
+                             f"{int(ids[row, position])} is outside the vocabulary of "
+                             f"{self.checkpoint.path} (valid ids 0..{self.vocab_size - 1})")
+        return ids
+
+    def _checked_min_distance(self, seq_len: int) -> int:
+        min_distance = self.min_distance_for(seq_len)
+        if min_distance >= seq_len:
+            raise InputError(f"min_distance {min_distance} leaves no attention to score in "
+                             f"sequences of {seq_len} tokens; it must be < seq_len")
+        return min_distance
+
+    def _check_sliding_window(self, seq_len: int) -> None:
+        window = layer0_sliding_window(self.config, self.checkpoint.model_type)
+        if window is not None and seq_len > window:
+            raise InputError(f"{self.checkpoint.path / 'config.json'}: layer 0 uses sliding-"
+                             f"window attention ({window} tokens), which the scorer does not "
+                             f"implement; use seq_len <= {window} (got {seq_len})")
+
+
+def layer0_sliding_window(config: Any, model_type: str) -> int | None:
+    """The sliding window of layer 0's attention, or None when it attends to all of the
+    past (as transformers decides it for these model types)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return None
+    if model_type == "mistral":
+        return int(window)
+    layer_types = getattr(config, "layer_types", None)
+    if model_type == "qwen2" and layer_types and layer_types[0] == "sliding_attention":
+        return int(window)
+    return None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a CUDA device must exist."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N, "
+                         f"auto)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was requested but CUDA is not available")
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported (cpu, cuda, cuda:N, auto)")
+    return resolved
+
+
+def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA, float32 on the CPU (the CPU also runs bfloat16 and
+    float16, slower and less exact; float32 is what it is measured and tuned for)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    resolved = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if resolved not in _DTYPES.values():
+        raise InputError(f"dtype {dtype!r} is not supported; use one of "
+                         f"{', '.join(_DTYPES)} or auto")
+    return resolved
+
+
+def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | None, str]:
+    """(the Triton sums function or None for the torch kernel, a note on the choice).
+
+    ``torch``: never Triton. ``auto``: Triton on CUDA when ``longattn_spark.scoring.
+    triton_sums`` imports and says it can run, else torch (the reason goes in the note).
+    ``triton``: Triton or an error; on the CPU only under ``TRITON_INTERPRET=1``."""
+    if kernel not in KERNELS:
+        raise InputError(f"kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+    if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
+        return None, ""
+    if kernel == "triton" and device.type != "cuda" and \
+            os.environ.get("TRITON_INTERPRET") != "1":
+        raise InputError("kernel 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run "
+                         "it slowly on the CPU)")
+    try:
+        module = importlib.import_module("longattn_spark.scoring.triton_sums")
+        function = module.tail_attention_sums_triton
+        if kernel == "auto":
+            usable = getattr(module, "triton_available", lambda: True)()
+        else:
+            usable = getattr(module, "triton", True) is not None
+    except Exception as exc:  # noqa: BLE001 - a broken triton install fails in many ways
+        if kernel == "triton":
+            raise InputError(f"kernel 'triton' was requested but longattn_spark.scoring."
+                             f"triton_sums cannot be imported ({type(exc).__name__}: "
+                             f"{exc})") from None
+        return None, f"triton unavailable ({type(exc).__name__}: {exc}); torch kernel used"
+    if not usable:
+        if kernel == "triton":
+            raise InputError("kernel 'triton' was requested but triton is not installed or "
+                             "cannot run on this machine")
+        return None, "triton cannot run on this machine; torch kernel used"
+    return function, ""
+
+
+def _bos_token_id(checkpoint: Layer0Checkpoint) -> int | None:
+    bos = checkpoint.raw_config.get("bos_token_id")
+    generation = checkpoint.path / "generation_config.json"
+    if bos is None and generation.is_file():
+        try:
+            bos = json.loads(generation.read_text()).get("bos_token_id")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            bos = None
+    if isinstance(bos, Sequence) and not isinstance(bos, str):
+        bos = bos[0] if bos else None
+    return None if bos is None else int(bos)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _stable_id(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return "l0-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
