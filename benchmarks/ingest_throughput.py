@@ -27,12 +27,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from longattn_spark.config import IngestConfig, SparkSettings  # noqa: E402
-from longattn_spark.demo_corpus import build_demo_corpus, code_documents  # noqa: E402
-from longattn_spark.ingest import ingest  # noqa: E402
-from longattn_spark.session import get_spark  # noqa: E402
-from longattn_spark.tokenize import (get_tokenizer, llama3_tokenizer_dir,  # noqa: E402
-                                     load_tokenizer_spec)
+from longattn_spark.config import IngestConfig, SparkSettings
+from longattn_spark.demo_corpus import build_demo_corpus, code_documents
+from longattn_spark.ingest import ingest
+from longattn_spark.session import get_spark
+from longattn_spark.tokenize import (
+    get_tokenizer,
+    llama3_tokenizer_dir,
+    load_tokenizer_spec,
+)
 
 
 def base_documents(corpus: Path, tmp: Path) -> list[dict]:

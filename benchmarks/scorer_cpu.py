@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from longattn_spark.smoke_model import write_random_layer0_checkpoint
+
 HEADS, KV_HEADS, HEAD_DIM = 8, 2, 128
 E2E_HIDDEN, E2E_VOCAB = 1024, 32000
 LLAMA8B = {"hidden": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128, "vocab": 32768,
@@ -143,37 +145,6 @@ def child_sums(method: str, seq_len: int, block_size: int | None) -> dict:
     return {"seconds": min(first, more), "peak_extra": peak_extra, "rates": rates}
 
 
-def write_layer0_checkpoint(folder: Path, *, hidden: int, heads: int, kv_heads: int,
-                            head_dim: int, vocab: int, dtype: torch.dtype) -> Path:
-    """config.json + model.safetensors holding only the tensors layer-0 scoring reads."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-              "hidden_size": hidden, "num_attention_heads": heads,
-              "num_key_value_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
-              "intermediate_size": 4 * hidden, "num_hidden_layers": 1,
-              "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-              "rope_theta": 500000.0, "bos_token_id": 1, "eos_token_id": 2,
-              "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                               "high_freq_factor": 4.0,
-                               "original_max_position_embeddings": 8192}}
-    (folder / "config.json").write_text(json.dumps(config))
-    generator = torch.Generator().manual_seed(0)
-
-    def normal(*shape: int, std: float) -> torch.Tensor:
-        return (torch.randn(*shape, generator=generator) * std).to(dtype)
-
-    save_file({"model.embed_tokens.weight": normal(vocab, hidden, std=1.0),
-               "model.layers.0.input_layernorm.weight": torch.ones(hidden, dtype=dtype),
-               "model.layers.0.self_attn.q_proj.weight": normal(heads * head_dim, hidden,
-                                                                std=hidden ** -0.5),
-               "model.layers.0.self_attn.k_proj.weight": normal(kv_heads * head_dim, hidden,
-                                                                std=hidden ** -0.5)},
-              str(folder / "model.safetensors"))
-    return folder
-
-
 def child_e2e(folder: str, seq_len: int, block_size: int | None, repeats: int) -> dict:
     import transformers.models.llama.modeling_llama  # noqa: F401 - imported before measuring
 
@@ -235,9 +206,9 @@ def default_mode(lengths: list[int], block_size: int | None, skip_naive: bool) -
                   f"uses 1/{naive['peak_extra'] / max(ours['peak_extra'], 1):.1f} of the "
                   f"naive peak extra memory")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_layer0_checkpoint(Path(tmp) / "e2e", hidden=E2E_HIDDEN, heads=HEADS,
-                                         kv_heads=KV_HEADS, head_dim=HEAD_DIM,
-                                         vocab=E2E_VOCAB, dtype=torch.bfloat16)
+        folder = write_random_layer0_checkpoint(
+            Path(tmp) / "e2e", hidden_size=E2E_HIDDEN, num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM, vocab_size=E2E_VOCAB)
         for seq_len in lengths:
             e2e = run_child(mode="e2e", folder=str(folder), seq_len=seq_len,
                             block_size=block_size, repeats=3)
@@ -251,10 +222,10 @@ def default_mode(lengths: list[int], block_size: int | None, skip_naive: bool) -
 def llama8b_mode(block_size: int | None) -> None:
     shape = LLAMA8B
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_layer0_checkpoint(Path(tmp) / "llama8b", hidden=shape["hidden"],
-                                         heads=shape["heads"], kv_heads=shape["kv_heads"],
-                                         head_dim=shape["head_dim"], vocab=shape["vocab"],
-                                         dtype=torch.bfloat16)
+        folder = write_random_layer0_checkpoint(
+            Path(tmp) / "llama8b", hidden_size=shape["hidden"],
+            num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+            head_dim=shape["head_dim"], vocab_size=shape["vocab"])
         start_load = load_average()
         result = run_child(mode="e2e", folder=str(folder), seq_len=shape["seq_len"],
                            block_size=block_size, repeats=1)

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from longattn_spark.smoke_model import write_random_layer0_checkpoint
+
 try:
     import triton
     import triton.language as tl
@@ -150,42 +152,6 @@ def measure_rates(repeats: int) -> Rates:
                  exp_per_s=elements * n_iter / (exp_ms / 1e3))
 
 
-def write_checkpoint(folder: Path, shape: dict, vocab: int = VOCAB, device: str = "cuda",
-                     seed: int = 0) -> Path:
-    """A random Llama-3.1-shaped layer 0: config.json + model.safetensors (bfloat16)."""
-    from safetensors.torch import save_file
-
-    hidden, heads, kv_heads, head_dim = (shape[key]
-                                         for key in ("hidden", "heads", "kv_heads", "head_dim"))
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-              "hidden_size": hidden, "num_attention_heads": heads,
-              "num_key_value_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
-              "intermediate_size": 4 * hidden, "num_hidden_layers": 1,
-              "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-              "rope_theta": 500000.0, "bos_token_id": 128000 if vocab > 128001 else 1,
-              "eos_token_id": 128001 if vocab > 128001 else 2,
-              "torch_dtype": "bfloat16",
-              "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                               "high_freq_factor": 4.0,
-                               "original_max_position_embeddings": 8192}}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    generator = torch.Generator(device=device).manual_seed(seed)
-
-    def normal(*size: int, std: float) -> torch.Tensor:
-        values = torch.randn(*size, generator=generator, device=device) * std
-        return values.to(torch.bfloat16).cpu()
-
-    save_file({"model.embed_tokens.weight": normal(vocab, hidden, std=1.0),
-               "model.layers.0.input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-               "model.layers.0.self_attn.q_proj.weight": normal(heads * head_dim, hidden,
-                                                                std=hidden ** -0.5),
-               "model.layers.0.self_attn.k_proj.weight": normal(kv_heads * head_dim, hidden,
-                                                                std=hidden ** -0.5)},
-              str(folder / "model.safetensors"))
-    return folder
-
-
 def max_rel_diff(a, b) -> float:
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     return float(((a - b).abs() / b.abs()).max())
@@ -231,7 +197,10 @@ def bench_model(shape: dict, seq_len: int, batch: int, repeats: int, rates: Rate
         tail_attention_sums_triton,
     )
 
-    folder = write_checkpoint(workdir / shape["name"], shape, vocab, device)
+    folder = write_random_layer0_checkpoint(
+        workdir / shape["name"], hidden_size=shape["hidden"], num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"], head_dim=shape["head_dim"], vocab_size=vocab,
+        device=device)
     checkpoint = load_layer0_checkpoint(folder)
     fast = Layer0Scorer(checkpoint, device=device, dtype=torch.bfloat16, kernel="triton")
     slow = Layer0Scorer(checkpoint, device=device, dtype=torch.bfloat16, kernel="torch")

@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from longattn_spark.config import (LongAttnConfig, add_section_flags, load_config,
-                                   section_from_namespace)
+from longattn_spark.config import (
+    LongAttnConfig,
+    add_section_flags,
+    load_config,
+    section_from_namespace,
+)
 from longattn_spark.errors import ConfigError, UserFacingError
 
 

@@ -46,8 +46,8 @@ class SparkSettings:
     driver_memory: str = _opt("4g", "driver memory of the embedded session")
     ivy_cache: str = _opt("~/.cache/longattn-spark/ivy", "where Spark's package resolver "
                           "caches Delta's jars (outside git)")
-    spark_conf: dict = _opt({}, "extra Spark settings, e.g. {spark.sql.shuffle.partitions: 8} "
-                            "(YAML only)")
+    spark_conf: dict = _opt(  # noqa: RUF009 - _opt gives a dict a default_factory
+        {}, "extra Spark settings, e.g. {spark.sql.shuffle.partitions: 8} (YAML only)")
     ui: bool = _opt(False, "start the Spark UI for the embedded session")
 
 

@@ -14,8 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from longattn_spark.config import (ExportConfig, IngestConfig, LongAttnConfig, ReportConfig,
-                                   ScoreConfig, SelectConfig)
+from longattn_spark.config import (
+    ExportConfig,
+    IngestConfig,
+    LongAttnConfig,
+    ReportConfig,
+    ScoreConfig,
+    SelectConfig,
+)
 from longattn_spark.demo_corpus import build_demo_corpus
 from longattn_spark.errors import InputError
 

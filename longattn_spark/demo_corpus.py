@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import pydoc
 import sysconfig
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 DOC_MODULES = ("argparse", "asyncio.events", "collections", "concurrent.futures", "csv",
                "dataclasses", "datetime", "decimal", "difflib", "email.message", "enum",

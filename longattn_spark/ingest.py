@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextlib import contextmanager
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -31,8 +31,18 @@ from longattn_spark.config import IngestConfig, LongAttnConfig, default_rejects_
 from longattn_spark.errors import ConfigError
 from longattn_spark.session import arrow_batch_rows, get_spark
 from longattn_spark.sources import read_documents
-from longattn_spark.tables import REJECTS, WINDOWS, TableRef, ensure_table, merge_new_rows
-from longattn_spark.tokenize import TokenizerSpec, load_tokenizer_spec, tokenize_documents
+from longattn_spark.tables import (
+    REJECTS,
+    WINDOWS,
+    TableRef,
+    ensure_table,
+    merge_new_rows,
+)
+from longattn_spark.tokenize import (
+    TokenizerSpec,
+    load_tokenizer_spec,
+    tokenize_documents,
+)
 from longattn_spark.windowing import sliding_windows
 
 ALREADY_INGESTED = "already_ingested"
@@ -94,7 +104,7 @@ class IngestSummary:
         return (self.windowed + self.too_short + self.rejected_total + self.already_ingested
                 == self.documents_read)
 
-    def add(self, other: "IngestSummary") -> None:
+    def add(self, other: IngestSummary) -> None:
         for name in ("documents_read", "windowed", "too_short", "already_ingested", "windows",
                      "tokens", "window_tokens", "windows_inserted", "rejects_inserted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -315,14 +325,16 @@ def _tokenize_or_fail(spec: TokenizerSpec, texts: list[str], chunk_chars: int):
     """DocTokens per text; a text the tokenizer fails on becomes its exception (the others
     are still tokenized)."""
     try:
-        yield from tokenize_documents(spec, texts, chunk_chars=chunk_chars)
+        batch = list(tokenize_documents(spec, texts, chunk_chars=chunk_chars))
+    except Exception:  # noqa: BLE001 - any tokenizer failure: isolate the document below
+        batch = None
+    if batch is not None:
+        yield from batch
         return
-    except Exception:  # isolate the failing document below
-        pass
     for text in texts:
         try:
             yield next(tokenize_documents(spec, [text], chunk_chars=chunk_chars))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes this document's rejects row
             yield exc
 
 

@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longattn_spark.errors import InputError
-from longattn_spark.scoring.checkpoint import (NAME_PREFIXES, PICKLE_INDEX, PICKLE_SINGLE,
-                                               ROLE_NAMES, SAFETENSORS_INDEX,
-                                               SAFETENSORS_SINGLE)
+from longattn_spark.scoring.checkpoint import (
+    NAME_PREFIXES,
+    PICKLE_INDEX,
+    PICKLE_SINGLE,
+    ROLE_NAMES,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+)
 
 SMALL_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")

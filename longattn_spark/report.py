@@ -443,19 +443,12 @@ def parse_scorer_property(properties: Mapping[str, str], scorer_id: str) -> dict
 
 def choose_scorer(requested: str, available: Mapping[str, int], table: str) -> str:
     """The scorer to report on: the requested one, or the only one in the table."""
-    listing = ", ".join(f"{sid} ({n} windows)" for sid, n in sorted(available.items()))
+    from longattn_spark.selection import chosen_scorer_id
+
     if not available:
         raise TableError(f"--scores {table}: the table holds no scores; run "
                          "`longattn-spark score` first")
-    if requested:
-        if requested not in available:
-            raise ConfigError(f"--scorer-id {requested!r} has no scores in {table}; "
-                              f"scorer_ids there: {listing}")
-        return requested
-    if len(available) > 1:
-        raise ConfigError(f"--scores {table} holds several scorers; choose one with "
-                          f"--scorer-id: {listing}")
-    return next(iter(available))
+    return chosen_scorer_id(requested, available, table)
 
 
 def selection_counts_from_summary(rows: Iterable[Mapping[str, Any]]
@@ -1028,21 +1021,28 @@ def plot_paper_comparison(stats: Sequence[CategoryScoreStats]):
     return fig
 
 
+def category_panels(categories: Sequence[str | None], *, max_columns: int, row_height: float):
+    """A figure with one panel per category (at most ``max_columns`` a row) and the
+    ``(category, axes)`` pairs; with no category, a figure that says so and no panel."""
+    columns = min(max_columns, max(len(categories), 1))
+    rows = max(1, math.ceil(len(categories) / columns))
+    fig = new_figure(11, 0.6 + row_height * rows)
+    if not categories:
+        fig.text(0.5, 0.5, "no ranked windows", ha="center")
+        return fig, []
+    axes = [ax for row in fig.subplots(rows, columns, squeeze=False) for ax in row]
+    for unused in axes[len(categories):]:
+        unused.set_visible(False)
+    return fig, list(zip(categories, axes, strict=False))
+
+
 def plot_lds_histograms(lds: Mapping[str | None, LdsHistogram],
                         counts: Sequence[SelectionCount] = (), method: str = "lds"):
     """LDS histogram per category, kept windows stacked on the left-out ones, with the cut
     (the lowest LDS kept) as a vertical line for an LDS selection."""
     by_category = {c.category: c for c in counts}
-    categories = list(lds)
-    columns = min(3, max(len(categories), 1))
-    rows = max(1, math.ceil(len(categories) / columns))
-    fig = new_figure(11, 0.6 + 2.8 * rows)
-    if not categories:
-        fig.text(0.5, 0.5, "no ranked windows", ha="center")
-        return fig
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for index, category in enumerate(categories):
-        ax = axes[index // columns][index % columns]
+    fig, panels = category_panels(list(lds), max_columns=3, row_height=2.8)
+    for category, ax in panels:
         h = lds[category]
         _bars(ax, h.edges, h.rest, color=REST_COLOR, label="left out")
         _bars(ax, h.edges, h.selected, bottom=list(h.rest), color=KEPT_COLOR, label="kept")
@@ -1055,8 +1055,6 @@ def plot_lds_histograms(lds: Mapping[str | None, LdsHistogram],
         ax.set_xlabel("LDS")
         ax.set_ylabel("windows")
         ax.legend(fontsize=8)
-    for index in range(len(categories), rows * columns):
-        axes[index // columns][index % columns].set_visible(False)
     return fig
 
 
@@ -1088,15 +1086,8 @@ def plot_ds_variance_scatter(sample: Sequence[SamplePoint]):
     from matplotlib.ticker import MaxNLocator
 
     categories = sorted({p.category for p in sample}, key=lambda c: (c is None, c or ""))
-    columns = min(4, max(len(categories), 1))
-    rows = max(1, math.ceil(len(categories) / columns))
-    fig = new_figure(11, 0.6 + 2.9 * rows)
-    if not categories:
-        fig.text(0.5, 0.5, "no ranked windows", ha="center")
-        return fig
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for index, category in enumerate(categories):
-        ax = axes[index // columns][index % columns]
+    fig, panels = category_panels(categories, max_columns=4, row_height=2.9)
+    for category, ax in panels:
         points = [p for p in sample if p.category == category]
         for kept, color, label in ((False, REST_COLOR, "left out"), (True, KEPT_COLOR, "kept")):
             chosen = [p for p in points if p.selected == kept and p.variance > 0]
@@ -1109,8 +1100,6 @@ def plot_ds_variance_scatter(sample: Sequence[SamplePoint]):
         ax.set_xlabel("DS")
         ax.set_ylabel("variance")
         ax.legend(fontsize=8)
-    for index in range(len(categories), rows * columns):
-        axes[index // columns][index % columns].set_visible(False)
     return fig
 
 

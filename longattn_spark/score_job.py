@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -34,8 +34,14 @@ from longattn_spark.config import LongAttnConfig, ScoreConfig, default_rejects_t
 from longattn_spark.errors import ConfigError, TableError
 from longattn_spark.model_files import ModelLocation, locate_model
 from longattn_spark.session import arrow_batch_rows, get_spark, on_cluster
-from longattn_spark.tables import (SCORE_REJECTS, SCORES, TableRef, ensure_table,
-                                   merge_new_rows, set_properties)
+from longattn_spark.tables import (
+    SCORE_REJECTS,
+    SCORES,
+    TableRef,
+    ensure_table,
+    merge_new_rows,
+    set_properties,
+)
 
 WRONG_LENGTH = "wrong_length"
 IDS_OUT_OF_VOCAB = "ids_out_of_vocab"
@@ -475,7 +481,12 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self._progress = None
         if enabled:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                       TimeElapsedColumn(), transient=True)

@@ -7,6 +7,7 @@ Llama-3 vocabulary size and ``llama3`` rope scaling, so the real Llama-3 tokeniz
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,49 @@ def write_smoke_test_model(path: str | Path, *, vocab_size: int = 128256,
         vocab_size=vocab_size, seed=seed))
     if tokenizer_dir is not None:
         _copy_tokenizer_files(Path(tokenizer_dir), folder)
+    return folder
+
+
+def write_random_layer0_checkpoint(path: str | Path, *, hidden_size: int,
+                                   num_attention_heads: int, num_key_value_heads: int,
+                                   head_dim: int, vocab_size: int,
+                                   dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
+                                   seed: int = 0) -> Path:
+    """A random Llama-3.1-shaped (llama3 RoPE) checkpoint holding only the tensors layer-0
+    scoring reads: config.json + model.safetensors. For benchmarks at real shapes, where a
+    whole model would not fit; ``device`` is where the random numbers are drawn (a GPU makes
+    a 128k-row embedding in a moment)."""
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    big_vocab = vocab_size > LLAMA3_EOS_ID
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+              "hidden_size": hidden_size, "num_attention_heads": num_attention_heads,
+              "num_key_value_heads": num_key_value_heads, "head_dim": head_dim,
+              "vocab_size": vocab_size, "intermediate_size": 4 * hidden_size,
+              "num_hidden_layers": 1, "max_position_embeddings": 131072,
+              "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+              "bos_token_id": LLAMA3_BOS_ID if big_vocab else 1,
+              "eos_token_id": LLAMA3_EOS_ID if big_vocab else 2,
+              "torch_dtype": str(dtype).removeprefix("torch."),
+              "rope_scaling": dict(LLAMA3_ROPE_SCALING)}
+    (folder / "config.json").write_text(json.dumps(config))
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def normal(*size: int, std: float) -> torch.Tensor:
+        values = torch.randn(*size, generator=generator, device=device) * std
+        return values.to(dtype).cpu()
+
+    qk_std = hidden_size ** -0.5
+    layer = "model.layers.0."
+    save_file({"model.embed_tokens.weight": normal(vocab_size, hidden_size, std=1.0),
+               layer + "input_layernorm.weight": torch.ones(hidden_size, dtype=dtype),
+               layer + "self_attn.q_proj.weight": normal(num_attention_heads * head_dim,
+                                                         hidden_size, std=qk_std),
+               layer + "self_attn.k_proj.weight": normal(num_key_value_heads * head_dim,
+                                                         hidden_size, std=qk_std)},
+              str(folder / "model.safetensors"))
     return folder
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -149,8 +149,8 @@ def parse_json_line(line: str, source: str, id_col: str, text_col: str, cat_col:
     doc_id = record.get(id_col)
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or str(doc_id) == "":
         what = "missing" if doc_id is None else f"not a string or integer ({doc_id!r:.40})"
-        row["reason"], row["detail"] = "missing_id", f"field {id_col!r} {what}: " \
-                                                     f"{_snippet(line)}"
+        row["reason"], row["detail"] = ("missing_id",
+                                        f"field {id_col!r} {what}: {_snippet(line)}")
         doc_id = None
     row["doc_id"] = None if doc_id is None else str(doc_id)
     if not flag_category:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -271,7 +272,7 @@ def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
 def check_schema(spark: SparkSession, ref: TableRef, spec: TableSpec) -> None:
     try:
         actual = ref.read(spark).schema
-    except Exception as exc:  # not a Delta table, unreadable
+    except Exception as exc:  # noqa: BLE001 - not a Delta table, unreadable: all one error
         raise TableError(f"table {ref} exists but cannot be read as a Delta {spec.kind} "
                          f"table: {str(exc).splitlines()[0]}") from None
     diffs = schema_differences(spec.schema, actual)

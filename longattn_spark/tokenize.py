@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def load_tokenizer_spec(path: str | Path) -> TokenizerSpec:
     text = file.read_text(encoding="utf-8")
     try:
         tokenizer = _tokenizer_from_json(text)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception
         raise InputError(f"--tokenizer {file}: not a valid tokenizer.json ({exc})") from None
     folder = file.parent
     return TokenizerSpec(name=folder.name or "tokenizer",
@@ -168,7 +169,7 @@ def _encoded_pieces(tokenizer, texts: Sequence[str], chunk_chars: int, batch_cha
         for doc_index, text in enumerate(texts):
             starts = piece_starts(text, chunk_chars) if len(text) > chunk_chars else [0]
             bounds = starts + [len(text)]
-            for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            for i, (a, b) in enumerate(itertools.pairwise(bounds)):
                 yield doc_index, a, i == len(starts) - 1, text[a:b]
 
     for group in _groups_by_chars(pieces(), batch_chars):

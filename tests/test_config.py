@@ -57,7 +57,7 @@ def test_bad_yaml_names_the_option(tmp_path, text, message):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "longattn_spark.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_wrong_flag_or_value_is_one_line_not_a_stack_trace():

@@ -29,9 +29,9 @@ CODE = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]
 
 
 def tiny_model(path: Path, seed: int = 0, **overrides) -> Path:
-    args = dict(vocab_size=128256, hidden_size=32, num_attention_heads=4,
-                num_key_value_heads=2, num_hidden_layers=1, intermediate_size=64,
-                seed=seed, dtype="float32")
+    args = {"vocab_size": 128256, "hidden_size": 32, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 1, "intermediate_size": 64,
+            "seed": seed, "dtype": "float32"}
     args.update(overrides)
     return write_smoke_test_model(path, **args)
 
@@ -144,7 +144,7 @@ def test_two_scorers_write_one_table_at_the_same_time(spark, windows_table, mode
         try:
             results[name] = score_windows(spark, score_config(windows_table, model, table),
                                           progress=False)
-        except Exception as exc:  # reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(n, m)) for n, m in

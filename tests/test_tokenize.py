@@ -12,7 +12,11 @@ import pytest
 from tokenizers import Tokenizer
 
 from longattn_spark.errors import InputError
-from longattn_spark.tokenize import load_tokenizer_spec, piece_starts, tokenize_documents
+from longattn_spark.tokenize import (
+    load_tokenizer_spec,
+    piece_starts,
+    tokenize_documents,
+)
 
 
 @pytest.fixture(scope="module")

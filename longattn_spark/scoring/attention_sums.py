@@ -101,8 +101,9 @@ def ds_and_variance(sum_p: torch.Tensor, sum_p2: torch.Tensor,
     return ds_heads, var_heads
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, min_distance: int,
-                  block_size: int) -> tuple[int, int, int, int]:
+def check_qk_shapes(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(B, Hq, L, D)`` of q ``[B, Hq, L, D]`` and k ``[B, Hkv, L, D]`` with Hq a multiple of
+    Hkv; ValueError naming the shapes otherwise."""
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be [B, H, L, D]; got {tuple(q.shape)} and "
                          f"{tuple(k.shape)}")
@@ -112,6 +113,12 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, min_distance: int,
     if k.shape[1] == 0 or q_heads % k.shape[1] != 0:
         raise ValueError(f"query heads ({q_heads}) must be a multiple of kv heads "
                          f"({k.shape[1]})")
+    return batch, q_heads, seq_len, head_dim
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, min_distance: int,
+                  block_size: int) -> tuple[int, int, int, int]:
+    batch, q_heads, seq_len, head_dim = check_qk_shapes(q, k)
     if q.dtype != k.dtype or q.device != k.device:
         raise ValueError(f"q and k differ in dtype or device: {q.dtype}/{q.device} vs "
                          f"{k.dtype}/{k.device}")

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from longattn_spark.scoring.attention_sums import check_qk_shapes
+
 SPACINGS = ("log", "linear")
 BLOCK_ELEMENTS = 1 << 24
 """Float32 logits per block (64 MiB): rows per block = this / (group · L), at least 1."""
@@ -133,12 +135,7 @@ def _batched(x: torch.Tensor) -> torch.Tensor:
 
 
 def _checked_shapes(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
-    batch, q_heads, seq_len, head_dim = q.shape
-    if (k.shape[0], k.shape[2], k.shape[3]) != (batch, seq_len, head_dim):
-        raise ValueError(f"k {tuple(k.shape)} does not match q {tuple(q.shape)} in B, L or D")
-    if k.shape[1] == 0 or q_heads % k.shape[1] != 0:
-        raise ValueError(f"query heads ({q_heads}) must be a multiple of kv heads "
-                         f"({k.shape[1]})")
+    batch, q_heads, seq_len, head_dim = check_qk_shapes(q, k)
     if seq_len < 1:
         raise ValueError("q and k hold no position (L = 0)")
     return batch, q_heads, seq_len, head_dim

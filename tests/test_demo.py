@@ -1,0 +1,91 @@
+"""The README's main command, ``longattn-spark demo``, at a small size: the same code path
+(corpus -> smoke-test model -> ingest -> score -> select -> export -> report), fewer documents
+and shorter windows. Expected counts come from the corpus file, the reference tokenizer and
+Algorithm 1, not from the job."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from longattn_spark.config import DemoConfig, LongAttnConfig
+from longattn_spark.demo import run_demo
+from longattn_spark.tables import TableRef
+from longattn_spark.windowing import sliding_windows
+
+W = 2048
+DOCS_PER_CATEGORY = 2
+
+
+@pytest.fixture(scope="module")
+def demo(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    cfg = LongAttnConfig(demo=DemoConfig(output=str(root / "out"), window_size=W,
+                                         max_docs_per_category=DOCS_PER_CATEGORY))
+    return run_demo(cfg)
+
+
+@pytest.fixture(scope="module")
+def expected_windows(demo, llama3_tokenizer_dir) -> dict[str, int]:
+    """Windows per category, and documents too short for one, from the corpus file."""
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(str(llama3_tokenizer_dir / "tokenizer.json"))
+    counts: dict[str, int] = {"too_short": 0}
+    for line in demo.corpus.read_text(encoding="utf-8").splitlines():
+        doc = json.loads(line)
+        n_windows = len(sliding_windows(len(reference.encode(
+            doc["text"], add_special_tokens=False).ids), W))
+        counts[doc["category"]] = counts.get(doc["category"], 0) + n_windows
+        counts["too_short"] += n_windows == 0
+    return counts
+
+
+def per_category(spark, table: str, where: str = "true") -> dict[str, int]:
+    rows = TableRef(table).read(spark).where(where).groupBy("category").count().collect()
+    return {r["category"]: r["count"] for r in rows}
+
+
+def test_demo_corpus_has_three_categories(demo):
+    categories = [json.loads(line)["category"]
+                  for line in demo.corpus.read_text(encoding="utf-8").splitlines()]
+    assert sorted(set(categories)) == ["code", "docs", "legal"]
+    assert all(categories.count(c) == DOCS_PER_CATEGORY for c in set(categories))
+
+
+def test_demo_writes_every_table_with_the_expected_rows(spark, demo, expected_windows):
+    expected = {c: n for c, n in expected_windows.items() if c != "too_short" and n}
+    assert per_category(spark, demo.table("windows")) == expected
+    assert TableRef(demo.table("windows_rejects")).read(spark).count() \
+        == expected_windows["too_short"]
+    scores = TableRef(demo.table("scores")).read(spark)
+    assert scores.select("scorer_id").distinct().count() == 1
+    assert per_category(spark, demo.table("scores")) == expected
+    assert scores.join(TableRef(demo.table("windows")).read(spark), "window_id").count() \
+        == sum(expected.values())
+    assert TableRef(demo.table("scores_rejects")).read(spark).count() == 0
+    assert per_category(spark, demo.table("selection")) == expected
+
+
+def test_demo_keeps_half_of_each_category_and_exports_them(spark, demo):
+    kept = per_category(spark, demo.table("selection"), "selected")
+    total = per_category(spark, demo.table("selection"))
+    for category, n in total.items():
+        assert abs(kept[category] - n * 0.5) <= 1, category
+    manifest = json.loads((demo.export / "manifest.json").read_text())
+    assert {c: v["windows"] for c, v in manifest["categories"].items()} == kept
+    lines = [json.loads(line) for shard in sorted(demo.export.glob("part-*.jsonl"))
+             for line in shard.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == sum(kept.values())
+    assert all(line["text"] and line["category"] in kept for line in lines)
+
+
+def test_demo_report_embeds_its_plots_and_labels_the_smoke_model(demo):
+    html = demo.report.read_text(encoding="utf-8")
+    plots = re.findall(r'<img[^>]+src="data:image/png;base64,([A-Za-z0-9+/=]{200,})"', html)
+    assert len(plots) >= 5
+    assert 'id="smoke-test-banner"' in html
+    profile = re.search(r'<section id="profile">(.*?)</section>', html, re.DOTALL)
+    assert profile and "data:image/png;base64," in profile.group(1)
