@@ -125,13 +125,15 @@ def default_config(head_dim: int, n_rep: int, dtype: torch.dtype) -> KernelConfi
     16-bit inputs: 128 stacked rows x 64 keys, 8 warps, 3 stages: each key tile is reused
     by 128 query rows, the float32 score tile stays in registers and the Q tile plus three
     key tiles fit in shared memory, for head dims up to 128. Float32 inputs multiply on
-    CUDA cores (IEEE, not TF32), which needs smaller tiles to stay out of local memory.
-    ``benchmarks/scorer_gpu.py --sweep`` times the alternatives on a real GPU.
+    CUDA cores (IEEE, not TF32), which needs the smallest tiles: with Triton 3.9's ptxas
+    (sm_90) these spill least (0 bytes for a group of 1, 152-296 bytes a thread for groups
+    of 4-8; tests/test_triton_sums.py compiles them). ``benchmarks/scorer_gpu.py --sweep``
+    times the alternatives on a real GPU.
     """
     group = 1 << (n_rep - 1).bit_length()
     if dtype == torch.float32:
         block_m = max(16, 64 // group)
-        return KernelConfig(block_m, max(16, 2048 // (group * block_m)), 8, 2)
+        return KernelConfig(block_m, max(16, 1024 // (group * block_m)), 8, 2)
     return KernelConfig(max(16, 128 // group), 64, 8, 3)
 
 
