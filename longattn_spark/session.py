@@ -103,7 +103,7 @@ def _local_session(settings: SparkSettings, app_name: str) -> SparkSession:
         builder = builder.config(key, value)
     if settings.catalog == "hive":
         builder = builder.config("spark.sql.catalogImplementation", "hive")
-        builder = builder.config("javax.jdo.option.ConnectionURL",
+        builder = builder.config("spark.hadoop.javax.jdo.option.ConnectionURL",
                                  f"jdbc:derby:;databaseName={lake / 'metastore' / 'metastore_db'};"
                                  "create=true")
     builder = configure_spark_with_delta_pip(builder)
