@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -265,7 +266,13 @@ def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
     builder = builder.property("longattn.kind", spec.kind)
     for key, value in {**spec.properties, **(properties or {})}.items():
         builder = builder.property(key, value)
-    retry_on_conflict(lambda: builder.execute(), what=f"creating {ref}")
+    try:
+        retry_on_conflict(lambda: builder.execute(), what=f"creating {ref}")
+    except AnalysisException:
+        if not ref.exists(spark):
+            raise
+        # Another job created it between our check and our create (two score jobs starting
+        # at once): the schema check below decides whether it is the table we need.
     check_schema(spark, ref, spec)
 
 
