@@ -7,13 +7,13 @@
 import os
 import sys
 
-# This file shares its name with the standard library's ``select`` module, and Python puts a
-# script's folder first on sys.path: without this, ``import socket`` (pyspark) would import
-# this file instead of the standard module.
+# spark-submit puts this script's folder first on sys.path, where ``select.py`` would shadow
+# the standard library's ``select`` module (imported by pyarrow, socket, ...): drop the folder
+# before importing anything else, so whatever this folder holds can shadow nothing.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from longattn_spark.cli import job_main
+from longattn_spark.cli import job_main  # noqa: E402 - after the sys.path fix above
 
 if __name__ == "__main__":
     job_main("select")

@@ -2,7 +2,7 @@
 
 Each job has a dataclass section (``IngestConfig``, ``ScoreConfig``, ...) plus the shared
 ``SparkSettings``. Values come from, lowest priority first: the dataclass defaults (the
-embedded local defaults), a YAML file (``--config conf/databricks.yaml``; sections named
+embedded local defaults), a YAML file (``--config databricks`` for a shipped one, or a path; sections named
 ``spark``, ``ingest``, ``score``, ...), then command-line flags. Flags are generated from the
 dataclass fields, so a field's name *is* its flag (``window_size`` -> ``--window-size``) and its
 ``help`` metadata is its help text.
@@ -77,6 +77,9 @@ class IngestConfig:
     commit_chunks: int = _opt(1, "commit the input in this many hash buckets of doc_id, "
                               "so a killed job resumes from the last committed bucket")
     batch_docs: int = _opt(64, "documents per Arrow batch sent to the tokenizer")
+    on_changed: str = _opt("reject", "a document (category + id) already ingested with "
+                           "another text: reject it as changed_text, or replace the old "
+                           "version's windows", choices=("reject", "replace"))
 
 
 @dataclass
@@ -101,6 +104,11 @@ class ScoreConfig:
     category: str = _opt("", "score only this category")
     task_gpus: float = _opt(0.0, "GPUs per scoring task through a stage-level ResourceProfile "
                             "(only the scoring stage holds GPUs; 0: the cluster's defaults)")
+    checkpoint_location: str = _opt("", "folder for the score stream's checkpoint; required "
+                                    "when --table is a metastore / Unity Catalog name (e.g. a "
+                                    "Volume path); default for a path table: beside it")
+    allow_tokenizer_mismatch: bool = _opt(False, "score windows cut by another tokenizer than "
+                                          "the model folder's (recorded with the scorer)")
 
 
 @dataclass
@@ -240,15 +248,32 @@ def section_from_mapping(cls: type[T], values: dict[str, Any], where: str) -> T:
     return base
 
 
+SHIPPED_CONFIGS = ("local", "databricks", "emr")
+
+
+def shipped_config_text(name: str) -> str:
+    """The YAML of a config shipped inside the package (``local``, ``databricks``, ``emr``),
+    so a wheel installed on a cluster has them without any file travelling with the job."""
+    from importlib.resources import files
+
+    return (files("longattn_spark") / "conf" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
 def load_config(path: str | os.PathLike | None = None) -> LongAttnConfig:
-    """Defaults, overridden by the YAML file at ``path`` when given."""
+    """Defaults, overridden by the YAML given: a file path, or the name of a config shipped in
+    the package (``--config databricks``). A file of that name wins over the shipped one."""
     if path is None:
         return LongAttnConfig()
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: no such file {p}")
+    if p.is_file():
+        text = p.read_text()
+    elif str(path) in SHIPPED_CONFIGS:
+        text = shipped_config_text(str(path))
+    else:
+        raise ConfigError(f"--config {p}: no such file, and not a shipped config "
+                          f"({', '.join(SHIPPED_CONFIGS)})")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {p}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):

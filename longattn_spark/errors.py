@@ -15,3 +15,7 @@ class TableError(UserFacingError, RuntimeError):
 
 class InputError(UserFacingError, ValueError):
     """The job's input (files, tokenizer, model) cannot be used."""
+
+
+class AccountingError(UserFacingError, RuntimeError):
+    """A job cannot account for every input it read (a document is in no table)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -28,15 +28,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from longattn_spark.config import IngestConfig, LongAttnConfig, default_rejects_table
-from longattn_spark.errors import ConfigError
-from longattn_spark.session import arrow_batch_rows, get_spark
-from longattn_spark.sources import read_documents
+from longattn_spark.errors import AccountingError, ConfigError
+from longattn_spark.session import arrow_batch_rows, default_parallelism, get_spark
+from longattn_spark.sources import count_input_rows, read_documents
 from longattn_spark.tables import (
     REJECTS,
     WINDOWS,
     TableRef,
     ensure_table,
+    materialize,
     merge_new_rows,
+    retry_on_conflict,
 )
 from longattn_spark.tokenize import (
     TokenizerSpec,
@@ -48,6 +50,7 @@ from longattn_spark.windowing import sliding_windows
 ALREADY_INGESTED = "already_ingested"
 WINDOWED = "windowed"
 TOO_SHORT = "too_short"
+CHANGED_TEXT = "changed_text"
 
 OUT_SCHEMA = T.StructType([
     T.StructField("kind", T.StringType(), False),          # "doc" | "window"
@@ -55,6 +58,7 @@ OUT_SCHEMA = T.StructType([
     T.StructField("category", T.StringType()),
     T.StructField("source", T.StringType()),
     T.StructField("content_key", T.StringType()),
+    T.StructField("doc_sha256", T.StringType()),
     T.StructField("occurrence", T.IntegerType()),
     T.StructField("status", T.StringType()),               # doc rows: windowed | reason
     T.StructField("detail", T.StringType()),
@@ -69,20 +73,27 @@ OUT_SCHEMA = T.StructType([
 ])
 _OUT_ARROW = pa.schema([
     ("kind", pa.string()), ("doc_id", pa.string()), ("category", pa.string()),
-    ("source", pa.string()), ("content_key", pa.string()), ("occurrence", pa.int32()),
+    ("source", pa.string()), ("content_key", pa.string()), ("doc_sha256", pa.string()),
+    ("occurrence", pa.int32()),
     ("status", pa.string()), ("detail", pa.string()), ("doc_tokens", pa.int64()),
     ("window_id", pa.string()), ("window_index", pa.int32()), ("token_start", pa.int32()),
     ("n_tokens", pa.int32()), ("input_ids", pa.list_(pa.field("element", pa.int32(), False))),
     ("char_start", pa.int64()), ("char_end", pa.int64()),
 ])
-_PASS_THROUGH = ("doc_id", "category", "source", "content_key", "occurrence")
+_PASS_THROUGH = ("doc_id", "category", "source", "content_key", "doc_sha256", "occurrence")
 
 
 @dataclass
 class IngestSummary:
-    """What one ingest run did; ``accounted`` checks that every document read is somewhere."""
+    """What one ingest run did.
+
+    ``documents_read`` is counted from the source itself (lines, files, rows), independently
+    of the per-document status rows that the tokenizing UDF emits (``status_rows``); the run is
+    ``accounted`` only when the two agree and every status row is windowed, too short,
+    rejected or already ingested."""
 
     documents_read: int = 0
+    status_rows: int = 0
     windowed: int = 0
     too_short: int = 0
     already_ingested: int = 0
@@ -92,6 +103,8 @@ class IngestSummary:
     window_tokens: int = 0
     windows_inserted: int = 0
     rejects_inserted: int = 0
+    replaced: int = 0
+    stale_rows_deleted: int = 0
     seconds: float = 0.0
     step_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -100,21 +113,29 @@ class IngestSummary:
         return sum(self.rejected.values())
 
     @property
+    def missing(self) -> int:
+        """Documents read from the source that have no status row (lost on the way)."""
+        return self.documents_read - self.status_rows
+
+    @property
     def accounted(self) -> bool:
-        return (self.windowed + self.too_short + self.rejected_total + self.already_ingested
-                == self.documents_read)
+        return (self.missing == 0 and self.windowed + self.too_short + self.rejected_total
+                + self.already_ingested == self.status_rows)
 
     def add(self, other: IngestSummary) -> None:
-        for name in ("documents_read", "windowed", "too_short", "already_ingested", "windows",
-                     "tokens", "window_tokens", "windows_inserted", "rejects_inserted"):
+        for name in ("status_rows", "windowed", "too_short", "already_ingested", "windows",
+                     "tokens", "window_tokens", "windows_inserted", "rejects_inserted",
+                     "replaced", "stale_rows_deleted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rejected = dict(Counter(self.rejected) + Counter(other.rejected))
         self.step_seconds = dict(Counter(self.step_seconds) + Counter(other.step_seconds))
 
 
-def window_id(doc_id: str, tokenizer: str, window_size: int, token_start: int) -> str:
-    """Deterministic window id: the same input and settings always give the same id."""
-    key = f"{doc_id}\x1f{tokenizer}\x1f{window_size}\x1f{token_start}"
+def window_id(category: str, doc_id: str, doc_sha256: str, tokenizer: str, window_size: int,
+              token_start: int) -> str:
+    """Deterministic window id: the same document (category, id and text), tokenizer and
+    window size always give the same ids; another corpus reusing the ids does not."""
+    key = f"{category}\x1f{doc_id}\x1f{doc_sha256}\x1f{tokenizer}\x1f{window_size}\x1f{token_start}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
@@ -129,20 +150,38 @@ def validate_ingest_config(cfg: IngestConfig) -> None:
                               f"{getattr(cfg, name)}")
     if cfg.partitions < 0:
         raise ConfigError(f"--partitions must be >= 0, got {cfg.partitions}")
+    if cfg.on_changed not in ("reject", "replace"):
+        raise ConfigError(f"--on-changed {cfg.on_changed!r}: use reject or replace")
 
 
 def run_ingest_job(cfg: LongAttnConfig) -> IngestSummary:
     """``longattn-spark ingest``: validate everything cheap first, then run on Spark."""
     validate_ingest_config(cfg.ingest)
-    spec = load_tokenizer_spec(cfg.ingest.tokenizer)
     spark = get_spark(cfg.spark, app_name="longattn-spark ingest")
+    spec = load_tokenizer_spec(cfg.ingest.tokenizer, spark)
     summary = ingest(spark, cfg.ingest, spec)
     print_summary(summary, cfg.ingest)
+    check_accounted(summary)
     return summary
 
 
-def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec) -> IngestSummary:
-    """Run the ingest of ``cfg.input`` into the windows and rejects tables."""
+def check_accounted(summary: IngestSummary) -> None:
+    """Fail the job (non-zero exit) when a document read is in no table."""
+    if summary.missing:
+        raise AccountingError(
+            f"{summary.missing:,} of {summary.documents_read:,} documents read from the input "
+            f"have no windows, too_short or rejects row ({summary.status_rows:,} accounted "
+            "for); re-run the job to retry them")
+    if not summary.accounted:
+        raise AccountingError("the per-document statuses do not add up to the documents read")
+
+
+def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec,
+           udf_wrapper: Callable | None = None) -> IngestSummary:
+    """Run the ingest of ``cfg.input`` into the windows and rejects tables.
+
+    ``udf_wrapper`` wraps the tokenizing ``mapInArrow`` function (tests use it to inject
+    faults on the executors)."""
     validate_ingest_config(cfg)
     windows_ref = TableRef(cfg.table)
     rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
@@ -150,9 +189,13 @@ def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec) -> Inges
     ensure_table(spark, rejects_ref, REJECTS)
 
     started = time.perf_counter()
-    docs = read_documents(spark, cfg)
-    partitions = cfg.partitions or spark.sparkContext.defaultParallelism
+    docs = read_documents(spark, cfg).withColumn(
+        "doc_sha256", F.when(F.col("text").isNotNull(), F.sha2(F.col("text"), 256)))
+    partitions = cfg.partitions or default_parallelism(spark)
     summary = IngestSummary()
+    with _step("count input") as timing:
+        summary.documents_read = count_input_rows(spark, cfg)
+    summary.step_seconds.update(timing)
     with arrow_batch_rows(spark, cfg.batch_docs):
         for chunk in range(cfg.commit_chunks):
             part = docs
@@ -160,51 +203,93 @@ def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec) -> Inges
                 part = docs.filter(F.pmod(F.xxhash64(_group_key()), F.lit(cfg.commit_chunks))
                                    == chunk)
             summary.add(_ingest_chunk(spark, part, cfg, spec, windows_ref, rejects_ref,
-                                      partitions))
+                                      partitions, udf_wrapper))
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _group_key():
-    """Documents are grouped by id; rows without an id by their file and content."""
-    return F.coalesce(F.concat(F.lit("id:"), F.col("doc_id")),
+    """Documents are grouped by (category, id): ids are unique within a category, and another
+    corpus may reuse them; rows without an id or category by their file and content."""
+    return F.coalesce(F.concat(F.lit("id:"), F.col("category"), F.lit("\u001f"),
+                               F.col("doc_id")),
                       F.concat(F.lit("row:"), F.col("source"), F.lit(":"),
                                F.col("content_key")))
 
 
 def _ingest_chunk(spark: SparkSession, docs: DataFrame, cfg: IngestConfig, spec: TokenizerSpec,
-                  windows_ref: TableRef, rejects_ref: TableRef, partitions: int
-                  ) -> IngestSummary:
+                  windows_ref: TableRef, rejects_ref: TableRef, partitions: int,
+                  udf_wrapper: Callable | None) -> IngestSummary:
     ranked = _rank_duplicates(docs.withColumn("group_key", _group_key()), partitions)
-    marked = _mark_already_ingested(spark, ranked, spec, cfg.window_size, windows_ref,
-                                    rejects_ref)
-    # A local checkpoint, not a cache: the plan reads the windows and rejects tables (to
-    # skip documents already done), and Spark drops cached data that depends on a table
-    # when that table is written. Cut from its lineage, the result is computed once and
-    # cannot change between the two writes below.
+    marked = _mark_already_ingested(spark, ranked, spec, cfg, windows_ref, rejects_ref)
+    udf = window_batches(spec, cfg.window_size, cfg.tokenize_chunk_chars)
+    if udf_wrapper is not None:
+        udf = udf_wrapper(udf)
+    # Materialized, not cached: the plan reads the windows and rejects tables (to skip
+    # documents already done), and Spark drops cached data that depends on a table when that
+    # table is written. Cut from its lineage, the result is computed once and cannot change
+    # between the writes below; on a cluster it survives the loss of an executor.
     with _step("read, tokenize, window") as timing:
-        out = marked.mapInArrow(window_batches(spec, cfg.window_size,
-                                               cfg.tokenize_chunk_chars),
-                                OUT_SCHEMA).localCheckpoint(eager=True)
+        out, release = materialize(spark, marked.mapInArrow(udf, OUT_SCHEMA), windows_ref)
         summary = _summarize(out)
     summary.step_seconds.update(timing)
     try:
+        categories = _categories(out)
         rejects = _reject_rows(out, spec, cfg.window_size)
         with _step("write rejects") as timing:
             if summary.rejected_total or summary.too_short:
-                written = merge_new_rows(spark, rejects_ref, REJECTS, rejects)
+                written = merge_new_rows(spark, rejects_ref, REJECTS, rejects,
+                                         partition_values=("category", categories))
                 summary.rejects_inserted = written["numTargetRowsInserted"]
         windows = (out.filter(F.col("kind") == "window")
                    .withColumn("tokenizer", F.lit(spec.identity))
                    .withColumn("ingested_at", F.current_timestamp()))
         with _step("write windows") as timing2:
             if summary.windows:
-                written = merge_new_rows(spark, windows_ref, WINDOWS, windows)
+                written = merge_new_rows(spark, windows_ref, WINDOWS, windows,
+                                         partition_values=("category", categories))
                 summary.windows_inserted = written["numTargetRowsInserted"]
         summary.step_seconds.update({**timing, **timing2})
+        if cfg.on_changed == "replace":
+            with _step("delete replaced versions") as timing3:
+                summary.stale_rows_deleted = _delete_stale_versions(
+                    spark, out, spec, cfg.window_size, windows_ref, rejects_ref, categories)
+            summary.step_seconds.update(timing3)
     finally:
-        out.unpersist()
+        release()
     return summary
+
+
+def _categories(out: DataFrame) -> list[str | None]:
+    """The categories a chunk writes: its MERGEs touch only those partitions, so ingests of
+    other categories into the same tables run at the same time without conflicts."""
+    return [r["category"] for r in out.select("category").distinct().collect()]
+
+
+def _delete_stale_versions(spark: SparkSession, out: DataFrame, spec: TokenizerSpec,
+                           window_size: int, windows_ref: TableRef, rejects_ref: TableRef,
+                           categories: list[str | None]) -> int:
+    """``--on-changed replace``: remove the windows and too_short rows of earlier texts of
+    the documents this chunk holds (after the new version is committed, so a crash in
+    between leaves the old version and the new one, and a re-run finishes the delete)."""
+    current = (out.filter((F.col("kind") == "doc")
+                          & F.col("status").isin(WINDOWED, TOO_SHORT, ALREADY_INGESTED))
+               .select("category", "doc_id", "doc_sha256").distinct())
+    deleted = 0
+    for ref, extra in ((windows_ref, F.col("t.n_tokens") == F.lit(window_size)),
+                       (rejects_ref, (F.col("t.reason") == F.lit(TOO_SHORT))
+                        & (F.col("t.window_size") == F.lit(window_size)))):
+        condition = ((F.col("t.category") == F.col("s.category"))
+                     & (F.col("t.doc_id") == F.col("s.doc_id"))
+                     & (F.col("t.tokenizer") == F.lit(spec.identity)) & extra
+                     & ~F.col("t.doc_sha256").eqNullSafe(F.col("s.doc_sha256"))
+                     & F.col("t.category").isin([c for c in categories if c is not None]))
+        metrics = retry_on_conflict(
+            lambda ref=ref, condition=condition: ref.delta_table(spark).alias("t")
+            .merge(current.alias("s"), condition).whenMatchedDelete().execute()
+            .collect()[0].asDict(), what=f"deleting replaced versions from {ref}")
+        deleted += int(metrics.get("num_deleted_rows", 0))
+    return deleted
 
 
 @contextmanager
@@ -243,30 +328,46 @@ def _rank_duplicates(docs: DataFrame, partitions: int) -> DataFrame:
 
 
 def _mark_already_ingested(spark: SparkSession, docs: DataFrame, spec: TokenizerSpec,
-                           window_size: int, windows_ref: TableRef, rejects_ref: TableRef
+                           cfg: IngestConfig, windows_ref: TableRef, rejects_ref: TableRef
                            ) -> DataFrame:
-    """Set reason ``already_ingested`` on documents whose windows (or too_short row) for this
-    tokenizer and window size are already committed: a killed job resumes there."""
-    done_windows = (windows_ref.read(spark)
-                    .filter((F.col("tokenizer") == spec.identity)
-                            & (F.col("n_tokens") == window_size))
-                    .select("doc_id"))
-    done_short = (rejects_ref.read(spark)
-                  .filter((F.col("tokenizer") == spec.identity)
-                          & (F.col("window_size") == window_size)
-                          & (F.col("reason") == TOO_SHORT))
-                  .select("doc_id"))
-    done = (done_windows.unionByName(done_short).distinct()
-            .select(F.concat(F.lit("id:"), F.col("doc_id")).alias("group_key"),
-                    F.lit(True).alias("_done")))
-    joined = docs.join(done, "group_key", "left")
-    skip = F.col("_done").isNotNull() & F.col("reason").isNull()
+    """Compare each document with what the tables already hold for this tokenizer and window
+    size (windows, or a too_short row), by (category, doc_id):
+
+    - the same text (``doc_sha256``) is there: ``already_ingested``, not redone (a killed job
+      resumes here);
+    - another text is there: ``--on-changed reject`` (default) makes it a ``changed_text``
+      reject naming both hashes; ``replace`` ingests it (the old version is deleted after).
+    """
+    def done(frame: DataFrame) -> DataFrame:
+        return frame.select("category", "doc_id", "doc_sha256")
+
+    done_windows = done(windows_ref.read(spark)
+                        .filter((F.col("tokenizer") == spec.identity)
+                                & (F.col("n_tokens") == cfg.window_size)))
+    done_short = done(rejects_ref.read(spark)
+                      .filter((F.col("tokenizer") == spec.identity)
+                              & (F.col("window_size") == cfg.window_size)
+                              & (F.col("reason") == TOO_SHORT)))
+    known = (done_windows.unionByName(done_short)
+             .groupBy("category", "doc_id")
+             .agg(F.array_sort(F.collect_set("doc_sha256")).alias("_known")))
+    joined = docs.join(known, ["category", "doc_id"], "left")
+    usable = F.col("reason").isNull()
+    has_known = F.coalesce(F.size("_known"), F.lit(0)) > 0
+    same = usable & has_known & F.array_contains(F.col("_known"), F.col("doc_sha256"))
+    changed = usable & has_known & ~same & F.lit(cfg.on_changed == "reject")
+    changed_detail = F.concat(
+        F.lit("text differs from the version already ingested (sha256 "),
+        F.substring(F.col("doc_sha256"), 1, 12), F.lit(" now, "),
+        F.substring(F.array_join(F.col("_known"), ","), 1, 12),
+        F.lit(" before); pass --on-changed replace to replace it"))
     return (joined
-            .withColumn("reason", F.when(skip, F.lit(ALREADY_INGESTED))
-                        .otherwise(F.col("reason")))
-            .withColumn("text", F.when(~skip, F.col("text")))
-            .select("doc_id", "text", "category", "source", "content_key", "occurrence",
-                    "reason", "detail"))
+            .withColumn("detail", F.when(changed, changed_detail).otherwise(F.col("detail")))
+            .withColumn("reason", F.when(same, F.lit(ALREADY_INGESTED))
+                        .when(changed, F.lit(CHANGED_TEXT)).otherwise(F.col("reason")))
+            .withColumn("text", F.when(F.col("reason").isNull(), F.col("text")))
+            .select("doc_id", "text", "category", "source", "content_key", "doc_sha256",
+                    "occurrence", "reason", "detail"))
 
 
 def window_batches(spec: TokenizerSpec, window_size: int, chunk_chars: int):
@@ -304,8 +405,10 @@ def windows_of_batch(batch: pa.RecordBatch, spec: TokenizerSpec, window_size: in
         builder.add_doc(row, WINDOWED, f"{len(spans)} windows", tokens.n_tokens)
         for index, (start, end) in enumerate(spans):
             char_start, char_end = tokens.char_span(start, end)
-            builder.add_window(row, window_id(row["doc_id"], spec.identity, window_size, start),
-                               index, start, tokens.ids[start:end], char_start, char_end)
+            wid = window_id(row["category"], row["doc_id"], row["doc_sha256"], spec.identity,
+                            window_size, start)
+            builder.add_window(row, wid, index, start, tokens.ids[start:end], char_start,
+                               char_end)
         yield from builder.flush_if_full()
     yield from builder.flush()
 
@@ -401,7 +504,7 @@ def _reject_rows(out: DataFrame, spec: TokenizerSpec, window_size: int) -> DataF
         F.lit(str(window_size))), 256).substr(1, 32)
     return rejected.select(
         reject_id.alias("reject_id"), "doc_id", "category", F.col("status").alias("reason"),
-        "detail", "source", F.lit(spec.identity).alias("tokenizer"),
+        "detail", "source", "doc_sha256", F.lit(spec.identity).alias("tokenizer"),
         F.lit(window_size).alias("window_size"),
         F.current_timestamp().alias("ingested_at"))
 
@@ -418,7 +521,7 @@ def _summarize(out: DataFrame) -> IngestSummary:
             summary.windows += row["rows"]
             summary.window_tokens += row["window_tokens"] or 0
             continue
-        summary.documents_read += row["rows"]
+        summary.status_rows += row["rows"]
         summary.tokens += row["doc_tokens"] or 0
         status = row["status"]
         if status == WINDOWED:
@@ -438,13 +541,16 @@ def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:
 
     table = Table(title=f"ingest {cfg.input} -> {cfg.table}", show_header=False)
     seconds = max(summary.seconds, 1e-9)
+    changed = summary.rejected.get(CHANGED_TEXT, 0)
     lines = [
-        ("documents read", f"{summary.documents_read:,}"),
+        ("documents read (from the input)", f"{summary.documents_read:,}"),
         ("windowed", f"{summary.windowed:,}"),
         ("too short", f"{summary.too_short:,}"),
         ("already ingested (skipped)", f"{summary.already_ingested:,}"),
         ("rejected", f"{summary.rejected_total:,}"),
         *[(f"  {reason}", f"{n:,}") for reason, n in sorted(summary.rejected.items())],
+        ("changed texts", f"{changed:,} rejected" if cfg.on_changed == "reject" else
+         f"replaced ({summary.stale_rows_deleted:,} old rows deleted)"),
         ("windows", f"{summary.windows:,} ({summary.windows_inserted:,} new)"),
         ("tokens (documents tokenized)", f"{summary.tokens:,}"),
         ("tokens in windows", f"{summary.window_tokens:,}"),
@@ -452,8 +558,9 @@ def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:
         *[(f"  {step}", f"{seconds:.1f}") for step, seconds in summary.step_seconds.items()],
         ("documents/s", f"{summary.documents_read / seconds:,.1f}"),
         ("tokens/s", f"{summary.tokens / seconds:,.0f}"),
-        ("accounted", "yes: windowed + too short + rejected + skipped = read"
-         if summary.accounted else "NO: some documents are unaccounted for"),
+        ("accounted", "yes: windowed + too short + rejected + skipped = documents read"
+         if summary.accounted else
+         f"NO: {summary.missing:,} documents read are in no table"),
     ]
     for name, value in lines:
         table.add_row(name, value)

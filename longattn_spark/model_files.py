@@ -1,23 +1,45 @@
-"""Getting a model's layer-0 files to the executors.
+"""Getting a model's layer-0 files to the executors, straight from shared storage.
 
-A local path, or a mounted volume (``/Volumes/...``, ``/dbfs/...``) that every node sees, is
-used where it is. A remote URI (``s3://``, ``s3a://``, ``abfss://``, ``gs://``, ``dbfs:/``,
-``file:/``...) is copied by the driver through Hadoop's FileSystem (so any store the cluster
-can read works) into a local staging folder holding only what scoring needs: ``config.json``,
-the tokenizer/generation configs when present, the safetensors index, and the shards that
-hold the layer-0 tensors. That folder is shipped to each executor once with
-``SparkContext.addFile`` and found there with ``SparkFiles.get``.
+- **Driver** (``locate_model``): reads only small files through ``longattn_spark.paths`` (the
+  Hadoop FileSystem the job reads; a scheme-less path is the cluster's default filesystem):
+  the folder listing, config.json, the safetensors index. It decides which files scoring
+  needs (``files_needed``) and records each one's fully qualified path, size and modification
+  time in a ``ModelLocation``, which travels to the executors in the task closure.
+  ``describe_model`` then validates the model from config.json and the safetensors headers and
+  computes its fingerprint by streaming the layer-0 tensors' bytes through a hash (in the
+  driver's JVM for remote filesystems): nothing is copied to the driver's disk.
+- **Executors** (``ModelLocation.executor_path`` -> ``fetch_model``): a local folder (the
+  local disk, or a mount every node sees: ``/Volumes``, ``/dbfs``) is read in place. Anything
+  else (``hdfs://``, ``s3a://``, ``abfss://``, ``file:`` URIs, a scheme-less path on an HDFS
+  default filesystem) is copied, only the needed files, into a per-executor cache folder named
+  by the hash of every file's (path, size, mtime): an unchanged model is fetched once per
+  executor, an updated one (another size or mtime) is fetched again. A file lock makes the
+  Python workers of one executor copy once; the copy goes to a temporary folder renamed into
+  place when complete, so a crashed copy is never used.
+
+How a Python worker reads a Hadoop path without a JVM: it runs Hadoop's own ``FsShell
+-copyToLocal`` in a subprocess through the executor's ``$SPARK_HOME/bin/spark-class`` (pyspark's
+distribution has it and the Hadoop client jars; ``spark-env.sh`` and ``HADOOP_CONF_DIR`` apply
+as for Spark itself), or ``hadoop fs`` when there is no spark-class. The driver's relevant
+Hadoop settings (``fs.defaultFS`` and every ``spark.hadoop.*`` entry, prefix stripped) go to it
+in a private ``-conf`` file, not on the command line, so credentials never show in ``ps``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import re
+import os
+import shutil
+import subprocess
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
+from longattn_spark import paths
 from longattn_spark.errors import InputError
 from longattn_spark.scoring.checkpoint import (
     NAME_PREFIXES,
@@ -29,30 +51,44 @@ from longattn_spark.scoring.checkpoint import (
 )
 
 SMALL_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+CACHE_FOLDER = "longattn-model-cache"
+_CHUNK = 8 * 2**20  # bytes per read when hashing tensor ranges on the local disk
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file scoring needs: its name in the folder, fully qualified path, size, mtime."""
+
+    name: str
+    path: str
+    length: int
+    modified_ms: int
 
 
 @dataclass(frozen=True)
 class ModelLocation:
-    """Where executors find the model: a path they can read, or a shipped folder name."""
+    """Where a model is and what of it scoring reads (hashable: part of the scorer's key)."""
 
-    local_dir: str            # on the driver
-    shipped_name: str | None  # SparkFiles name when the folder was shipped with addFile
+    model: str                    # as given (--model)
+    folder: str                   # fully qualified folder; a local path when in_place
+    in_place: bool                # read where it is (local disk or a mount)
+    files: tuple[ModelFile, ...]  # the files scoring needs
+    hadoop_settings: tuple[tuple[str, str], ...] = ()  # for FsShell on the executors
 
-    def executor_path(self) -> str:
-        """The model folder as seen from the executor this runs on."""
-        if self.shipped_name is None:
-            return self.local_dir
-        from pyspark import SparkFiles
+    @property
+    def key(self) -> str:
+        return cache_key(self.files)
 
-        return SparkFiles.get(self.shipped_name)
-
-
-def is_remote(model: str) -> bool:
-    return bool(_URI.match(model)) and not model.startswith("/")
+    def executor_path(self, cache_root: str | None = None) -> str:
+        """The model folder as seen from the executor this runs on (fetched if remote)."""
+        if self.in_place:
+            return self.folder
+        return fetch_model(self, cache_root)
 
 
-def files_needed(file_names: list[str], index: dict | None) -> list[str]:
+# --- pure parts --------------------------------------------------------------------------------
+
+def files_needed(file_names: Sequence[str], index: dict | None) -> list[str]:
     """The files of a checkpoint folder that scoring reads (pure: names in, names out)."""
     needed = [name for name in SMALL_FILES if name in file_names]
     if index is not None:
@@ -67,49 +103,287 @@ def files_needed(file_names: list[str], index: dict | None) -> list[str]:
     return needed
 
 
-def locate_model(spark, model: str) -> ModelLocation:
-    """Local paths as they are; remote URIs staged on the driver and shipped to executors."""
+def cache_key(files: Sequence[ModelFile]) -> str:
+    """Hex SHA-256 of every file's (name, path, size, mtime): the executor cache folder's
+    name, so that another version of any file is another folder."""
+    canonical = json.dumps(sorted((f.name, f.path, f.length, f.modified_ms) for f in files),
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def is_remote(spark, model: str) -> bool:
+    """Whether executors must fetch ``model``: any URI (``file:`` included, which reads the
+    executor's own disk through Hadoop), or a scheme-less path on a non-local default FS."""
+    return paths.has_scheme(model) or not paths.is_local(spark, model)
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+def locate_model(spark, model: str, option: str = "--model") -> ModelLocation:
+    """Check the model folder and list what scoring needs, reading small files only.
+
+    One-line ``InputError`` naming the path and its filesystem when the folder is missing, is
+    not a folder, has no config.json, or lacks a shard its index lists."""
     if not model:
-        raise InputError("--model is required: a folder with config.json and safetensors")
-    if not is_remote(model):
-        path = Path(model).expanduser()
-        if not path.exists():
-            raise InputError(f"--model {model}: no such folder")
-        return ModelLocation(local_dir=str(path.resolve()), shipped_name=None)
-    staged = _stage_remote(spark, model)
-    spark.sparkContext.addFile(str(staged), recursive=True)
-    return ModelLocation(local_dir=str(staged), shipped_name=staged.name)
-
-
-def _stage_remote(spark, uri: str) -> Path:
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    root = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = root.getFileSystem(conf)
-    if not fs.exists(root):
-        raise InputError(f"--model {uri}: no such folder")
-    names = [status.getPath().getName() for status in fs.listStatus(root)]
+        raise InputError(f"{option} is required: a folder with config.json and safetensors")
+    found = paths.status(spark, model)
+    if found is None:
+        raise InputError(f"{option} {paths.where(spark, model)}: no such folder")
+    if not found.is_dir:
+        raise InputError(f"{option} {paths.where(spark, model)}: not a folder (a model folder "
+                         f"holds config.json and safetensors)")
+    entries = {e.name: e for e in paths.list_dir(spark, model) if not e.is_dir}
+    if "config.json" not in entries:
+        raise InputError(f"{option} {paths.where(spark, model)}: no config.json in this folder")
     index = None
     for index_name in (SAFETENSORS_INDEX, PICKLE_INDEX):
-        if index_name in names:
-            stream = fs.open(jvm.org.apache.hadoop.fs.Path(root, index_name))
+        if index_name in entries:
+            text = paths.read_bytes(spark, entries[index_name].path)
             try:
-                index = json.loads(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+                index = json.loads(text)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InputError(f"{option} {paths.where(spark, entries[index_name].path)}: "
+                                 f"not a valid checkpoint index ({exc})") from None
+            break
+    needed = files_needed(sorted(entries), index)
+    missing = [name for name in needed if name not in entries]
+    if missing:
+        raise InputError(f"{option} {paths.where(spark, model)}: {', '.join(missing)} listed in "
+                         f"the checkpoint index but missing")
+    if not is_remote(spark, model):
+        return ModelLocation(model=model, folder=str(paths.local_path(found.path)),
+                             in_place=True, files=tuple(
+            ModelFile(n, entries[n].path, entries[n].length, entries[n].modified_ms)
+            for n in needed))
+    # Fetched: every path fully qualified, so that the executors' FsShell reads the same
+    # filesystem whatever its default.
+    return ModelLocation(model=model, folder=_qualified(found.path), in_place=False,
+                         files=tuple(ModelFile(n, _qualified(entries[n].path), entries[n].length,
+                                               entries[n].modified_ms) for n in needed),
+                         hadoop_settings=hadoop_settings(spark))
+
+
+def _qualified(path: str) -> str:
+    return path if paths.has_scheme(path) else "file://" + path
+
+
+def hadoop_settings(spark) -> tuple[tuple[str, str], ...]:
+    """What an executor's FsShell needs from the driver: ``fs.defaultFS`` and every
+    ``spark.hadoop.*`` entry of the SparkConf, without the prefix."""
+    settings = {"fs.defaultFS": paths.default_fs(spark)}
+    for key, value in spark.sparkContext.getConf().getAll() if spark is not None else ():
+        if key.startswith("spark.hadoop.") and len(key) > len("spark.hadoop."):
+            settings[key[len("spark.hadoop."):]] = value
+    return tuple(sorted(settings.items()))
+
+
+def describe_model(spark, location: ModelLocation, *, allow_pickle: bool = False):
+    """The model's ``Layer0Checkpoint`` as the driver sees it, without copying weights:
+    tensors on the meta device, fingerprint hashed from the streamed tensor bytes (see
+    ``scoring.checkpoint.describe_layer0_checkpoint``). A local pickled checkpoint, which has
+    no header to read, is loaded in place (only with ``allow_pickle``)."""
+    from longattn_spark.scoring.checkpoint import (
+        describe_layer0_checkpoint,
+        load_layer0_checkpoint,
+    )
+
+    names = [f.name for f in location.files]
+    is_pickle = not any(n in (SAFETENSORS_INDEX, SAFETENSORS_SINGLE) for n in names) and \
+        any(n in (PICKLE_INDEX, PICKLE_SINGLE) for n in names)
+    if location.in_place and is_pickle and allow_pickle:
+        return load_layer0_checkpoint(location.folder, allow_pickle=True)
+    return describe_layer0_checkpoint(location.folder, _Reader(spark, location),
+                                      allow_pickle=allow_pickle)
+
+
+class _Reader:
+    """``CheckpointReader`` over the files of a ``ModelLocation``: Python's own file access on
+    the local disk, the driver JVM's Hadoop FileSystem elsewhere (ranges and hashes are done
+    in the JVM, so tensor bytes never cross into Python)."""
+
+    def __init__(self, spark, location: ModelLocation) -> None:
+        self._spark = spark
+        self._files = {f.name: f for f in location.files}
+        self._local = paths.is_local(spark, location.folder)
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def read(self, name: str) -> bytes:
+        return paths.read_bytes(self._spark, self._files[name].path)
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        path = self._files[name].path
+        if self._local:
+            with paths.local_path(path).open("rb") as f:
+                f.seek(start)
+                return f.read(length)
+        fs, hpath = paths._hadoop_fs(self._spark, path)
+        stream = fs.open(hpath)
+        try:
+            stream.seek(start)
+            # py4j passes byte[] by value: a byte[] returned from the JVM arrives whole.
+            data = bytes(self._spark.sparkContext._jvm.org.apache.commons.io.IOUtils
+                         .toByteArray(stream, length))
+        except Exception as exc:  # noqa: BLE001 - py4j: EOF, unreachable store, ...
+            raise InputError(f"{paths.where(self._spark, path)}: cannot read bytes {start}.."
+                             f"{start + length} ({paths._first_line(exc)})") from None
+        finally:
+            stream.close()
+        return data
+
+    def sha256(self, parts: Sequence[bytes | tuple[str, int, int]]) -> str:
+        if self._local:
+            digest = hashlib.sha256()
+            for part in parts:
+                if isinstance(part, bytes):
+                    digest.update(part)
+                    continue
+                name, start, length = part
+                with paths.local_path(self._files[name].path).open("rb") as f:
+                    f.seek(start)
+                    while length > 0:
+                        chunk = f.read(min(_CHUNK, length))
+                        if not chunk:
+                            raise InputError(f"{self._files[name].path}: ends before the "
+                                             f"tensor data its header describes")
+                        digest.update(chunk)
+                        length -= len(chunk)
+            return digest.hexdigest()
+        return self._jvm_sha256(parts)
+
+    def _jvm_sha256(self, parts: Sequence[bytes | tuple[str, int, int]]) -> str:
+        """The hash computed in the driver's JVM: each byte range is copied from the Hadoop
+        stream into a DigestOutputStream there, so tensor bytes never cross py4j."""
+        jvm = self._spark.sparkContext._jvm
+        digest = jvm.java.security.MessageDigest.getInstance("SHA-256")
+        sink = jvm.java.security.DigestOutputStream(jvm.java.io.OutputStream.nullOutputStream(),
+                                                    digest)
+        for part in parts:
+            if isinstance(part, bytes):
+                digest.update(bytearray(part))
+                continue
+            name, start, length = part
+            fs, hpath = paths._hadoop_fs(self._spark, self._files[name].path)
+            stream = fs.open(hpath)
+            try:
+                stream.seek(start)
+                copied = jvm.org.apache.commons.io.IOUtils.copyLarge(stream, sink, 0, length)
+            except Exception as exc:  # noqa: BLE001 - py4j: EOF, unreachable store, ...
+                raise InputError(f"{paths.where(self._spark, self._files[name].path)}: cannot "
+                                 f"read the tensor data ({paths._first_line(exc)})") from None
             finally:
                 stream.close()
-            break
-    needed = files_needed(names, index)
-    if "config.json" not in needed:
-        raise InputError(f"--model {uri}: no config.json")
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    staged = Path(tempfile.gettempdir()) / "longattn-models" / f"longattn-model-{digest}"
-    staged.mkdir(parents=True, exist_ok=True)
-    for name in needed:
-        target = staged / name
-        if target.exists():
-            continue
-        partial = staged / f".{name}.partial"
-        fs.copyToLocalFile(False, jvm.org.apache.hadoop.fs.Path(root, name),
-                           jvm.org.apache.hadoop.fs.Path(str(partial)), True)
-        partial.rename(target)
-    return staged
+            if copied != length:
+                raise InputError(f"{paths.where(self._spark, self._files[name].path)}: ends "
+                                 f"before the tensor data its header describes")
+        return bytes(digest.digest()).hex()
+
+
+# --- executors ---------------------------------------------------------------------------------
+
+def default_cache_root() -> Path:
+    """The executor's first Spark local dir (``SPARK_LOCAL_DIRS``: per executor, removed with
+    it), else the system temp folder; ``longattn-model-cache`` inside."""
+    local_dirs = [d for d in os.environ.get("SPARK_LOCAL_DIRS", "").split(",") if d]
+    return Path(local_dirs[0] if local_dirs else tempfile.gettempdir()) / CACHE_FOLDER
+
+
+def fetch_model(location: ModelLocation, cache_root: str | Path | None = None) -> str:
+    """The local folder holding ``location``'s files on this machine: fetched from the
+    filesystem into ``cache_root/<cache key>`` once, under a file lock; the same folder for
+    every later call while no file's path, size or mtime changes."""
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    key = location.key
+    entry = root / key[:32]
+    if entry.is_dir():
+        return str(entry)
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f"{key[:32]}.lock"):
+        if entry.is_dir():  # another worker fetched it while this one waited
+            return str(entry)
+        partial = root / f"{key[:32]}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        try:
+            _copy_to_local(location, partial)
+            for file in location.files:
+                got = (partial / file.name).stat().st_size if (partial / file.name).is_file() \
+                    else None
+                if got != file.length:
+                    raise RuntimeError(f"fetching model file {file.path}: expected "
+                                       f"{file.length} bytes (as listed when the job started), "
+                                       f"got {got}; was the model changed during the job?")
+            os.rename(partial, entry)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(entry)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    import fcntl
+
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _copy_to_local(location: ModelLocation, target: Path) -> None:
+    """Copy every file of ``location`` into the folder ``target`` with Hadoop's FsShell."""
+    with tempfile.TemporaryDirectory(prefix="longattn-fsshell-") as work:
+        conf_file = Path(work) / "longattn-hadoop.xml"
+        fd = os.open(conf_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(_hadoop_xml(location.hadoop_settings))
+        command, env = fs_shell_command(work)
+        command += ["-conf", str(conf_file), "-copyToLocal",
+                    *[f.path for f in location.files], str(target) + "/"]
+        done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr + done.stdout).splitlines()
+                 if line.strip() and not line.startswith(("WARNING", "\tat "))]
+        raise RuntimeError(f"fetching the model {location.folder} to {target} with Hadoop's "
+                           f"FsShell failed (exit {done.returncode}): "
+                           f"{' | '.join(lines[-3:]) or 'no output'}")
+
+
+def fs_shell_command(work: str) -> tuple[list[str], dict[str, str]]:
+    """(command prefix, environment) to run Hadoop's FsShell on this machine: the executor's
+    ``$SPARK_HOME/bin/spark-class`` (pyspark's own when SPARK_HOME is unset), else ``hadoop
+    fs``. FsShell insists on a ``core-site.xml`` on its classpath: when ``HADOOP_CONF_DIR``
+    has none, an empty one in ``work`` stands in."""
+    env = dict(os.environ)
+    conf_dir = env.get("HADOOP_CONF_DIR")
+    if not conf_dir or not (Path(conf_dir) / "core-site.xml").is_file():
+        Path(work, "conf").mkdir(exist_ok=True)
+        Path(work, "conf", "core-site.xml").write_text(_hadoop_xml(()))
+        env["HADOOP_CONF_DIR"] = str(Path(work, "conf"))
+    spark_home = env.get("SPARK_HOME") or _pyspark_home()
+    spark_class = Path(spark_home, "bin", "spark-class") if spark_home else None
+    if spark_class is not None and spark_class.is_file():
+        env["SPARK_HOME"] = spark_home
+        return [str(spark_class), "org.apache.hadoop.fs.FsShell"], env
+    hadoop = shutil.which("hadoop")
+    if hadoop is not None:
+        return [hadoop, "fs"], env
+    raise RuntimeError("cannot fetch the model on this executor: no $SPARK_HOME/bin/spark-class "
+                       "and no hadoop command; put the model on a path every node mounts")
+
+
+def _pyspark_home() -> str | None:
+    try:
+        import pyspark
+    except ImportError:
+        return None
+    return str(Path(pyspark.__file__).parent)
+
+
+def _hadoop_xml(settings: Sequence[tuple[str, str]]) -> str:
+    properties = "".join(f"  <property><name>{escape(k)}</name><value>{escape(v)}</value>"
+                         f"</property>\n" for k, v in settings)
+    return f'<?xml version="1.0"?>\n<configuration>\n{properties}</configuration>\n'

@@ -793,22 +793,18 @@ def window_heads(spark, windows_view: str, window_ids: Sequence[str], tokens: in
     return {r["window_id"]: r.asDict() for r in rows}
 
 
-def load_snippet_tokenizer(cfg: ReportConfig):
+def load_snippet_tokenizer(cfg: ReportConfig, spark=None):
     """(tokenizer or None, its identity, where it came from): ``--tokenizer``, else the
-    tokenizer.json in the ``--model`` folder, else none (snippets show ids)."""
-    from tokenizers import Tokenizer
-
-    from longattn_spark.tokenize import load_tokenizer_spec
+    tokenizer.json in the ``--model`` folder, else none (snippets show ids). Both may be on
+    any filesystem Spark reads."""
+    from longattn_spark.tokenize import get_tokenizer, load_tokenizer_spec, tokenizer_identity
 
     if cfg.tokenizer:
-        spec = load_tokenizer_spec(cfg.tokenizer)
-        folder = Path(cfg.tokenizer).expanduser()
-        file = folder / "tokenizer.json" if folder.is_dir() else folder
-        return Tokenizer.from_file(str(file)), spec.identity, f"--tokenizer {cfg.tokenizer}"
-    if cfg.model and (Path(cfg.model).expanduser() / "tokenizer.json").is_file():
-        spec = load_tokenizer_spec(cfg.model)
-        file = Path(cfg.model).expanduser() / "tokenizer.json"
-        return Tokenizer.from_file(str(file)), spec.identity, \
+        spec = load_tokenizer_spec(cfg.tokenizer, spark)
+        return get_tokenizer(spec), spec.identity, f"--tokenizer {cfg.tokenizer}"
+    if cfg.model and tokenizer_identity(spark, cfg.model) is not None:
+        spec = load_tokenizer_spec(cfg.model, spark, option="--model")
+        return get_tokenizer(spec), spec.identity, \
             f"the tokenizer.json in --model {cfg.model}"
     return None, None, None
 
@@ -902,7 +898,7 @@ def collect_report_data(spark, cfg: ReportConfig,
     say = progress or (lambda _: None)
     say("resolving tables, scorer and selection")
     inputs = resolve_report_inputs(spark, cfg)
-    tokenizer, identity, source = load_snippet_tokenizer(cfg)
+    tokenizer, identity, source = load_snippet_tokenizer(cfg, spark)
     say("score statistics and histograms")
     stats = score_stats(spark, inputs.scores_view, inputs.scorer_id)
     histograms = score_histograms(spark, inputs.scores_view, inputs.scorer_id, stats, cfg.bins)
@@ -1452,26 +1448,26 @@ def validate_report_config(cfg: ReportConfig) -> None:
                           f"{cfg.profile_spacing!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")
-    if cfg.tokenizer and not Path(cfg.tokenizer).expanduser().exists():
-        raise InputError(f"--tokenizer {cfg.tokenizer}: no such file or folder")
-    if cfg.model and not Path(cfg.model).expanduser().is_dir():
-        raise InputError(f"--model {cfg.model}: no such model folder")
 
 
 def build_report(spark, cfg: ReportConfig, progress: Callable[[str], None] | None = None
-                 ) -> Path:
-    """Write the HTML report of ``cfg`` and return its path."""
+                 ) -> str:
+    """Write the HTML report of ``cfg`` (on any filesystem; a scheme-less path is on the
+    default one) and return where it is."""
+    from longattn_spark import paths
+
     validate_report_config(cfg)
+    if cfg.tokenizer:
+        paths.require(spark, cfg.tokenizer, "--tokenizer")
+    if cfg.model:
+        paths.require(spark, cfg.model, "--model", kind="folder")
     data = collect_report_data(spark, cfg, progress)
     if progress:
         progress("drawing plots and writing HTML")
-    output = Path(cfg.output).expanduser()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_html(data), encoding="utf-8")
-    return output.resolve()
+    return paths.write_bytes(spark, cfg.output, render_html(data).encode("utf-8"))
 
 
-def run_report_job(cfg: LongAttnConfig) -> Path:
+def run_report_job(cfg: LongAttnConfig) -> str:
     """``longattn-spark report``."""
     from longattn_spark.session import get_spark
 

@@ -10,9 +10,24 @@
   settings (the pattern of ``pyspark.ml.functions.predict_batch_udf``): a model loads once per
   executor process, not per task or batch. Token ids go from Arrow to an ``[N, L]`` array by
   numpy indexing, without a per-row Python loop. The device is the task's GPU
-  (``TaskContext.resources()["gpu"]``), else CUDA if present, else the CPU.
+  (``TaskContext.resources()["gpu"]``), else CUDA if present, else the CPU; a task given a GPU
+  that finds no usable CUDA fails (it never falls back to the CPU with a dtype chosen for GPUs).
+- The model is read from shared storage (``longattn_spark.model_files``): the driver reads
+  config.json, the index and the safetensors headers and hashes the layer-0 tensor bytes as
+  they stream past (the scorer_id), copying nothing; executors fetch only the needed files
+  into a per-executor cache, or read a local / mounted folder in place.
+- Before any task: the model folder's tokenizer (when it has one) must be the windows'
+  tokenizer (``--allow-tokenizer-mismatch`` overrides); without one, the windows' tokenizer is
+  recorded with the scorer.
+- Each row the UDF returns says what the executor ran (device type, kernel, dtype, and a note
+  when the Triton kernel fell back to torch). The driver counts it per micro-batch, prints
+  fallbacks, shows both in the summary, and records every combination seen in the scorer's
+  table property ``longattn.scorer.<scorer_id>`` (``executors``) before the commit that holds
+  its rows.
 - The scores table is partitioned by ``scorer_id`` and each MERGE is restricted to its own
   partition, so runs with different models can write one table at the same time.
+- The stream checkpoint lives beside a path scores table, or under ``--checkpoint-location``
+  (required when the scores table is a metastore / Unity Catalog name).
 """
 
 from __future__ import annotations
@@ -30,9 +45,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from longattn_spark import paths
 from longattn_spark.config import LongAttnConfig, ScoreConfig, default_rejects_table
-from longattn_spark.errors import ConfigError, TableError
-from longattn_spark.model_files import ModelLocation, locate_model
+from longattn_spark.errors import ConfigError, InputError, TableError
+from longattn_spark.model_files import ModelLocation, describe_model, locate_model
 from longattn_spark.session import arrow_batch_rows, get_spark, on_cluster
 from longattn_spark.tables import (
     SCORE_REJECTS,
@@ -41,6 +57,7 @@ from longattn_spark.tables import (
     ensure_table,
     merge_new_rows,
     set_properties,
+    table_properties,
 )
 
 WRONG_LENGTH = "wrong_length"
@@ -55,13 +72,22 @@ OUT_SCHEMA = T.StructType([
     T.StructField("variance", T.DoubleType()),
     T.StructField("ds_heads", T.ArrayType(T.DoubleType(), False)),
     T.StructField("var_heads", T.ArrayType(T.DoubleType(), False)),
+    # What the executor ran: device type (cpu, cuda), kernel (torch, triton), compute dtype,
+    # and the scorer's note when the Triton kernel fell back to torch (null otherwise).
+    T.StructField("device", T.StringType()),
+    T.StructField("kernel", T.StringType()),
+    T.StructField("dtype", T.StringType()),
+    T.StructField("kernel_note", T.StringType()),
 ])
 _OUT_ARROW = pa.schema([
     ("window_id", pa.string()), ("category", pa.string()), ("reason", pa.string()),
     ("detail", pa.string()), ("ds", pa.float64()), ("variance", pa.float64()),
     ("ds_heads", pa.list_(pa.field("element", pa.float64(), False))),
     ("var_heads", pa.list_(pa.field("element", pa.float64(), False))),
+    ("device", pa.string()), ("kernel", pa.string()), ("dtype", pa.string()),
+    ("kernel_note", pa.string()),
 ])
+RUN_FIELDS = ("device", "kernel", "dtype", "kernel_note")
 
 
 @dataclass(frozen=True)
@@ -76,17 +102,7 @@ class ScorerSettings:
     kernel: str
     allow_pickle: bool
     threads: int
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test hook for a task that dies mid-way: from micro-batch ``from_micro_batch`` on, the
-    UDF raises after ``after_batches`` Arrow batches, on the task's first attempt only (a
-    retried attempt succeeds)."""
-
-    from_micro_batch: int
-    after_batches: int = 0
-    message: str = "injected fault"
+    dtype_for_gpu: bool = False  # dtype auto-chosen for GPUs: a task on the CPU must not use it
 
 
 @dataclass
@@ -100,6 +116,13 @@ class ScoreSummary:
     rejected: dict[str, int] = field(default_factory=dict)
     micro_batches: int = 0
     seconds: float = 0.0
+    #: windows scored per "device/kernel/dtype" the executors reported
+    ran: dict[str, int] = field(default_factory=dict)
+    #: windows scored by the torch kernel after the Triton kernel fell back, and why
+    kernel_fallbacks: int = 0
+    fallback_notes: list[str] = field(default_factory=list)
+    #: the tokenizer check: match, mismatch allowed, or no tokenizer in the model folder
+    tokenizer_check: str = ""
 
     @property
     def windows_per_second(self) -> float:
@@ -116,13 +139,17 @@ _SCORERS: dict[tuple, object] = {}
 
 
 def cached_scorer(settings: ScorerSettings, device: str):
-    """The scorer for ``settings`` on ``device``, built once per Python worker process."""
+    """The scorer for ``settings`` on ``device``, built once per Python worker process (an
+    updated model, with other file sizes or mtimes, replaces its older version)."""
     key = (settings, device)
     if key not in _SCORERS:
         import torch
 
         from longattn_spark.scoring import Layer0Scorer
 
+        for stale in [k for k in _SCORERS if k[0].location.model == settings.location.model
+                      and k[0].location != settings.location]:
+            del _SCORERS[stale]
         torch.set_num_threads(settings.threads)
         _SCORERS[key] = Layer0Scorer.from_pretrained(
             settings.location.executor_path(), device=device, dtype=settings.dtype,
@@ -131,19 +158,56 @@ def cached_scorer(settings: ScorerSettings, device: str):
     return _SCORERS[key]
 
 
-def task_device(requested: str) -> str:
-    """``auto``: the GPU Spark assigned to this task, else CUDA if present, else the CPU."""
-    if requested != "auto":
-        return requested
+def task_device(requested: str, dtype_for_gpu: bool = False, dtype: str = "") -> str:
+    """The device this task scores on.
+
+    ``cpu``: the CPU, whatever Spark assigned. A task Spark gave a GPU
+    (``TaskContext.resources()["gpu"]``) scores on that GPU or fails when torch finds no usable
+    CUDA device for it. ``auto`` without a GPU from Spark: CUDA if present, else the CPU, unless
+    the dtype was chosen for GPUs (``dtype_for_gpu``): then it fails rather than run a GPU
+    dtype on the CPU. ``cuda``/``cuda:N``: that device, or an error without CUDA."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
     from pyspark import TaskContext
 
     context = TaskContext.get()
     gpus = context.resources().get("gpu") if context is not None else None
-    if gpus is not None and gpus.addresses:
-        return f"cuda:{gpus.addresses[0]}"
+    addresses = list(gpus.addresses) if gpus is not None else []
+    if addresses:
+        address = addresses[0]
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not address.isdigit() or int(address) >= count:
+            raise RuntimeError(
+                f"Spark gave this task GPU {', '.join(addresses)}, but torch finds no usable "
+                f"CUDA device {address} ({cuda_diagnosis()}); the task does not fall back to "
+                f"the CPU. Fix the executors' CUDA setup, or pass --device cpu to score on "
+                f"CPUs.")
+        return requested if requested.startswith("cuda:") else f"cuda:{address}"
+    if requested != "auto":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {requested}: this task finds no usable CUDA device "
+                               f"({cuda_diagnosis()})")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if dtype_for_gpu:
+        raise RuntimeError(
+            f"--dtype auto chose {dtype or 'a GPU dtype'} because the executors have GPUs, but "
+            f"this task was given no GPU and finds no usable CUDA device ({cuda_diagnosis()}); "
+            f"it does not fall back to the CPU. Pass --task-gpus 1 so that every scoring task "
+            f"gets a GPU, or --device cpu to score on CPUs.")
+    return "cpu"
+
+
+def cuda_diagnosis() -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    available = torch.cuda.is_available()
+    return (f"torch {torch.__version__} built for CUDA {torch.version.cuda}, "
+            f"cuda.is_available() {available}, "
+            f"device_count {torch.cuda.device_count() if available else 0}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}")
 
 
 def model_input_matrix(input_ids: pa.ListArray, seq_len: int, bos_id: int
@@ -199,12 +263,16 @@ def score_record_batch(batch: pa.RecordBatch, scorer, seq_len: int, expected_tok
     variance = np.full(len(window_ids), np.nan)
     ds_heads = np.zeros((len(window_ids), n_heads))
     var_heads = np.zeros((len(window_ids), n_heads))
+    # What ran, per row: the kernel can switch to torch for good in the middle of a batch.
+    kernels = np.full(len(window_ids), scorer.kernel, dtype=object)
+    notes = np.full(len(window_ids), scorer.kernel_note or None, dtype=object)
     for begin in range(0, to_score.shape[0], batch_size):
         chunk = torch.from_numpy(to_score[begin:begin + batch_size])
         out = score_with_clear_oom(scorer, chunk, batch_size, seq_len)
         target = score_rows[begin:begin + batch_size]
         ds[target], variance[target] = out.ds, out.variance
         ds_heads[target], var_heads[target] = out.ds_heads, out.var_heads
+        kernels[target], notes[target] = scorer.kernel, scorer.kernel_note or None
     scored = np.array([r is None for r in reasons], dtype=bool)
     heads_offsets = np.concatenate([[0], np.cumsum(np.where(scored, n_heads, 0))]).astype(
         np.int32)
@@ -217,6 +285,10 @@ def score_record_batch(batch: pa.RecordBatch, scorer, seq_len: int, expected_tok
                                  mask=pa.array(~scored), type=_OUT_ARROW.field("ds_heads").type),
         pa.ListArray.from_arrays(pa.array(heads_offsets), pa.array(var_heads[scored].ravel()),
                                  mask=pa.array(~scored), type=_OUT_ARROW.field("var_heads").type),
+        pa.array([scorer.device.type] * len(window_ids), pa.string()),
+        pa.array(kernels.tolist(), pa.string()),
+        pa.array([str(scorer.dtype).removeprefix("torch.")] * len(window_ids), pa.string()),
+        pa.array(notes.tolist(), pa.string()),
     ], schema=_OUT_ARROW)
 
 
@@ -241,20 +313,17 @@ def oom_message(batch_size: int, seq_len: int, device: str, exc: Exception) -> s
             f"--seq-len {seq_len}: lower --batch-size (or --seq-len). ({str(exc)[:200]})")
 
 
+ArrowFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+
+
 def score_batches(settings: ScorerSettings, seq_len: int, expected_tokens: int | None,
-                  batch_size: int, fault: FaultInjection | None = None
-                  ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+                  batch_size: int) -> ArrowFn:
     """The mapInArrow function of the score job."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        scorer = cached_scorer(settings, task_device(settings.device))
-        context = TaskContext.get()
-        first_attempt = context is None or context.attemptNumber() == 0
-        for count, batch in enumerate(batches):
-            if fault is not None and first_attempt and count >= fault.after_batches:
-                raise RuntimeError(fault.message)
+        device = task_device(settings.device, settings.dtype_for_gpu, settings.dtype)
+        scorer = cached_scorer(settings, device)
+        for batch in batches:
             yield score_record_batch(batch, scorer, seq_len, expected_tokens, batch_size)
 
     return run
@@ -278,6 +347,11 @@ def validate_score_config(cfg: ScoreConfig) -> None:
                           "from the checkpoint (layer 0 is computed by this package)")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")
+    if not TableRef(cfg.table).is_path and not cfg.checkpoint_location:
+        raise ConfigError(f"--table {cfg.table} is a table name (metastore / Unity Catalog), "
+                          f"and a managed table's storage is not for other files: pass "
+                          f"--checkpoint-location, a folder for the score stream's progress "
+                          f"(e.g. /Volumes/<catalog>/<schema>/<volume>/checkpoints)")
 
 
 def run_score_job(cfg: LongAttnConfig) -> ScoreSummary:
@@ -289,51 +363,79 @@ def run_score_job(cfg: LongAttnConfig) -> ScoreSummary:
     return summary
 
 
-def score_windows(spark: SparkSession, cfg: ScoreConfig, fault: FaultInjection | None = None,
-                  progress: bool = True) -> ScoreSummary:
-    """Score every window of ``cfg.windows`` that has no score for this scorer yet."""
+def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
+                  udf_wrapper: Callable[[ArrowFn], ArrowFn] | None = None) -> ScoreSummary:
+    """Score every window of ``cfg.windows`` that has no score for this scorer yet.
+
+    ``udf_wrapper`` (tests): applied to the mapInArrow function of every micro-batch, in
+    micro-batch order, e.g. to make a task fail."""
     validate_score_config(cfg)
     windows_ref = TableRef(cfg.windows)
-    if not windows_ref.exists(spark):
-        raise TableError(f"--windows {cfg.windows}: no such table (run ingest first)")
     scores_ref = TableRef(cfg.table)
     rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
-    seq_len, expected_tokens = _sequence_length(spark, windows_ref, cfg)
+    # The model first: its errors (no folder, no config.json, bad headers) come before any
+    # Spark job, and nothing but small files and the layer-0 bytes' hash is read here.
     location = locate_model(spark, cfg.model)
+    checkpoint = describe_model(spark, location, allow_pickle=cfg.allow_pickle)
+    if not windows_ref.exists(spark):
+        raise TableError(f"--windows {cfg.windows}: no such table (run ingest first)")
+    sizes, window_tokenizers = _windows_facts(spark, windows_ref, cfg)
+    seq_len, expected_tokens = _sequence_length(cfg, sizes)
     settings = _scorer_settings(spark, cfg, location)
-    driver_scorer = _driver_scorer(settings)  # fails here, before any task, on a bad model
+    driver_scorer = _driver_scorer(checkpoint, settings)
+    driver_scorer.bos_id  # noqa: B018 - fails here, before any task, without a BOS id
+    driver_scorer.check_seq_len(seq_len)
     scorer_id = driver_scorer.scorer_id_for(seq_len)
+    min_distance = driver_scorer.min_distance_for(seq_len)
+    summary = ScoreSummary(scorer_id=scorer_id, seq_len=seq_len, min_distance=min_distance)
+    tokenizer_record = _check_tokenizer(spark, cfg, window_tokenizers, summary, lambda: (
+        _unscored_tokenizers(spark, windows_ref, scores_ref, rejects_ref, scorer_id, cfg)))
     ensure_table(spark, scores_ref, SCORES)
     ensure_table(spark, rejects_ref, SCORE_REJECTS)
-    set_properties(spark, scores_ref, {f"longattn.scorer.{scorer_id}": json.dumps(
-        {**driver_scorer.config_summary(), "scorer_id": scorer_id, "seq_len": seq_len,
-         "min_distance": driver_scorer.min_distance_for(seq_len), "model": cfg.model})})
+    record = _scorer_record(spark, scores_ref, driver_scorer, cfg, settings, location,
+                            scorer_id, seq_len, min_distance, tokenizer_record)
+    property_key = f"longattn.scorer.{scorer_id}"
+    set_properties(spark, scores_ref, {property_key: json.dumps(record, sort_keys=True)})
+    executors_seen = {_run_key(e) for e in record["executors"]}
 
-    summary = ScoreSummary(scorer_id=scorer_id, seq_len=seq_len,
-                           min_distance=driver_scorer.min_distance_for(seq_len))
     done_before = _scored_count(spark, scores_ref, scorer_id)
     profile = gpu_resource_profile(spark, cfg.task_gpus)
     started = time.perf_counter()
     reporter = _Progress(progress and not on_cluster())
 
     def commit(batch: DataFrame, batch_id: int) -> None:
-        armed = fault if fault is not None and batch_id >= fault.from_micro_batch else None
-        udf = score_batches(settings, seq_len, expected_tokens, cfg.batch_size, armed)
+        udf = score_batches(settings, seq_len, expected_tokens, cfg.batch_size)
+        if udf_wrapper is not None:
+            udf = udf_wrapper(udf)
         todo = _unscored(spark, batch, scores_ref, rejects_ref, scorer_id)
         # Checkpointed, not cached: the plan reads the two tables written below, and Spark
         # drops cached data depending on a table when it is written (scoring twice).
         out = todo.mapInArrow(udf, OUT_SCHEMA, profile=profile).localCheckpoint(eager=True)
         try:
+            groups = (out.groupBy("reason", *RUN_FIELDS).agg(F.count(F.lit(1)).alias("n"))
+                      .collect())
+            counts: dict[str | None, int] = {}
+            ran: dict[tuple, int] = {}
+            for row in groups:
+                counts[row["reason"]] = counts.get(row["reason"], 0) + row["n"]
+                if row["reason"] is None:
+                    run = tuple(row[f] for f in RUN_FIELDS)
+                    ran[run] = ran.get(run, 0) + row["n"]
+            new_runs = [run for run in ran if run not in executors_seen]
+            if new_runs:  # recorded before the commit that holds their rows
+                executors_seen.update(new_runs)
+                record["executors"] += [dict(zip(RUN_FIELDS, run, strict=True))
+                                        for run in new_runs]
+                set_properties(spark, scores_ref,
+                               {property_key: json.dumps(record, sort_keys=True)})
             now = F.current_timestamp()
             scores = (out.filter(F.col("reason").isNull())
                       .withColumn("scorer_id", F.lit(scorer_id))
                       .withColumn("seq_len", F.lit(seq_len))
-                      .withColumn("min_distance", F.lit(summary.min_distance))
+                      .withColumn("min_distance", F.lit(min_distance))
                       .withColumn("model", F.lit(cfg.model)).withColumn("scored_at", now))
             rejects = (out.filter(F.col("reason").isNotNull())
                        .withColumn("scorer_id", F.lit(scorer_id)).withColumn("scored_at", now))
-            counts = {r["reason"]: r["n"] for r in
-                      out.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
             merge_new_rows(spark, scores_ref, SCORES, scores, {"scorer_id": scorer_id})
             merge_new_rows(spark, rejects_ref, SCORE_REJECTS, rejects, {"scorer_id": scorer_id})
         finally:
@@ -342,13 +444,14 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, fault: FaultInjection |
         summary.scored += counts.pop(None, 0)
         for reason, n in counts.items():
             summary.rejected[reason] = summary.rejected.get(reason, 0) + n
+        _count_runs(summary, ran, batch_id)
         reporter.update(summary)
 
     stream = _windows_stream(spark, windows_ref, cfg)
-    checkpoint = _checkpoint(spark, scores_ref, windows_ref, scorer_id, cfg.category)
+    checkpoint_dir = _checkpoint(spark, cfg, scores_ref, windows_ref, scorer_id)
     with arrow_batch_rows(spark, max(cfg.batch_size, 16)):
         query = (stream.writeStream.foreachBatch(commit)
-                 .option("checkpointLocation", checkpoint)
+                 .option("checkpointLocation", checkpoint_dir)
                  .trigger(availableNow=True).start())
         try:
             query.awaitTermination()
@@ -360,6 +463,104 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, fault: FaultInjection |
     summary.windows_total = _windows_count(spark, windows_ref, cfg)
     summary.already_scored = done_before
     return summary
+
+
+def _run_key(run: dict) -> tuple:
+    return tuple(run.get(f) for f in RUN_FIELDS)
+
+
+def _count_runs(summary: ScoreSummary, ran: dict[tuple, int], batch_id: int) -> None:
+    """Add one micro-batch's executor reports to the summary; print new fallback notes."""
+    for (device, kernel, dtype, note), n in sorted(ran.items(), key=str):
+        name = f"{device}/{kernel}/{dtype}"
+        summary.ran[name] = summary.ran.get(name, 0) + n
+        if note:
+            summary.kernel_fallbacks += n
+            if note not in summary.fallback_notes:
+                summary.fallback_notes.append(note)
+                print(f"kernel fallback on the executors (micro-batch {batch_id}, {n} windows): "
+                      f"{note}", flush=True)
+
+
+def _scorer_record(spark: SparkSession, scores_ref: TableRef, driver_scorer,
+                   cfg: ScoreConfig, settings: ScorerSettings, location: ModelLocation,
+                   scorer_id: str, seq_len: int, min_distance: int,
+                   tokenizer: dict) -> dict:
+    """The ``longattn.scorer.<id>`` property: the scorer's configuration (from config.json
+    and the headers), what was asked for, the tokenizers, and what the executors ran so far
+    (kept from earlier runs; the windows' tokenizers are merged with earlier runs' too)."""
+    summary = driver_scorer.config_summary()
+    for driver_only in ("device", "kernel", "kernel_note", "block_size"):
+        summary.pop(driver_only, None)  # the driver scores nothing: executors say what ran
+    earlier = {}
+    text = table_properties(spark, scores_ref).get(f"longattn.scorer.{scorer_id}")
+    if text:
+        try:
+            earlier = json.loads(text)
+        except ValueError:
+            earlier = {}
+    before = earlier.get("tokenizer") if isinstance(earlier.get("tokenizer"), dict) else {}
+    tokenizer = dict(tokenizer)
+    tokenizer["windows"] = sorted(set(tokenizer["windows"]) | set(before.get("windows", [])))
+    if before.get("check") == "mismatch_allowed":
+        tokenizer["check"] = "mismatch_allowed"
+    executors = earlier.get("executors") if isinstance(earlier.get("executors"), list) else []
+    return {**summary, "scorer_id": scorer_id, "seq_len": seq_len,
+            "min_distance": min_distance, "model": cfg.model, "model_folder": location.folder,
+            "requested": {"device": cfg.device, "kernel": cfg.kernel, "dtype": cfg.dtype},
+            "dtype": settings.dtype, "tokenizer": tokenizer, "executors": executors}
+
+
+def _check_tokenizer(spark: SparkSession, cfg: ScoreConfig, window_tokenizers: list[str],
+                     summary: ScoreSummary, unscored_tokenizers: Callable[[], list[str]]
+                     ) -> dict:
+    """The tokenizer-model check (before any task); returns what to record with the scorer.
+
+    The model folder's tokenizer (when it has a tokenizer.json) must be the one that cut the
+    windows still to score, or the job fails naming both identities, unless
+    ``--allow-tokenizer-mismatch``. Without a tokenizer in the model folder, a warning."""
+    from longattn_spark.tokenize import tokenizer_identity
+
+    model_tokenizer = tokenizer_identity(spark, cfg.model)
+    record = {"model": model_tokenizer, "windows": sorted(window_tokenizers)}
+    if model_tokenizer is None:
+        seen = ", ".join(record["windows"]) or "none"
+        print(f"warning: --model {cfg.model} has no tokenizer.json, so the windows' tokenizer "
+              f"cannot be checked against the model's; recorded with the scorer: the windows' "
+              f"tokenizer {seen}", flush=True)
+        summary.tokenizer_check = f"not checked (no tokenizer in the model); windows: {seen}"
+        return {**record, "check": "model_has_no_tokenizer"}
+    if all(t == model_tokenizer for t in window_tokenizers):
+        summary.tokenizer_check = f"{model_tokenizer} (model = windows)"
+        return {**record, "check": "match"}
+    pending = sorted(t for t in unscored_tokenizers() if t != model_tokenizer)
+    if not pending:  # the other tokenizers' windows were all scored by an earlier run
+        summary.tokenizer_check = f"{model_tokenizer} (model = windows still to score)"
+        return {**record, "check": "match"}
+    if not cfg.allow_tokenizer_mismatch:
+        raise InputError(f"tokenizer mismatch: --model {cfg.model} has tokenizer "
+                         f"{model_tokenizer}, but --windows {cfg.windows} holds windows to score "
+                         f"cut by {', '.join(pending)}; re-ingest with the model's tokenizer, or "
+                         f"pass --allow-tokenizer-mismatch")
+    print(f"warning: scoring windows cut by {', '.join(pending)} with a model whose tokenizer is "
+          f"{model_tokenizer} (--allow-tokenizer-mismatch)", flush=True)
+    summary.tokenizer_check = (f"MISMATCH allowed: model {model_tokenizer}, windows "
+                               f"{', '.join(pending)}")
+    return {**record, "check": "mismatch_allowed"}
+
+
+def _unscored_tokenizers(spark: SparkSession, windows_ref: TableRef, scores_ref: TableRef,
+                         rejects_ref: TableRef, scorer_id: str, cfg: ScoreConfig) -> list[str]:
+    """The tokenizers of the windows this scorer has not scored (nor rejected) yet."""
+    frame = windows_ref.read(spark)
+    if cfg.category:
+        frame = frame.filter(F.col("category") == F.lit(cfg.category))
+    for ref in (scores_ref, rejects_ref):
+        if ref.exists(spark):
+            done = ref.read(spark).filter(F.col("scorer_id") == F.lit(scorer_id))
+            frame = frame.join(done.select("window_id"), "window_id", "left_anti")
+    return [r["tokenizer"] for r in frame.select("tokenizer").distinct().collect()
+            if r["tokenizer"] is not None]
 
 
 def gpu_resource_profile(spark: SparkSession, task_gpus: float):
@@ -378,12 +579,20 @@ def gpu_resource_profile(spark: SparkSession, task_gpus: float):
     return ResourceProfileBuilder().require(requests.resource("gpu", task_gpus)).build
 
 
-def _sequence_length(spark: SparkSession, windows_ref: TableRef, cfg: ScoreConfig
-                     ) -> tuple[int, int | None]:
+def _windows_facts(spark: SparkSession, windows_ref: TableRef, cfg: ScoreConfig
+                   ) -> tuple[list[int], list[str]]:
+    """(the window sizes in the table, the tokenizers of the windows to score), in one pass."""
+    frame = windows_ref.read(spark)
+    tokenizer = F.col("tokenizer") if not cfg.category else \
+        F.when(F.col("category") == F.lit(cfg.category), F.col("tokenizer"))
+    row = frame.agg(F.collect_set("n_tokens").alias("sizes"),
+                    F.collect_set(tokenizer).alias("tokenizers")).collect()[0]
+    return sorted(row["sizes"] or []), sorted(row["tokenizers"] or [])
+
+
+def _sequence_length(cfg: ScoreConfig, sizes: list[int]) -> tuple[int, int | None]:
     """(L, the window length every window must have or None): --seq-len, else the table's
     window size (+1 for BOS is not added: L = W scores BOS + the first W-1 tokens)."""
-    sizes = [r["n_tokens"] for r in windows_ref.read(spark).select("n_tokens").distinct()
-             .limit(5).collect() if r["n_tokens"] is not None]
     if cfg.seq_len:
         return cfg.seq_len, None
     if not sizes:
@@ -402,7 +611,8 @@ def _scorer_settings(spark: SparkSession, cfg: ScoreConfig, location: ModelLocat
     return ScorerSettings(location=location, device=cfg.device, dtype=dtype,
                           min_distance=cfg.min_distance or None,
                           rope_theta=cfg.rope_theta or None, kernel=cfg.kernel,
-                          allow_pickle=cfg.allow_pickle, threads=_threads_per_task(spark))
+                          allow_pickle=cfg.allow_pickle, threads=_threads_per_task(spark),
+                          dtype_for_gpu=cfg.dtype == "auto" and dtype != "float32")
 
 
 def _executors_have_gpus(spark: SparkSession, device: str) -> bool:
@@ -424,14 +634,14 @@ def _threads_per_task(spark: SparkSession) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, spark.sparkContext.defaultParallelism))
 
 
-def _driver_scorer(settings: ScorerSettings):
+def _driver_scorer(checkpoint, settings: ScorerSettings):
+    """The scorer as the driver knows it, from config.json and the headers (no weights): its
+    scorer_id, summary, BOS id and limits; it fails here, before any task, on a bad model."""
     from longattn_spark.scoring import Layer0Scorer
 
-    return Layer0Scorer.from_pretrained(settings.location.local_dir, device="cpu",
-                                        dtype=settings.dtype,
-                                        min_distance=settings.min_distance,
-                                        rope_theta=settings.rope_theta,
-                                        allow_pickle=settings.allow_pickle, kernel="torch")
+    return Layer0Scorer.describing(checkpoint, dtype=settings.dtype,
+                                   min_distance=settings.min_distance,
+                                   rope_theta=settings.rope_theta)
 
 
 def _windows_stream(spark: SparkSession, ref: TableRef, cfg: ScoreConfig) -> DataFrame:
@@ -454,14 +664,22 @@ def _unscored(spark: SparkSession, batch: DataFrame, scores_ref: TableRef,
     return todo.repartition(partitions)
 
 
-def _checkpoint(spark: SparkSession, scores_ref: TableRef, windows_ref: TableRef,
-                scorer_id: str, category: str) -> str:
-    """Stream progress lives beside the scores table's data, one folder per (scorer, windows
-    table, category filter); the leading underscore keeps Delta's VACUUM away from it."""
-    location = scores_ref.location if scores_ref.is_path else \
-        scores_ref.delta_table(spark).detail().collect()[0]["location"]
-    source = hashlib.sha256(f"{windows_ref}\x1f{category}".encode()).hexdigest()[:12]
-    return f"{location.rstrip('/')}/_longattn_checkpoints/{scorer_id}-{source}"
+def _checkpoint(spark: SparkSession, cfg: ScoreConfig, scores_ref: TableRef,
+                windows_ref: TableRef, scorer_id: str) -> str:
+    """The stream's progress folder, one per (scorer, windows table, category filter):
+    under ``--checkpoint-location`` when given (one per scores table too, so one location
+    can serve several), else beside a path scores table's data, where the leading underscore
+    keeps Delta's VACUUM away from it. Table names require ``--checkpoint-location``
+    (``validate_score_config``)."""
+    if cfg.checkpoint_location:
+        source = hashlib.sha256(f"{scores_ref}\x1f{windows_ref}\x1f{cfg.category}".encode()
+                                ).hexdigest()[:12]
+        base = paths.for_spark(spark, cfg.checkpoint_location)
+        return f"{base.rstrip('/')}/{scorer_id}-{source}"
+    if not scores_ref.is_path:
+        raise ConfigError(f"--table {cfg.table} is a table name: pass --checkpoint-location")
+    source = hashlib.sha256(f"{windows_ref}\x1f{cfg.category}".encode()).hexdigest()[:12]
+    return f"{scores_ref.location.rstrip('/')}/_longattn_checkpoints/{scorer_id}-{source}"
 
 
 def _scored_count(spark: SparkSession, ref: TableRef, scorer_id: str) -> int:
@@ -518,6 +736,11 @@ def print_summary(summary: ScoreSummary, cfg: ScoreConfig) -> None:
         ("rejected", f"{sum(summary.rejected.values()):,}"),
         *[(f"  {reason}", f"{n:,}") for reason, n in sorted(summary.rejected.items())],
         ("commits", f"{summary.micro_batches}"),
+        ("tokenizer", summary.tokenizer_check or "-"),
+        ("ran on the executors", ", ".join(f"{name}: {n:,}" for name, n in
+                                           sorted(summary.ran.items())) or "-"),
+        ("kernel fallbacks (windows)", f"{summary.kernel_fallbacks:,}"
+         + (f" ({'; '.join(summary.fallback_notes)})" if summary.fallback_notes else "")),
         ("seconds", f"{summary.seconds:.1f}"),
         ("windows/s", f"{summary.windows_per_second:,.2f}"),
         ("tokens/s", f"{summary.tokens_per_second:,.0f}"),

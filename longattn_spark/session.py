@@ -50,8 +50,43 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "longattn-s
     if active is not None:
         return active
     if on_cluster():
+        quiet_default_logging()
         return SparkSession.builder.appName(app_name).getOrCreate()
     return _local_session(settings or SparkSettings(), app_name)
+
+
+def quiet_default_logging(level: str = "WARN") -> None:
+    """Under spark-submit, lower the driver's log level before the SparkContext starts, so
+    the console shows the job's progress lines and summary, not thousands of INFO lines:
+    only when Spark runs on its built-in default log4j profile (a user's own log4j2
+    configuration, from ``SPARK_CONF_DIR`` or ``-Dlog4j2.configurationFile``, is left as it
+    is). Databricks and Spark Connect own their logging: nothing is changed there."""
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION") or os.environ.get("SPARK_REMOTE") \
+            or not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return
+    try:
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()
+        jvm = SparkContext._jvm
+        logging = jvm.org.apache.spark.internal.Logging
+        if not logging.islog4j2DefaultConfigured():
+            return
+        jvm.org.apache.logging.log4j.core.config.Configurator.setRootLevel(
+            jvm.org.apache.logging.log4j.Level.toLevel(level))
+    except Exception:  # noqa: BLE001 - logging is a nicety; never fail a job for it
+        return
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The cluster's default parallelism (tasks per stage when nothing else decides)."""
+    jsc = getattr(spark, "_jsc", None)
+    if jsc is not None:
+        return int(spark.sparkContext.defaultParallelism)
+    try:
+        return int(spark.conf.get("spark.default.parallelism", "8"))
+    except Exception:  # noqa: BLE001
+        return 8
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from longattn_spark import paths
 from longattn_spark.config import IngestConfig
 from longattn_spark.errors import InputError
 from longattn_spark.tables import TableRef
@@ -36,46 +37,98 @@ SNIPPET_CHARS = 120
 _SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def detect_format(cfg: IngestConfig) -> str:
-    """The input format: the --format flag, else guessed from the path."""
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz",
+                 ".jsonl.bz2", ".json.bz2", ".jsonl.zst", ".json.zst")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+def detect_format(spark: SparkSession | None, cfg: IngestConfig) -> str:
+    """The input format: the --format flag, else guessed from the path and, for a folder,
+    from its first level (and the first level of its first sub-folder): never by listing the
+    whole tree. Spark's own output folders (``_SUCCESS``, ``part-*``, ``.crc``) are
+    recognised by their data files."""
     if cfg.format != "auto":
         return cfg.format
     text = cfg.input
-    if "/" not in text and not Path(text).exists():
+    if "/" not in text and not paths.has_scheme(text) and not Path(text).exists():
         return "table"
     lowered = text.lower().rstrip("/")
-    if lowered.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")):
+    if lowered.endswith(JSON_SUFFIXES):
         return "jsonl"
-    if lowered.endswith(".parquet"):
+    if lowered.endswith(PARQUET_SUFFIXES):
         return "parquet"
-    path = Path(text)
-    if path.is_dir():
-        if (path / "_delta_log").is_dir():
-            return "table"
-        names = [p.name.lower() for p in path.rglob("*") if p.is_file()][:1000]
-        if names and all(n.endswith((".jsonl", ".json", ".ndjson")) for n in names):
-            return "jsonl"
-        if names and all(n.endswith(".parquet") or n.startswith(("_", ".")) for n in names):
-            return "parquet"
+    if any(c in text for c in "*?["):
+        raise InputError(f"--input {text}: cannot tell the format of a glob; pass --format "
+                         "jsonl|parquet|text")
+    found = paths.require(spark, text, "--input")
+    if not found.is_dir:
         return "text"
-    raise InputError(f"--input {text}: cannot tell its format; pass --format "
-                     "jsonl|parquet|text|table")
+    fmt = format_of_listing(paths.list_dir(spark, text))
+    if fmt == "subfolders":
+        first = next(e for e in paths.list_dir(spark, text)
+                     if e.is_dir and not e.name.startswith(paths.HIDDEN_PREFIXES))
+        inner = format_of_listing(paths.list_dir(spark, first.path))
+        fmt = inner if inner in ("jsonl", "parquet") else "text"
+    return fmt
+
+
+def format_of_listing(entries: list[paths.FileStatus]) -> str:
+    """``table`` | ``jsonl`` | ``parquet`` | ``text`` | ``subfolders`` (only folders: look one
+    level down) from one folder's entries (pure)."""
+    names = {e.name for e in entries}
+    if "_delta_log" in names:
+        return "table"
+    files = [e.name.lower() for e in entries if not e.is_dir
+             and not e.name.startswith(paths.HIDDEN_PREFIXES) and not e.name.endswith(".crc")]
+    if files and all(n.endswith(JSON_SUFFIXES) for n in files):
+        return "jsonl"
+    if files and all(n.endswith(PARQUET_SUFFIXES) for n in files):
+        return "parquet"
+    if not files and any(e.is_dir for e in entries):
+        return "subfolders"
+    return "text"
 
 
 def read_documents(spark: SparkSession, cfg: IngestConfig) -> DataFrame:
     """The input as ``DOCS_SCHEMA`` rows (one per input row / file)."""
-    fmt = detect_format(cfg)
-    if fmt in ("jsonl", "text", "parquet") and "://" not in cfg.input \
-            and not Path(cfg.input).expanduser().exists() and not any(c in cfg.input
-                                                                      for c in "*?["):
-        raise InputError(f"--input {cfg.input}: no such file or folder")
+    fmt = detect_format(spark, cfg)
+    if fmt in ("jsonl", "text", "parquet") and not any(c in cfg.input for c in "*?["):
+        paths.require(spark, cfg.input, "--input")
     readers = {"jsonl": _read_jsonl, "text": _read_text_files, "parquet": _read_parquet,
                "table": _read_table}
     return readers[fmt](spark, cfg)
 
 
-def _input_path(cfg: IngestConfig) -> str:
-    return cfg.input if "://" in cfg.input else str(Path(cfg.input).expanduser().resolve())
+def count_input_rows(spark: SparkSession, cfg: IngestConfig) -> int:
+    """How many rows ``read_documents`` must account for, counted straight from the source
+    (lines, files, table rows) and not from its output, so that a document lost on its way
+    to the status rows shows up as a difference."""
+    fmt = detect_format(spark, cfg)
+    path = _input_path(spark, cfg)
+    if fmt == "jsonl":
+        lines = spark.read.option("recursiveFileLookup", "true").text(path)
+        return lines.filter(F.trim(F.col("value")) != "").count()
+    if fmt == "text":
+        root_uri = paths.qualified(spark, cfg.input)
+        return sum(1 for f in paths.list_files_recursively(spark, cfg.input)
+                   if not _is_hidden(f.path, root_uri))
+    if fmt == "parquet":
+        return spark.read.option("recursiveFileLookup", "true").parquet(path).count()
+    ref = TableRef(cfg.input)
+    frame = (spark.read.format("delta").load(ref.location) if ref.is_path
+             else spark.read.table(ref.text))
+    return frame.count()
+
+
+def _is_hidden(path: str, root_uri: str) -> bool:
+    """Whether a file under the folder ``root_uri`` (qualified) is one Spark's file readers
+    skip (its name, or a folder below the root, starts with ``_`` or ``.``)."""
+    relative = path[len(root_uri.rstrip("/")) + 1:] if path.startswith(root_uri) else path
+    return any(part.startswith(paths.HIDDEN_PREFIXES) for part in relative.split("/"))
+
+
+def _input_path(spark: SparkSession, cfg: IngestConfig) -> str:
+    return paths.for_spark(spark, cfg.input)
 
 
 # --- JSON lines ----------------------------------------------------------------------------
@@ -85,7 +138,7 @@ def _read_jsonl(spark: SparkSession, cfg: IngestConfig) -> DataFrame:
         if not _SIMPLE_NAME.match(getattr(cfg, option)):
             raise InputError(f"--{option.replace('_', '-')} {getattr(cfg, option)!r}: JSON "
                              "field names must be letters, digits and _")
-    lines = (spark.read.option("recursiveFileLookup", "true").text(_input_path(cfg))
+    lines = (spark.read.option("recursiveFileLookup", "true").text(_input_path(spark, cfg))
              .select(F.col("value").alias("line"),
                      F.col("_metadata.file_path").alias("source"))
              .filter(F.trim(F.col("line")) != ""))
@@ -179,10 +232,10 @@ def _snippet(text: str) -> str:
 # --- Folders of text files -----------------------------------------------------------------
 
 def _read_text_files(spark: SparkSession, cfg: IngestConfig) -> DataFrame:
-    root = _input_path(cfg)
+    root = _input_path(spark, cfg)
     files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
              .select("path", "length", "content"))
-    root_uri = _as_file_uri(root)
+    root_uri = paths.qualified(spark, cfg.input)
     relative = F.substring_index(F.col("path"), root_uri.rstrip("/") + "/", -1)
     too_large = F.col("length") > cfg.max_doc_bytes
     large = (files.filter(too_large)
@@ -198,32 +251,22 @@ def _read_text_files(spark: SparkSession, cfg: IngestConfig) -> DataFrame:
              .select(relative.alias("doc_id"), F.col("content"),
                      _category_from_folder(relative, cfg), F.col("path").alias("source"))
              .mapInArrow(_text_file_decoder(), DOCS_SCHEMA))
-    return small.unionByName(large).unionByName(_empty_files(spark, root, cfg))
+    return small.unionByName(large).unionByName(_empty_files(spark, cfg))
 
 
-def _empty_files(spark: SparkSession, root: str, cfg: IngestConfig) -> DataFrame:
-    """Spark's file readers skip zero-length files; list them (through Hadoop's FileSystem,
-    so any store works) so that they are rejected as empty instead of silently lost."""
-    jvm = spark.sparkContext._jvm
-    hadoop_root = jvm.org.apache.hadoop.fs.Path(_as_file_uri(root))
-    fs = hadoop_root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    root_uri = fs.makeQualified(hadoop_root).toString().rstrip("/") + "/"
-    files = fs.listFiles(hadoop_root, True)
+def _empty_files(spark: SparkSession, cfg: IngestConfig) -> DataFrame:
+    """Spark's file readers skip zero-length files; list them (through the same filesystem
+    the reader uses) so that they are rejected as empty instead of silently lost."""
+    root_uri = paths.qualified(spark, cfg.input).rstrip("/") + "/"
     rows = []
-    while files.hasNext():
-        status = files.next()
-        path = status.getPath().toString()
-        name = status.getPath().getName()
-        if status.getLen() == 0 and not name.startswith((".", "_")):
+    for status in paths.list_files_recursively(spark, cfg.input):
+        path = status.path
+        if status.length == 0 and not _is_hidden(path, root_uri):
             relative = path.split(root_uri, 1)[-1]
             category = cfg.category or (relative.split("/")[0] if "/" in relative else None)
             rows.append((relative, None, category, path, path, "empty_text",
                          f"{path} is empty (0 bytes)"))
     return spark.createDataFrame(rows, DOCS_SCHEMA)
-
-
-def _as_file_uri(path: str) -> str:
-    return path if "://" in path else "file:" + path
 
 
 def _category_from_folder(relative: Column, cfg: IngestConfig) -> Column:
@@ -268,7 +311,7 @@ def decode_text_file(doc_id: str, content: bytes, category: str | None, source: 
 # --- Parquet files and tables ---------------------------------------------------------------
 
 def _read_parquet(spark: SparkSession, cfg: IngestConfig) -> DataFrame:
-    frame = (spark.read.option("recursiveFileLookup", "true").parquet(_input_path(cfg))
+    frame = (spark.read.option("recursiveFileLookup", "true").parquet(_input_path(spark, cfg))
              .withColumn("_source", F.col("_metadata.file_path")))
     return _columns_as_docs(frame, cfg, F.col("_source"))
 

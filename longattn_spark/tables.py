@@ -9,8 +9,10 @@ duplicates a row.
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +51,10 @@ class TableSpec:
 WINDOWS = TableSpec(
     kind="windows",
     schema=T.StructType([
-        _f("window_id", T.StringType(), "deterministic id: hash of doc_id, tokenizer, window "
-           "size and token_start", nullable=False),
-        _f("doc_id", T.StringType(), "id of the source document", nullable=False),
+        _f("window_id", T.StringType(), "deterministic id: hash of category, doc_id, "
+           "doc_sha256, tokenizer, window size and token_start", nullable=False),
+        _f("doc_id", T.StringType(), "id of the source document (unique within its "
+           "category)", nullable=False),
         _f("category", T.StringType(), "category (book, arxiv, code, ...)", nullable=False),
         _f("window_index", T.IntegerType(), "position of the window in Algorithm 1's output "
            "order for its document"),
@@ -61,8 +64,11 @@ WINDOWS = TableSpec(
            "without BOS"),
         _f("char_start", T.LongType(), "first character of the window in the document text"),
         _f("char_end", T.LongType(), "character after the window's last token"),
-        _f("tokenizer", T.StringType(), "tokenizer identity: name@sha256 of tokenizer.json"),
+        _f("tokenizer", T.StringType(), "tokenizer identity: tok-<sha256 of the settings in "
+           "tokenizer.json that change ids>, independent of its path"),
         _f("ingested_at", T.TimestampType(), "when the window was written"),
+        _f("doc_sha256", T.StringType(), "SHA-256 of the document's text (UTF-8): the same id "
+           "with another text is a changed document"),
     ]),
     keys=("window_id",),
     partition_by=("category",),
@@ -77,12 +83,14 @@ REJECTS = TableSpec(
         _f("category", T.StringType(), "category, when known"),
         _f("reason", T.StringType(), "why no window came of it: too_short, too_large, "
            "malformed_json, missing_id, missing_text, empty_text, non_string_text, "
-           "invalid_utf8, duplicate_id, missing_category, tokenizer_error", nullable=False),
+           "invalid_utf8, duplicate_id, missing_category, tokenizer_error, changed_text",
+           nullable=False),
         _f("detail", T.StringType(), "human-readable detail (file, sizes, first characters)"),
         _f("source", T.StringType(), "input file or table the row came from"),
         _f("tokenizer", T.StringType(), "tokenizer identity of the run"),
         _f("window_size", T.IntegerType(), "window size of the run"),
         _f("ingested_at", T.TimestampType(), "when the row was written"),
+        _f("doc_sha256", T.StringType(), "SHA-256 of the document's text, when it had one"),
     ]),
     keys=("reject_id",),
     partition_by=("category",),
@@ -250,6 +258,7 @@ def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
     from delta.tables import DeltaTable
 
     if ref.exists(spark):
+        add_missing_columns(spark, ref, spec)
         check_schema(spark, ref, spec)
         return
     if not ref.is_path:
@@ -274,6 +283,28 @@ def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
         # Another job created it between our check and our create (two score jobs starting
         # at once): the schema check below decides whether it is the table we need.
     check_schema(spark, ref, spec)
+
+
+def add_missing_columns(spark: SparkSession, ref: TableRef, spec: TableSpec) -> list[str]:
+    """Migrate a table written by an earlier version: add the nullable columns of ``spec``
+    that it lacks (``ALTER TABLE ... ADD COLUMNS``); rows already there read them as null.
+    Any other difference is left for ``check_schema`` to refuse."""
+    try:
+        actual = {f.name.lower() for f in ref.read(spark).schema.fields}
+        kind = table_properties(spark, ref).get("longattn.kind")
+    except Exception:  # noqa: BLE001 - unreadable: check_schema names the problem
+        return []
+    missing = [f for f in spec.schema.fields if f.name.lower() not in actual]
+    if kind != spec.kind or not missing or any(not f.nullable for f in missing):
+        return []  # not a table of ours, or not one an added column can fix
+    columns = ", ".join(f"{_quote_identifier(f.name)} {f.dataType.simpleString()} COMMENT "
+                        f"{_sql_string(f.metadata.get('comment', ''))}" for f in missing)
+    retry_on_conflict(lambda: spark.sql(
+        f"ALTER TABLE {_sql_target(ref)} ADD COLUMNS ({columns})"),
+        what=f"adding columns to {ref}")
+    names = [f.name for f in missing]
+    print(f"migrated {spec.kind} table {ref}: added column(s) {', '.join(names)}")
+    return names
 
 
 def check_schema(spark: SparkSession, ref: TableRef, spec: TableSpec) -> None:
@@ -303,13 +334,16 @@ def _set_property(spark: SparkSession, ref: TableRef, key: str, value: str) -> N
     # both are escaped as SQL string literals (never pasted raw) and the table goes through
     # IDENTIFIER() or a quoted delta.`path`.
     lit_key, lit_value = _sql_string(key), _sql_string(value)
-    if ref.is_path:
-        target = "delta." + _quote_identifier(ref.location)
-    else:
-        target = ".".join(_quote_identifier(p.strip("`")) for p in ref.text.split("."))
     retry_on_conflict(lambda: spark.sql(
-        f"ALTER TABLE {target} SET TBLPROPERTIES ({lit_key} = {lit_value})"),
+        f"ALTER TABLE {_sql_target(ref)} SET TBLPROPERTIES ({lit_key} = {lit_value})"),
         what=f"setting properties of {ref}")
+
+
+def _sql_target(ref: TableRef) -> str:
+    """The table in DDL that takes no parameters: ``delta.`path``` or a quoted name."""
+    if ref.is_path:
+        return "delta." + _quote_identifier(ref.location)
+    return ".".join(_quote_identifier(p.strip("`")) for p in ref.text.split("."))
 
 
 def _sql_string(value: str) -> str:
@@ -326,7 +360,8 @@ def table_properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
 
 
 def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: DataFrame,
-                   target_filter: dict[str, str] | None = None) -> dict[str, int]:
+                   target_filter: dict[str, str] | None = None,
+                   partition_values: tuple[str, list] | None = None) -> dict[str, int]:
     """Insert the rows whose key is not yet in the table (insert-only MERGE).
 
     When every key is already there Delta commits nothing, so a re-run leaves the table, its
@@ -334,12 +369,20 @@ def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: Da
     make a duplicate either.
 
     ``target_filter`` (column -> value, e.g. ``{"scorer_id": sid}``) narrows the target to one
-    partition, so that concurrent writers of other partitions do not conflict.
+    partition, and ``partition_values`` (column, values) to the partitions the rows go to, so
+    that concurrent writers of other partitions do not conflict.
     Returns Delta's MERGE metrics (``num_inserted_rows``, ...) plus ``numTargetRowsInserted``.
     """
     condition = F.lit(True)
     for column, value in (target_filter or {}).items():
         condition = condition & (F.col(f"t.`{column}`") == F.lit(value))
+    if partition_values is not None:
+        column, values = partition_values
+        known = [v for v in values if v is not None]
+        in_partitions = F.col(f"t.`{column}`").isin(known) if known else F.lit(False)
+        if len(known) < len(values):
+            in_partitions = in_partitions | F.col(f"t.`{column}`").isNull()
+        condition = condition & in_partitions
     for key in spec.keys:
         condition = condition & (F.col(f"t.`{key}`") == F.col(f"s.`{key}`"))
     new_rows = rows.select(*spec.column_names)
@@ -355,21 +398,92 @@ def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: Da
     return {"numTargetRowsInserted": int(metrics.get("num_inserted_rows", 0)), **metrics}
 
 
-_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException",
-              "ConcurrentTransactionException", "ProtocolChangedException",
-              "MetadataChangedException", "ConcurrentWriteException",
-              "DELTA_CONCURRENT")
+def _conflict_types() -> tuple[type[BaseException], ...]:
+    """delta-spark's typed exceptions for optimistic-concurrency conflicts (importing
+    ``delta.exceptions.captured`` makes py4j raise them instead of a generic error)."""
+    import delta.exceptions.captured  # noqa: F401 - installs the conversion
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    return (ConcurrentAppendException, ConcurrentDeleteDeleteException,
+            ConcurrentDeleteReadException, ConcurrentTransactionException,
+            ConcurrentWriteException, DeltaConcurrentModificationException,
+            MetadataChangedException, ProtocolChangedException)
 
 
 def retry_on_conflict(action: Callable[[], R], what: str, attempts: int = 8) -> R:
     """Run ``action``, retrying Delta's optimistic-concurrency conflicts with back-off."""
+    conflicts = _conflict_types()
     for attempt in range(attempts):
         try:
             return action()
-        except Exception as exc:  # py4j wraps Delta's exceptions
-            text = str(exc)
-            if attempt + 1 < attempts and any(c in text for c in _CONFLICTS):
-                time.sleep(0.5 * 2 ** attempt)
-                continue
-            raise
+        except conflicts:
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(0.5 * 2 ** attempt * (1 + random.random()))
     raise AssertionError("unreachable")
+
+
+def materialize(spark: SparkSession, frame: DataFrame, near: TableRef
+                ) -> tuple[DataFrame, Callable[[], None]]:
+    """``frame`` computed once and cut from its lineage, and a function that releases it.
+
+    Used where a plan reads a table that the job then writes (Spark drops cached data that
+    depends on a written table, and would compute it again). Locally a local checkpoint is
+    enough. On a cluster, local checkpoints live on executors and die with them, so the rows
+    go to reliable storage: Spark's checkpoint folder when one is set
+    (``spark.checkpoint.dir``), else a staging folder beside the table written to
+    (``<table>/_longattn_staging/<run>``; Delta ignores folders starting with ``_``).
+    """
+    if _is_local_master(spark):
+        checkpointed = frame.localCheckpoint(eager=True)
+        return checkpointed, checkpointed.unpersist
+    checkpoint_dir = _checkpoint_dir(spark)
+    if checkpoint_dir:
+        return frame.checkpoint(eager=True), lambda: None
+    location = near.location if near.is_path else _table_location(spark, near)
+    staging = f"{location.rstrip('/')}/_longattn_staging/{uuid.uuid4().hex}"
+    frame.write.mode("errorifexists").parquet(staging)
+    staged = spark.read.parquet(staging)
+
+    def release() -> None:
+        from longattn_spark import paths
+
+        paths.delete(spark, staging)
+
+    return staged, release
+
+
+def _is_local_master(spark: SparkSession) -> bool:
+    try:
+        return spark.conf.get("spark.master", "").startswith("local")
+    except Exception:  # noqa: BLE001 - Spark Connect may not expose it
+        return False
+
+
+def _checkpoint_dir(spark: SparkSession) -> str | None:
+    try:
+        configured = spark.conf.get("spark.checkpoint.dir", None)
+    except Exception:  # noqa: BLE001
+        configured = None
+    if configured:
+        return configured
+    jsc = getattr(spark, "_jsc", None)
+    if jsc is not None:
+        found = jsc.sc().getCheckpointDir()
+        if found.isDefined():
+            return found.get()
+    return None
+
+
+def _table_location(spark: SparkSession, ref: TableRef) -> str:
+    return spark.sql("DESCRIBE DETAIL IDENTIFIER(:t)", args={"t": ref.text}).collect()[0][
+        "location"]

@@ -57,6 +57,23 @@ def shared_corpus() -> Path:
     return SHARED_CORPUS
 
 
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A real multi-process cluster on 127.0.0.1 for the whole run (tests/cluster.py): HDFS
+    (MiniDFSCluster, built by setup.sh) + a Spark standalone master and 2 workers (2 cores,
+    3g, one `gpu` address each), with `spark_submit`, `hdfs_*`, `kill_worker` helpers.
+    Started on first use, stopped (every process, by pid) at the end of the session."""
+    from cluster import TestCluster
+
+    running = TestCluster(tmp_path_factory.mktemp("cluster"))
+    running.start()
+    try:
+        yield running
+    finally:
+        left = running.stop()
+        assert not left, f"cluster processes survived the teardown: {left}"
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

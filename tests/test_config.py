@@ -13,22 +13,52 @@ from longattn_spark.cli import parse_config
 from longattn_spark.config import load_config
 from longattn_spark.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+PACKAGED = REPO / "longattn_spark" / "conf"
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml", "emr.yaml"])
-def test_shipped_job_configs_load(name):
-    cfg = load_config(CONF / name)
+@pytest.mark.parametrize("name", ["local", "databricks", "emr"])
+def test_shipped_job_configs_load_by_name_and_by_path(name):
+    cfg = load_config(name)
     assert cfg.ingest.window_size == 32768
     assert cfg.score.table and cfg.select.table
+    assert load_config(PACKAGED / f"{name}.yaml") == cfg
+
+
+def test_shipped_configs_are_inside_the_wheel(tmp_path):
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("longattn_spark-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("local", "databricks", "emr"):
+        assert f"longattn_spark/conf/{name}.yaml" in names
+    assert "longattn_spark/sql/select_ranked.sql" in names
+
+
+def test_unknown_config_name_is_one_line():
+    with pytest.raises(ConfigError, match="--config nosuch: no such file, and not a shipped"):
+        load_config("nosuch")
 
 
 @pytest.mark.parametrize("name", ["databricks-cluster.json", "emr-configurations.json"])
-def test_shipped_cluster_configs_are_json_with_gpu_scheduling(name):
+def test_shipped_cluster_configs_give_gpus_only_to_the_scoring_stage(name):
     text = (CONF / name).read_text()
-    json.loads(text)
-    assert "spark.task.resource.gpu.amount" in text
+    data = json.loads(text)
+    spark_conf = (data.get("spark_conf") if isinstance(data, dict) else
+                  next(c["Properties"] for c in data if c["Classification"] == "spark-defaults"))
+    assert spark_conf["spark.executor.resource.gpu.amount"] == "1"
+    # no default-profile task holds a whole GPU: the score job's stage-level ResourceProfile
+    # (--task-gpus 1, set in the shipped YAML) asks for it in the scoring stage alone
+    assert float(spark_conf.get("spark.task.resource.gpu.amount", "0")) < 1
     assert "spark.python.worker.reuse" in text
+
+
+@pytest.mark.parametrize("name", ["databricks", "emr"])
+def test_shipped_cluster_yaml_asks_gpus_for_scoring(name):
+    assert load_config(name).score.task_gpus == 1
 
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):

@@ -5,6 +5,7 @@ accounted for, re-runs add nothing, a partial run resumes, bad input becomes rej
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sysconfig
 from pathlib import Path
@@ -119,7 +120,10 @@ def test_windows_equal_tokenizer_ids_at_algorithm_1_spans(spark, first_run, refe
         assert [(r["token_start"], r["token_start"] + r["n_tokens"]) for r in windows] == spans
         for row, (start, end) in zip(windows, spans):
             assert row["input_ids"] == ids[start:end]
-            assert row["window_id"] == window_id(doc_id, spec.identity, W, start)
+            sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            assert row["doc_sha256"] == sha
+            assert row["window_id"] == window_id(docs[doc_id]["category"], doc_id, sha,
+                                                 spec.identity, W, start)
             assert row["category"] == docs[doc_id]["category"]
             assert row["tokenizer"] == spec.identity
             # the character span is the text of exactly these tokens

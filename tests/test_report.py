@@ -261,7 +261,7 @@ def full_report(spark, pipeline, llama3_tokenizer_dir) -> str:
         windows=pipeline.windows, scores=pipeline.scores, selection=pipeline.selection,
         output=str(pipeline.root / "full" / "report.html"), model=str(pipeline.model),
         tokenizer=str(llama3_tokenizer_dir), device="cpu", top_windows=3))
-    return path.read_text()
+    return Path(path).read_text()
 
 
 def test_full_report_has_its_plots_sections_and_banner(full_report):
@@ -405,7 +405,7 @@ def test_report_of_a_real_model_without_selection(spark, two_scorers):
     windows, scores, selection, root = two_scorers
     path = build_report(spark, ReportConfig(windows=windows, scores=scores, selection=selection,
                                             scorer_id="l0-aaa", output=str(root / "r.html")))
-    text = path.read_text()
+    text = Path(path).read_text()
     assert "smoke-test-banner" not in text and "SMOKE-TEST" not in text
     assert text.count(PNG) == 2  # distributions and the comparison with the paper
     parsed = parse(text)

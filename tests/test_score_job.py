@@ -1,10 +1,14 @@
 """The score job on local Spark with real Delta tables and tiny real models: scores equal the
 library scorer's, re-runs score nothing, a killed run resumes without duplicates, two scorers
-share one table, bad windows become reject rows, bad models fail before any task."""
+share one table, bad windows become reject rows, bad models fail before any Spark job, a model
+at a URI is fetched by the executors, table names need --checkpoint-location, the model's
+tokenizer is checked against the windows', and what the executors ran is counted and
+recorded from the executors."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 import threading
@@ -15,10 +19,10 @@ import pytest
 import torch
 
 from longattn_spark.config import IngestConfig, ScoreConfig
-from longattn_spark.errors import InputError
+from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
 from longattn_spark.model_files import files_needed, locate_model
-from longattn_spark.score_job import FaultInjection, oom_message, score_windows
+from longattn_spark.score_job import oom_message, score_windows, task_device
 from longattn_spark.scoring import Layer0Scorer, build_model_input
 from longattn_spark.smoke_model import write_smoke_test_model
 from longattn_spark.tables import WINDOWS, TableRef, ensure_table, table_properties
@@ -72,6 +76,82 @@ def rows(spark, table: str) -> list[dict]:
     return [r.asDict() for r in TableRef(table).read(spark).collect()]
 
 
+def fail_from_micro_batch(first: int, message: str = "injected fault"):
+    """A ``udf_wrapper``: from the ``first``-th micro-batch on (0-based), the scoring task
+    raises on its first attempt (a retried attempt would succeed)."""
+    calls = itertools.count()
+
+    def wrap(fn):
+        if next(calls) < first:
+            return fn
+
+        def run(batches):
+            from pyspark import TaskContext
+
+            context = TaskContext.get()
+            if context is None or context.attemptNumber() == 0:
+                raise RuntimeError(message)
+            yield from fn(batches)
+
+        return run
+
+    return wrap
+
+
+def with_triton_unavailable(note: str):
+    """A ``udf_wrapper`` that makes the executors' Triton kernel unavailable while they build
+    the scorer (as on a GPU whose triton install is broken): kernel "auto" falls back."""
+
+    def wrap(fn):
+        def run(batches):
+            from longattn_spark.scoring import scorer
+
+            real = scorer.resolve_triton_kernel
+            scorer.resolve_triton_kernel = lambda kernel, device: (None, note)
+            try:
+                yield from fn(batches)
+            finally:
+                scorer.resolve_triton_kernel = real
+
+        return run
+
+    return wrap
+
+
+@pytest.fixture(scope="module")
+def llama3_identity(llama3_tokenizer_dir) -> str:
+    return load_tokenizer_spec(llama3_tokenizer_dir).identity
+
+
+def with_tokenizer(model: Path, target: Path, tokenizer_json: str) -> Path:
+    shutil.copytree(model, target)
+    (target / "tokenizer.json").write_text(tokenizer_json)
+    return target
+
+
+def derived_tokenizer_json(llama3_tokenizer_dir: Path) -> str:
+    """The Llama-3 tokenizer with an NFC normalizer: another tokenizer (other ids for some
+    texts), so another identity."""
+    data = json.loads((llama3_tokenizer_dir / "tokenizer.json").read_text())
+    data["normalizer"] = {"type": "NFC"}
+    return json.dumps(data)
+
+
+def spark_jobs_in(spark, action) -> list[int]:
+    """The Spark jobs that ``action()`` started (its exception propagates after counting)."""
+    group = f"probe-{next(_GROUPS)}"
+    spark.sparkContext.setJobGroup(group, group)
+    try:
+        action()
+    finally:
+        jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    return jobs
+
+
+_GROUPS = itertools.count()
+
+
 @pytest.fixture(scope="module")
 def scored(spark, windows_table, model_a, tmp_path_factory):
     table = str(tmp_path_factory.mktemp("scores") / "scores")
@@ -108,7 +188,7 @@ def test_second_run_scores_nothing(spark, windows_table, model_a, scored):
     assert TableRef(scored["table"]).version(spark) == before
 
 
-def test_scores_table_documents_itself(spark, scored):
+def test_scores_table_documents_itself(spark, scored, llama3_identity):
     ref = TableRef(scored["table"])
     comments = {f.name: f.metadata.get("comment", "") for f in ref.read(spark).schema.fields}
     assert "mean over query heads" in comments["ds"]
@@ -118,6 +198,16 @@ def test_scores_table_documents_itself(spark, scored):
     recorded = json.loads(table_properties(spark, ref)[f"longattn.scorer.{scorer_id}"])
     assert recorded["seq_len"] == W and recorded["min_distance"] == W // 4
     assert recorded["model_type"] == "llama" and recorded["dtype"] == "float32"
+    # What the executors ran (kernel "auto" on the CPU: torch, no fallback), from them.
+    assert recorded["requested"] == {"device": "cpu", "kernel": "auto", "dtype": "auto"}
+    assert recorded["executors"] == [{"device": "cpu", "kernel": "torch", "dtype": "float32",
+                                      "kernel_note": None}]
+    assert scored["summary"].ran == {"cpu/torch/float32": scored["summary"].scored}
+    assert scored["summary"].kernel_fallbacks == 0
+    # The smoke-test model has no tokenizer: the windows' tokenizer is recorded instead.
+    assert recorded["tokenizer"] == {"model": None, "windows": [llama3_identity],
+                                     "check": "model_has_no_tokenizer"}
+    assert scored["summary"].tokenizer_check.startswith("not checked")
 
 
 def test_killed_run_resumes_with_exactly_one_row_per_window(spark, windows_table, model_a,
@@ -125,7 +215,7 @@ def test_killed_run_resumes_with_exactly_one_row_per_window(spark, windows_table
     table = str(tmp_path / "scores")
     cfg = score_config(windows_table, model_a, table)
     with pytest.raises(Exception, match="injected fault"):
-        score_windows(spark, cfg, fault=FaultInjection(from_micro_batch=2), progress=False)
+        score_windows(spark, cfg, progress=False, udf_wrapper=fail_from_micro_batch(2))
     committed = TableRef(table).read(spark).count()
     total = TableRef(windows_table).read(spark).count()
     assert 0 < committed < total  # it died half way, after some commits
@@ -172,8 +262,10 @@ def test_bad_windows_become_rejects_and_the_job_goes_on(spark, tmp_path):
     data = [("w-good", good, W), ("w-short", good[:10], W), ("w-vocab", good[:-1] + [5000], W),
             ("w-negative", [-3] + good[1:], W), ("w-mislabelled", good, W + 1)]
     frame = spark.createDataFrame(
-        [(wid, "doc", "code", 0, 0, n, ids, 0, 10, "t", None) for wid, ids, n in data],
-        WINDOWS.schema)
+        [{**dict.fromkeys(WINDOWS.column_names), "window_id": wid, "doc_id": "doc",
+          "category": "code", "window_index": 0, "token_start": 0, "n_tokens": n,
+          "input_ids": ids, "char_start": 0, "char_end": 10, "tokenizer": "t"}
+         for wid, ids, n in data], WINDOWS.schema)
     frame.write.format("delta").mode("append").save(windows)
     table = str(tmp_path / "scores")
     summary = score_windows(spark, score_config(windows, model, table, seq_len=W),
@@ -189,10 +281,13 @@ def test_bad_windows_become_rejects_and_the_job_goes_on(spark, tmp_path):
     assert again.scored == 0 and again.rejected == {}
 
 
-@pytest.mark.parametrize("problem", ["missing", "pickle", "architecture"])
-def test_bad_model_fails_before_any_task(spark, windows_table, model_a, tmp_path, problem):
+@pytest.mark.parametrize("problem", ["missing", "no_config", "pickle", "architecture"])
+def test_bad_model_fails_before_any_spark_job(spark, windows_table, model_a, tmp_path, problem):
     model = tmp_path / "model"
-    if problem == "pickle":
+    if problem == "no_config":
+        shutil.copytree(model_a, model)
+        (model / "config.json").unlink()
+    elif problem == "pickle":
         shutil.copytree(model_a, model)
         weights = (model / "model.safetensors")
         torch.save({"model.embed_tokens.weight": torch.zeros(2, 2)}, model / "pytorch_model.bin")
@@ -203,14 +298,25 @@ def test_bad_model_fails_before_any_task(spark, windows_table, model_a, tmp_path
         config["model_type"] = "gpt2"
         (model / "config.json").write_text(json.dumps(config))
     table = tmp_path / "scores"
-    expected = {"missing": "no such folder", "pickle": r"\.bin", "architecture": "gpt2"}
-    with pytest.raises(InputError, match=expected[problem]):
-        score_windows(spark, score_config(windows_table, model, str(table)), progress=False)
+    expected = {"missing": r"--model .*model \(on the local disk\): no such folder",
+                "no_config": r"--model .*model \(on the local disk\): no config\.json",
+                "pickle": r"\.bin", "architecture": "gpt2"}
+    errors = []
+
+    def run():
+        with pytest.raises(InputError, match=expected[problem]) as info:
+            score_windows(spark, score_config(windows_table, model, str(table)), progress=False)
+        errors.append(str(info.value))
+
+    assert spark_jobs_in(spark, run) == []  # checked before the windows table is even read
+    assert "\n" not in errors[0]
     assert not table.exists()
 
 
-def test_remote_model_is_staged_with_only_the_layer0_files(spark, windows_table, tmp_path,
-                                                           scored, model_a):
+def test_model_at_a_uri_is_fetched_by_the_executors(spark, windows_table, tmp_path, scored,
+                                                    model_a):
+    """A ``file:`` URI goes the way of hdfs:// or s3a://: the driver reads config and headers,
+    the executors fetch only the layer-0 files (Hadoop's FsShell) into their cache."""
     sharded = tmp_path / "sharded"
     shutil.copytree(model_a, sharded)
     from transformers import LlamaForCausalLM
@@ -222,16 +328,144 @@ def test_remote_model_is_staged_with_only_the_layer0_files(spark, windows_table,
     needed = files_needed(sorted(p.name for p in sharded.iterdir()), index)
     assert len([n for n in needed if n.endswith(".safetensors")]) < len(shards)
 
-    location = locate_model(spark, f"file://{sharded}")
-    staged = sorted(p.name for p in Path(location.local_dir).iterdir())
-    assert staged == sorted(needed)
     table = str(tmp_path / "scores")
-    summary = score_windows(spark, score_config(windows_table, f"file://{sharded}", table),
-                            progress=False)
+    summary = score_windows(spark, score_config(windows_table, f"file://{sharded}", table,
+                                                files_per_batch=100), progress=False)
     assert summary.scorer_id == scored["summary"].scorer_id  # same weights, same scorer
     local = {r["window_id"]: r["ds"] for r in rows(spark, scored["table"])}
     remote = {r["window_id"]: r["ds"] for r in rows(spark, table)}
     assert remote == local
+    # In the executors' cache (under their SPARK_LOCAL_DIRS): the needed files only.
+    key = locate_model(spark, f"file://{sharded}").key
+    local_dirs = spark.sparkContext.parallelize([0], 1).map(
+        lambda _: __import__("os").environ.get("SPARK_LOCAL_DIRS", "")).collect()[0]
+    cached = [Path(d) / "longattn-model-cache" / key[:32] for d in local_dirs.split(",")]
+    cached = [c for c in cached if c.is_dir()]
+    assert len(cached) == 1
+    assert sorted(p.name for p in cached[0].iterdir()) == sorted(needed)
+
+
+def test_table_name_needs_a_checkpoint_location(spark, windows_table, model_a):
+    cfg = score_config(windows_table, model_a, "score_names.no_location")
+    errors = []
+
+    def run():
+        with pytest.raises(ConfigError, match=r"--table score_names\.no_location .*"
+                                              r"--checkpoint-location") as info:
+            score_windows(spark, cfg, progress=False)
+        errors.append(str(info.value))
+
+    assert spark_jobs_in(spark, run) == []
+    assert "\n" not in errors[0]
+    assert not spark.catalog.tableExists("score_names.no_location")
+
+
+def test_tokenizer_mismatch_fails_before_any_task_naming_both(spark, windows_table, model_a,
+                                                             tmp_path, llama3_tokenizer_dir,
+                                                             llama3_identity):
+    other = with_tokenizer(model_a, tmp_path / "other-tok",
+                           derived_tokenizer_json(llama3_tokenizer_dir))
+    other_identity = load_tokenizer_spec(other).identity
+    assert other_identity != llama3_identity
+    table = tmp_path / "scores"
+    with pytest.raises(InputError, match=f"{other_identity}.*{llama3_identity}.*"
+                                         f"--allow-tokenizer-mismatch") as info:
+        score_windows(spark, score_config(windows_table, other, str(table)), progress=False)
+    assert "\n" not in str(info.value)
+    assert not table.exists()  # nothing was scored
+
+
+def test_table_names_with_checkpoint_location_and_an_allowed_mismatch(
+        spark, windows_table, model_a, tmp_path, llama3_tokenizer_dir, llama3_identity, capsys):
+    """Windows and scores given as metastore names: the stream's checkpoint goes under
+    --checkpoint-location; the tokenizer check reads the named windows table too."""
+    spark.sql("CREATE SCHEMA IF NOT EXISTS score_names")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS score_names.windows USING delta "
+              f"LOCATION '{windows_table}'")
+    other = with_tokenizer(model_a, tmp_path / "other-tok",
+                           derived_tokenizer_json(llama3_tokenizer_dir))
+    other_identity = load_tokenizer_spec(other).identity
+    location = tmp_path / "checkpoints"
+    cfg = score_config("score_names.windows", other, "score_names.scores",
+                       checkpoint_location=str(location), files_per_batch=100,
+                       kernel="torch", dtype="bfloat16")
+    with pytest.raises(InputError, match=f"{other_identity}.*{llama3_identity}"):
+        score_windows(spark, cfg, progress=False)
+    assert not spark.catalog.tableExists("score_names.scores")
+
+    summary = score_windows(spark, dataclasses.replace(cfg, allow_tokenizer_mismatch=True),
+                            progress=False)
+    assert "allow-tokenizer-mismatch" in capsys.readouterr().out
+    total = TableRef(windows_table).read(spark).count()
+    assert summary.scored == total
+    assert summary.tokenizer_check == (f"MISMATCH allowed: model {other_identity}, windows "
+                                       f"{llama3_identity}")
+    assert summary.ran == {"cpu/torch/bfloat16": total}
+    assert [p.name.rsplit("-", 1)[0] for p in location.iterdir()] == \
+        [summary.scorer_id]  # <scorer_id>-<source hash>
+    assert (next(location.iterdir()) / "commits").is_dir()
+    recorded = json.loads(table_properties(spark, TableRef("score_names.scores"))[
+        f"longattn.scorer.{summary.scorer_id}"])
+    assert recorded["tokenizer"] == {"model": other_identity, "windows": [llama3_identity],
+                                     "check": "mismatch_allowed"}
+    assert recorded["executors"] == [{"device": "cpu", "kernel": "torch", "dtype": "bfloat16",
+                                      "kernel_note": None}]
+    assert TableRef("score_names.scores").read(spark).count() == total
+
+
+def test_kernel_fallback_is_counted_printed_and_recorded_from_the_executors(
+        spark, windows_table, model_a, tmp_path, llama3_tokenizer_dir, llama3_identity, capsys):
+    """The executors' Triton kernel is unavailable (simulated inside the Python workers only):
+    the driver's own view (no scoring, no fallback) must not be what gets recorded."""
+    same = with_tokenizer(model_a, tmp_path / "same-tok",
+                          (llama3_tokenizer_dir / "tokenizer.json").read_text())
+    note = "triton cannot run on this machine; torch kernel used"
+    table = str(tmp_path / "scores")
+    summary = score_windows(spark, score_config(windows_table, same, table, kernel="auto",
+                                                files_per_batch=100),
+                            progress=False, udf_wrapper=with_triton_unavailable(note))
+    total = TableRef(windows_table).read(spark).count()
+    assert summary.scored == total
+    assert summary.kernel_fallbacks == total and summary.fallback_notes == [note]
+    assert f"kernel fallback on the executors (micro-batch 0, {total} windows): {note}" in \
+        capsys.readouterr().out
+    assert summary.tokenizer_check == f"{llama3_identity} (model = windows)"
+    recorded = json.loads(table_properties(spark, TableRef(table))[
+        f"longattn.scorer.{summary.scorer_id}"])
+    assert recorded["executors"] == [{"device": "cpu", "kernel": "torch", "dtype": "float32",
+                                      "kernel_note": note}]
+    assert recorded["tokenizer"]["check"] == "match"
+    assert recorded["requested"]["kernel"] == "auto"
+
+
+class _FakeGpus:
+    def __init__(self, addresses):
+        self.addresses = addresses
+
+
+class _FakeTaskContext:
+    def __init__(self, gpus):
+        self._gpus = gpus
+
+    def resources(self):
+        return {"gpu": _FakeGpus(self._gpus)} if self._gpus else {}
+
+
+def test_a_task_given_a_gpu_without_cuda_fails_instead_of_using_the_cpu(monkeypatch):
+    import pyspark
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: _FakeTaskContext(["0"])))
+    for requested in ("auto", "cuda"):
+        with pytest.raises(RuntimeError, match=r"Spark gave this task GPU 0, but torch finds no "
+                                               r"usable CUDA device 0 .*does not fall back"):
+            task_device(requested, dtype_for_gpu=True, dtype="bfloat16")
+    assert task_device("cpu") == "cpu"  # asked for: the GPU label is left alone
+    # No GPU from Spark and no CUDA, with a dtype chosen for GPUs: no silent CPU run either.
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: _FakeTaskContext([])))
+    with pytest.raises(RuntimeError, match="chose bfloat16 because the executors have GPUs"):
+        task_device("auto", dtype_for_gpu=True, dtype="bfloat16")
+    assert task_device("auto") == "cpu"
 
 
 def test_out_of_memory_message_names_batch_size_and_seq_len():

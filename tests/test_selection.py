@@ -14,8 +14,12 @@ from longattn_spark import cli
 from longattn_spark.config import SelectConfig
 from longattn_spark.errors import ConfigError, TableError
 from longattn_spark.selection import (
+    HASH_MAX,
+    HASH_MIN,
     Bracket,
+    Cut,
     Target,
+    approx_cut,
     cut_from_candidates,
     initial_bracket,
     keep_counts,
@@ -453,3 +457,74 @@ def test_rerun_is_idempotent_and_time_travel_rebuilds(spark, table_path):
     with pytest.raises(TableError, match="--scores-version 99"):
         select_windows(spark, options, tables.windows, tables.scores, rebuilt_table,
                        scores_version=99)
+
+
+# ------------------------------------------------------------------------------------------
+# Ties under the approximate cut
+# ------------------------------------------------------------------------------------------
+
+def test_approximate_cut_takes_what_the_keep_count_still_needs_from_the_tie():
+    assert approx_cut("a", keep=3, threshold=0.5, above=3, tied=4) == Cut("a", "above",
+                                                                           threshold=0.5)
+    assert approx_cut("a", keep=3, threshold=0.5, above=4, tied=1).mode == "above"
+    assert approx_cut("a", keep=7, threshold=0.5, above=3, tied=4) == Cut("a", "from",
+                                                                           threshold=0.5)
+    assert approx_cut("a", keep=9, threshold=0.5, above=3, tied=4).mode == "from"
+    assert approx_cut("a", keep=5, threshold=0.5, above=3, tied=4) == Bracket(
+        "a", 2, HASH_MIN, HASH_MAX, rows=4, taken=3, pinned_key=0.5)
+    assert approx_cut("a", keep=0, threshold=0.5, above=0, tied=1).mode == "above"
+
+
+def test_approximate_cut_splits_an_all_tied_category_like_the_exact_cut(spark, table_path):
+    """Every window of a category has the same ds and variance: percentile_approx returns that
+    one value, and the cut must still keep floor(f * n) windows, in the exact cut's tie order
+    (hash of window_id, then window_id), not none or all."""
+    n = 25
+    scores = [{"window_id": f"flat-{i:02d}", "category": "book", "ds": 0.3, "variance": 2e-6}
+              for i in range(n)]
+    w, s = small_tables(spark, table_path, scores)
+    t = Tables(w, s, pd.DataFrame())
+    for fraction in (0.3, 0.5, 0.96):
+        approx = selected_ids(computed(spark, t, keep_fraction=fraction))
+        again = selected_ids(computed(spark, t, keep_fraction=fraction, buckets=4,
+                                      candidate_limit=3))  # refined on the tie hash
+        exact = selected_ids(computed(spark, t, keep_fraction=fraction, exact=True))
+        assert len(approx) == math.floor(fraction * n), fraction
+        assert approx == again == exact, fraction
+
+
+def test_approximate_cut_with_ties_at_the_cut_boundary_matches_the_exact_cut(spark, table_path):
+    """Mixed: distinct scores above and below a group of equal scores that straddles the cut
+    (arxiv: 7 above, 8 tied, 5 below; keep 10), a tied group at the top of a category holding
+    the whole cut (code: 6 tied best, keep 4 of 20), and a category without ties."""
+    scores = [{"window_id": f"hi-{i}", "category": "arxiv", "ds": 0.5 + i / 100,
+               "variance": 1e-6} for i in range(7)]
+    scores += [{"window_id": f"tie-{i}", "category": "arxiv", "ds": 0.4, "variance": 1e-6}
+               for i in range(8)]
+    scores += [{"window_id": f"lo-{i}", "category": "arxiv", "ds": 0.1 + i / 100,
+                "variance": 1e-6} for i in range(5)]
+    scores += [{"window_id": f"top-{i}", "category": "code", "ds": 0.9, "variance": 3e-6}
+               for i in range(6)]
+    scores += [{"window_id": f"rest-{i:02d}", "category": "code", "ds": 0.2 + i / 100,
+                "variance": 3e-6} for i in range(14)]
+    scores += [{"window_id": f"book-{i:02d}", "category": "book", "ds": 0.2 + i / 50,
+                "variance": 1e-6 * (1 + i % 4)} for i in range(12)]
+    w, s = small_tables(spark, table_path, scores)
+    t = Tables(w, s, pd.DataFrame())
+    fractions = {"arxiv": 0.5, "code": 0.2}
+    for fraction in (0.5, 0.2):
+        rows = computed(spark, t, keep_fraction=fraction)
+        exact = computed(spark, t, keep_fraction=fraction, exact=True)
+        again = computed(spark, t, keep_fraction=fraction, buckets=4, candidate_limit=2)
+        assert selected_ids(rows) == selected_ids(exact) == selected_ids(again), fraction
+        sizes = rows[rows.selected].groupby("category").size().to_dict()
+        assert sizes == {c: math.floor(fraction * n) for c, n in
+                         rows.groupby("category").size().items()}, fraction
+        picked = selected_ids(rows)
+        if fraction == fractions["arxiv"]:
+            assert {f"hi-{i}" for i in range(7)} <= picked
+            assert len({x for x in picked if x.startswith("tie-")}) == 3
+            assert not any(x.startswith("lo-") for x in picked)
+        if fraction == fractions["code"]:
+            assert len({x for x in picked if x.startswith("top-")}) == 4
+            assert not any(x.startswith("rest-") for x in picked)

@@ -11,6 +11,12 @@ its own pages once used (about 1× its size); tensors are kept in their stored d
 nothing else in the file is paged in. Pickled ``.bin`` checkpoints can execute code when
 loaded and are refused unless the caller opts in with ``allow_pickle=True``; even then they
 are read with ``torch.load(weights_only=True)`` and only the needed tensors are kept.
+
+``describe_layer0_checkpoint`` builds the same ``Layer0Checkpoint`` from config.json and the
+safetensors headers alone, through a ``CheckpointReader`` (any filesystem): its tensors are on
+torch's ``meta`` device (dtype and shape, no data) and its fingerprint is computed by hashing
+the tensors' byte ranges as they stream past, so a driver can validate a model and compute its
+scorer_id without copying any weights.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -48,6 +56,13 @@ SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
+GENERATION_CONFIG = "generation_config.json"
+
+#: safetensors dtype codes -> torch dtypes (those a layer-0 tensor can have).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+}
+_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 
 
 @dataclass
@@ -58,12 +73,13 @@ class Layer0Checkpoint:
     exactly as read from the checkpoint files, and ``files_read`` the files opened for them.
     """
 
-    path: Path
+    path: Path | str  # a local folder, or the URI it was described from
     raw_config: dict[str, Any]
     config: Any  # the model_type's transformers config class (LlamaConfig, ...)
     tensors: dict[str, torch.Tensor]
     tensor_names_read: tuple[str, ...]
     files_read: tuple[str, ...]
+    generation_config: dict[str, Any] | None = None  # generation_config.json, when present
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -78,6 +94,11 @@ class Layer0Checkpoint:
     def bytes_read(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    @property
+    def described_only(self) -> bool:
+        """Whether the tensors are shapes only (``describe_layer0_checkpoint``): no data."""
+        return any(t.device.type == "meta" for t in self.tensors.values())
+
     def fingerprint(self) -> str:
         """sha256 over the roles, dtypes, shapes and bytes of the tensors read (cached): the
         model identity part of a scorer_id, independent of file layout and sharding."""
@@ -85,10 +106,18 @@ class Layer0Checkpoint:
             digest = hashlib.sha256()
             for role in sorted(self.tensors):
                 tensor = self.tensors[role].contiguous()
-                digest.update(f"{role}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+                digest.update(_fingerprint_prefix(role, tensor.dtype, tuple(tensor.shape)))
                 digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
+
+
+def _fingerprint_prefix(role: str, dtype: torch.dtype, shape: tuple[int, ...]) -> bytes:
+    return f"{role}|{dtype}|{tuple(shape)}|".encode()
+
+
+def _in_folder(folder: Path | str, name: str) -> str:
+    return f"{str(folder).rstrip('/')}/{name}"
 
 
 def load_layer0_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Layer0Checkpoint:
@@ -102,11 +131,150 @@ def load_layer0_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> L
     found = {name for names in names_by_file.values() for name in names}
     role_names = _resolve_role_names(found, folder)
     tensors, read = _read_tensors(folder, names_by_file, role_names, preloaded)
+    generation = folder / GENERATION_CONFIG
     checkpoint = Layer0Checkpoint(path=folder, raw_config=raw_config, config=config,
                                   tensors=tensors, tensor_names_read=tuple(sorted(read)),
-                                  files_read=tuple(sorted(set(read.values()))))
+                                  files_read=tuple(sorted(set(read.values()))),
+                                  generation_config=_optional_json(
+                                      generation.read_bytes() if generation.is_file() else None))
     _check_shapes(checkpoint)
     return checkpoint
+
+
+class CheckpointReader(Protocol):
+    """Read access to one model folder on some filesystem (``describe_layer0_checkpoint``)."""
+
+    def names(self) -> Sequence[str]:
+        """The file names directly in the folder."""
+
+    def read(self, name: str) -> bytes:
+        """The whole content of a small file (configs, indexes)."""
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """``length`` bytes of file ``name`` from byte ``start`` (safetensors headers)."""
+
+    def sha256(self, parts: Sequence[bytes | tuple[str, int, int]]) -> str:
+        """Hex SHA-256 of the concatenation of ``parts``: bytes as given, and
+        ``(name, start, length)`` byte ranges of files, streamed (never held whole)."""
+
+
+def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
+                               allow_pickle: bool = False) -> Layer0Checkpoint:
+    """The ``Layer0Checkpoint`` of the safetensors checkpoint that ``reader`` reads, from
+    config.json and the safetensors headers only: tensors on the ``meta`` device (dtype and
+    shape), the same checks as ``load_layer0_checkpoint``, and the same fingerprint, hashed
+    from the tensors' bytes as they stream past. ``where`` names the folder in errors.
+
+    Pickled checkpoints cannot be described without loading them: refused (unless
+    ``allow_pickle``, then with the advice to use a local folder)."""
+    names = set(reader.names())
+    if "config.json" not in names:
+        raise InputError(f"{_in_folder(where, 'config.json')}: no config.json in the model "
+                         f"folder")
+    raw_config = parse_config_json(reader.read("config.json"), _in_folder(where, "config.json"))
+    config = transformers_config(raw_config, where)
+    if SAFETENSORS_INDEX in names:
+        names_by_file = _weight_map_by_file(reader.read(SAFETENSORS_INDEX),
+                                            _in_folder(where, SAFETENSORS_INDEX))
+    elif SAFETENSORS_SINGLE in names:
+        names_by_file = {SAFETENSORS_SINGLE: list(
+            _safetensors_header(reader, SAFETENSORS_SINGLE, where))}
+    else:
+        pickles = [n for n in (PICKLE_INDEX, PICKLE_SINGLE) if n in names]
+        if pickles and not allow_pickle:
+            raise InputError(
+                f"{_in_folder(where, pickles[0])}: pickled .bin checkpoints can run arbitrary "
+                f"code when loaded and are refused; convert the model to safetensors, or opt "
+                f"in with allow_pickle=True (--allow-pickle) if you trust this file")
+        if pickles:
+            raise InputError(f"{_in_folder(where, pickles[0])}: a pickled .bin checkpoint can "
+                             f"only be scored from a local or mounted folder; convert it to "
+                             f"safetensors to read it from {where}")
+        raise InputError(f"{where}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} in the "
+                         f"model folder")
+    found = {name for file_names in names_by_file.values() for name in file_names}
+    role_names = _resolve_role_names(found, where)
+    file_of = {name: file for file, file_names in names_by_file.items() for name in file_names}
+    headers: dict[str, tuple[int, dict[str, Any]]] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    ranges: dict[str, tuple[str, int, int]] = {}
+    read: dict[str, str] = {}
+    for role, name in role_names.items():
+        file = file_of[name]
+        if file not in names:
+            raise InputError(f"{_in_folder(where, file)}: listed in the checkpoint index but "
+                             f"missing")
+        if file not in headers:
+            headers[file] = _safetensors_header_with_start(reader, file, where)
+        data_start, header = headers[file]
+        entry = header.get(name)
+        if not isinstance(entry, dict):
+            raise InputError(f"{_in_folder(where, file)}: lacks tensor {name}")
+        dtype, shape, begin, end = _header_entry(entry, name, _in_folder(where, file))
+        tensors[role] = torch.empty(shape, dtype=dtype, device="meta")
+        ranges[role] = (file, data_start + begin, end - begin)
+        read[name] = file
+    generation = reader.read(GENERATION_CONFIG) if GENERATION_CONFIG in names else None
+    checkpoint = Layer0Checkpoint(path=where, raw_config=raw_config, config=config,
+                                  tensors=tensors, tensor_names_read=tuple(sorted(read)),
+                                  files_read=tuple(sorted(set(read.values()))),
+                                  generation_config=_optional_json(generation))
+    _check_shapes(checkpoint)
+    parts: list[bytes | tuple[str, int, int]] = []
+    for role in sorted(tensors):
+        parts += [_fingerprint_prefix(role, tensors[role].dtype, tuple(tensors[role].shape)),
+                  ranges[role]]
+    checkpoint._fingerprint = reader.sha256(parts)
+    return checkpoint
+
+
+def _safetensors_header_with_start(reader: CheckpointReader, file: str, where: str
+                                   ) -> tuple[int, dict[str, Any]]:
+    """(offset of the data section, the parsed header) of a safetensors file."""
+    path = _in_folder(where, file)
+    try:
+        (size,) = struct.unpack("<Q", reader.read_range(file, 0, 8))
+        if size > _MAX_HEADER_BYTES:
+            raise ValueError(f"header of {size} bytes")
+        header = json.loads(reader.read_range(file, 8, size))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the safetensors header ({exc})") from None
+    header.pop("__metadata__", None)
+    return 8 + size, header
+
+
+def _safetensors_header(reader: CheckpointReader, file: str, where: str) -> dict[str, Any]:
+    return _safetensors_header_with_start(reader, file, where)[1]
+
+
+def _header_entry(entry: dict[str, Any], name: str, path: str
+                  ) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    try:
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        shape = tuple(int(n) for n in entry["shape"])
+        begin, end = (int(n) for n in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: tensor {name} has an unsupported or malformed header entry "
+                         f"({type(exc).__name__}: {exc})") from None
+    expected = dtype.itemsize
+    for n in shape:
+        expected *= n
+    if end - begin != expected or begin < 0:
+        raise InputError(f"{path}: tensor {name} spans {end - begin} bytes, but {shape} of "
+                         f"{dtype} needs {expected}")
+    return dtype, shape, begin, end
+
+
+def _optional_json(data: bytes | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def read_config_json(folder: Path) -> dict[str, Any]:
@@ -115,19 +283,28 @@ def read_config_json(folder: Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise InputError(f"{config_path}: no config.json in the model folder")
     try:
-        raw = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{config_path}: cannot read it as JSON ({exc})") from None
+        data = config_path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{config_path}: cannot read it ({exc})") from None
+    return parse_config_json(data, str(config_path))
+
+
+def parse_config_json(data: bytes, where: str) -> dict[str, Any]:
+    """The content of a config.json as a dict, with a supported ``model_type``."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{where}: cannot read it as JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise InputError(f"{config_path}: expected a JSON object")
+        raise InputError(f"{where}: expected a JSON object")
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InputError(f"{config_path}: model_type {model_type!r} is not supported; "
+        raise InputError(f"{where}: model_type {model_type!r} is not supported; "
                          f"supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
     return raw
 
 
-def transformers_config(raw_config: dict[str, Any], folder: Path) -> Any:
+def transformers_config(raw_config: dict[str, Any], folder: Path | str) -> Any:
     """The model_type's own transformers config class built from config.json (no remote
     code: ``auto_map`` entries are ignored)."""
     import transformers
@@ -137,7 +314,7 @@ def transformers_config(raw_config: dict[str, Any], folder: Path) -> Any:
     try:
         return config_class.from_dict(dict(raw_config))
     except (TypeError, ValueError, KeyError) as exc:
-        raise InputError(f"{folder / 'config.json'}: not a valid {prefix} config "
+        raise InputError(f"{_in_folder(folder, 'config.json')}: not a valid {prefix} config "
                          f"({exc})") from None
 
 
@@ -166,11 +343,20 @@ def _tensor_names_by_file(folder: Path, allow_pickle: bool
 
 def _names_from_index(index_path: Path) -> dict[str, list[str]]:
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        data = index_path.read_bytes()
+    except OSError as exc:
         raise InputError(f"{index_path}: not a valid checkpoint index ({exc})") from None
+    return _weight_map_by_file(data, str(index_path))
+
+
+def _weight_map_by_file(data: bytes, where: str) -> dict[str, list[str]]:
+    try:
+        weight_map = json.loads(data)["weight_map"]
+        items = list(weight_map.items())
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{where}: not a valid checkpoint index ({exc})") from None
     by_file: dict[str, list[str]] = {}
-    for name, file_name in weight_map.items():
+    for name, file_name in items:
         by_file.setdefault(file_name, []).append(name)
     return by_file
 
@@ -183,7 +369,7 @@ def _safetensors_keys(file_path: Path) -> list[str]:
         raise InputError(f"{file_path}: cannot read the safetensors header ({exc})") from None
 
 
-def _resolve_role_names(found: set[str], folder: Path) -> dict[str, str]:
+def _resolve_role_names(found: set[str], folder: Path | str) -> dict[str, str]:
     """role -> full tensor name, for the first prefix that has every required tensor."""
     required = [role for role in ROLE_NAMES if role not in OPTIONAL_ROLES]
     for prefix in NAME_PREFIXES:
@@ -270,7 +456,7 @@ def _check_shapes(checkpoint: Layer0Checkpoint) -> None:
             raise InputError(f"{checkpoint.path}: {ROLE_NAMES[role]} has shape "
                              f"{tuple(tensor.shape)}, expected {shape} from config.json")
     if config.num_attention_heads % config.num_key_value_heads:
-        raise InputError(f"{checkpoint.path / 'config.json'}: num_attention_heads "
+        raise InputError(f"{_in_folder(checkpoint.path, 'config.json')}: num_attention_heads "
                          f"{config.num_attention_heads} is not a multiple of "
                          f"num_key_value_heads {config.num_key_value_heads}")
     if ("q_proj.bias" in checkpoint.tensors) != ("k_proj.bias" in checkpoint.tensors):

@@ -9,6 +9,7 @@ read or run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -129,7 +130,8 @@ class Layer0Scorer:
                  rope_theta: float | None = None, kernel: str = "auto",
                  block_size: int | None = None) -> None:
         self.checkpoint = checkpoint
-        self.device = resolve_device(device)
+        self.device = torch.device("meta") if checkpoint.described_only else \
+            resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if min_distance is not None and int(min_distance) < 0:
             raise InputError(f"min_distance must be >= 0 (or None for L // 4), got "
@@ -159,6 +161,22 @@ class Layer0Scorer:
         checkpoint = load_layer0_checkpoint(path, allow_pickle=allow_pickle)
         return cls(checkpoint, device=device, dtype=dtype, min_distance=min_distance,
                    rope_theta=rope_theta, kernel=kernel, block_size=block_size)
+
+    @classmethod
+    def describing(cls, checkpoint: Layer0Checkpoint, dtype: torch.dtype | str = torch.float32,
+                   min_distance: int | None = None, rope_theta: float | None = None
+                   ) -> Layer0Scorer:
+        """A scorer that only describes: ``scorer_id``, ``scorer_id_for``, ``config_summary``,
+        ``bos_id``, ``vocab_size`` exactly as a scoring one would have them, for a checkpoint
+        described from its headers (``describe_layer0_checkpoint``: tensors on the meta
+        device, no weights read). ``score`` refuses."""
+        if not checkpoint.described_only:
+            checkpoint = dataclasses.replace(
+                checkpoint, tensors={role: t.to("meta") for role, t in
+                                     checkpoint.tensors.items()},
+                _fingerprint=checkpoint.fingerprint())
+        return cls(checkpoint, device="meta", dtype=dtype, min_distance=min_distance,
+                   rope_theta=rope_theta, kernel="torch")
 
     def _load_weights(self) -> None:
         tensors = self.checkpoint.tensors
@@ -256,6 +274,9 @@ class Layer0Scorer:
     def score(self, ids: torch.Tensor) -> ScoreOutput:
         """DS and variance of each row of ``ids`` (LongTensor ``[B, L]``, scored as given:
         callers add BOS with ``build_model_input``)."""
+        if self.device.type == "meta":
+            raise InputError(f"this scorer of {self.checkpoint.path} only describes the model "
+                             f"(built from its headers); load it with from_pretrained to score")
         ids = self._checked_ids(ids)
         seq_len = ids.shape[1]
         min_distance = self._checked_min_distance(seq_len)
@@ -333,6 +354,16 @@ class Layer0Scorer:
                              f"{self.checkpoint.path} (valid ids 0..{self.vocab_size - 1})")
         return ids
 
+    def check_seq_len(self, seq_len: int) -> None:
+        """InputError when sequences of ``seq_len`` tokens cannot be scored (too short, no
+        pair at distance >= k, longer than layer 0's sliding window): for callers that
+        want to fail before scoring anything."""
+        if seq_len < MIN_SEQ_LEN:
+            raise InputError(f"seq_len {seq_len} is too short; the scorer needs L >= "
+                             f"{MIN_SEQ_LEN}")
+        self._checked_min_distance(seq_len)
+        self._check_sliding_window(seq_len)
+
     def _checked_min_distance(self, seq_len: int) -> int:
         min_distance = self.min_distance_for(seq_len)
         if min_distance >= seq_len:
@@ -343,7 +374,7 @@ class Layer0Scorer:
     def _check_sliding_window(self, seq_len: int) -> None:
         window = layer0_sliding_window(self.config, self.checkpoint.model_type)
         if window is not None and seq_len > window:
-            raise InputError(f"{self.checkpoint.path / 'config.json'}: layer 0 uses sliding-"
+            raise InputError(f"{self.checkpoint.path}/config.json: layer 0 uses sliding-"
                              f"window attention ({window} tokens), which the scorer does not "
                              f"implement; use seq_len <= {window} (got {seq_len})")
 
@@ -427,12 +458,8 @@ def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | N
 
 def _bos_token_id(checkpoint: Layer0Checkpoint) -> int | None:
     bos = checkpoint.raw_config.get("bos_token_id")
-    generation = checkpoint.path / "generation_config.json"
-    if bos is None and generation.is_file():
-        try:
-            bos = json.loads(generation.read_text()).get("bos_token_id")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            bos = None
+    if bos is None and checkpoint.generation_config is not None:
+        bos = checkpoint.generation_config.get("bos_token_id")
     if isinstance(bos, Sequence) and not isinstance(bos, str):
         bos = bos[0] if bos else None
     return None if bos is None else int(bos)
