@@ -255,7 +255,7 @@ def lds_from_perplexities(window_id: str, alone_ppl: Sequence[float],
         single = float(alone_ppl[i])
         for j, ppl in rows[i]:
             strength = (single - ppl) / single
-            if strength >= threshold - 1e-9:
+            if strength > threshold:
                 distance = float(np.clip((i - j) * scale, 0, 1))
                 total += (strength + distance) * specificity[i]
                 strengths.append(strength)
