@@ -37,6 +37,9 @@ COMMANDS = (
             "write the selected windows as sharded JSONL or Parquet training files"),
     Command("report", "report", "longattn_spark.report:run_report_job",
             "self-contained HTML report with plots of scores and the selection"),
+    Command("compare", "compare", "longattn_spark.compare:run_compare_job",
+            "compare two scorers on the same windows: Spearman, kept-set overlap, "
+            "disagreements"),
     Command("demo", "demo", "longattn_spark.demo:run_demo",
             "run the whole pipeline locally on a demo corpus with a smoke-test model"),
 )

@@ -178,6 +178,18 @@ class ReportConfig:
 
 
 @dataclass
+class CompareConfig:
+    scores: str = _opt("lakehouse/scores", "scores table holding both scorers")
+    a: str = _opt("", "first scorer_id (default: the table's first of exactly two)")
+    b: str = _opt("", "second scorer_id")
+    alpha: float = _opt(0.5, "weight of DU in a LongAttn scorer's LDS (as in select)")
+    selection: str = _opt("lakehouse/selection", "selection table of --selections")
+    selections: str = _opt("", "two selection ids S1,S2 whose kept sets are compared "
+                           "(Jaccard)")
+    disagreements: int = _opt(10, "windows ranked furthest apart to list")
+
+
+@dataclass
 class DemoConfig:
     output: str = _opt("demo_output", "folder for the demo's corpus, model, tables and files")
     model: str = _opt("", "real model folder to score with (default: a random smoke-test "
@@ -194,6 +206,7 @@ class LongAttnConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

@@ -185,12 +185,12 @@ def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec,
     validate_ingest_config(cfg)
     windows_ref = TableRef(cfg.table)
     rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
-    ensure_table(spark, windows_ref, WINDOWS)
-    ensure_table(spark, rejects_ref, REJECTS)
-
     started = time.perf_counter()
+    # The input first: a missing or unreachable --input fails here, before any table is made.
     docs = read_documents(spark, cfg).withColumn(
         "doc_sha256", F.when(F.col("text").isNotNull(), F.sha2(F.col("text"), 256)))
+    ensure_table(spark, windows_ref, WINDOWS)
+    ensure_table(spark, rejects_ref, REJECTS)
     partitions = cfg.partitions or default_parallelism(spark)
     summary = IngestSummary()
     with _step("count input") as timing:

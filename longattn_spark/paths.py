@@ -182,7 +182,10 @@ def require(spark, path: str, option: str, *, kind: str = "file or folder") -> F
     filesystem it was looked up on."""
     if not path:
         raise InputError(f"{option} is required")
-    found = status(spark, path)
+    try:
+        found = status(spark, path)
+    except InputError as exc:  # unreachable filesystem, unreadable path: name the option too
+        raise InputError(f"{option} {exc}") from None
     if found is None:
         raise InputError(f"{option} {where(spark, path)}: no such {kind}")
     if kind == "folder" and not found.is_dir:

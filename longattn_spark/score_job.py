@@ -51,10 +51,12 @@ from longattn_spark.errors import ConfigError, InputError, TableError
 from longattn_spark.model_files import ModelLocation, describe_model, locate_model
 from longattn_spark.session import arrow_batch_rows, get_spark, on_cluster
 from longattn_spark.tables import (
+    PROLONG_COMPONENTS,
     SCORE_REJECTS,
     SCORES,
     TableRef,
     ensure_table,
+    materialize,
     merge_new_rows,
     set_properties,
     table_properties,
@@ -408,9 +410,11 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
         if udf_wrapper is not None:
             udf = udf_wrapper(udf)
         todo = _unscored(spark, batch, scores_ref, rejects_ref, scorer_id)
-        # Checkpointed, not cached: the plan reads the two tables written below, and Spark
-        # drops cached data depending on a table when it is written (scoring twice).
-        out = todo.mapInArrow(udf, OUT_SCHEMA, profile=profile).localCheckpoint(eager=True)
+        # Materialized, not cached: the plan reads the two tables written below, and Spark
+        # drops cached data depending on a table when it is written (scoring twice); on a
+        # cluster it goes to reliable storage, so losing an executor loses no scored rows.
+        out, release = materialize(spark, todo.mapInArrow(udf, OUT_SCHEMA, profile=profile),
+                                   scores_ref, staging_root=cfg.checkpoint_location or None)
         try:
             groups = (out.groupBy("reason", *RUN_FIELDS).agg(F.count(F.lit(1)).alias("n"))
                       .collect())
@@ -433,13 +437,16 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
                       .withColumn("scorer_id", F.lit(scorer_id))
                       .withColumn("seq_len", F.lit(seq_len))
                       .withColumn("min_distance", F.lit(min_distance))
-                      .withColumn("model", F.lit(cfg.model)).withColumn("scored_at", now))
+                      .withColumn("model", F.lit(cfg.model)).withColumn("scored_at", now)
+                      .withColumn("method", F.lit("longattn"))
+                      .withColumn("score", F.lit(None).cast("double"))
+                      .withColumn("prolong", F.lit(None).cast(PROLONG_COMPONENTS)))
             rejects = (out.filter(F.col("reason").isNotNull())
                        .withColumn("scorer_id", F.lit(scorer_id)).withColumn("scored_at", now))
             merge_new_rows(spark, scores_ref, SCORES, scores, {"scorer_id": scorer_id})
             merge_new_rows(spark, rejects_ref, SCORE_REJECTS, rejects, {"scorer_id": scorer_id})
         finally:
-            out.unpersist()
+            release()
         summary.micro_batches += 1
         summary.scored += counts.pop(None, 0)
         for reason, n in counts.items():

@@ -21,6 +21,9 @@ from longattn_spark.config import SparkSettings
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+#: Spark's built-in log4j2 profiles (plain and JSON layout), used when the user has none.
+SPARK_DEFAULT_LOG4J = ("org/apache/spark/log4j2-defaults.properties",
+                       "org/apache/spark/log4j2-json-layout.properties")
 
 LOCAL_DEFAULTS = {
     "spark.sql.shuffle.partitions": "8",
@@ -50,32 +53,44 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "longattn-s
     if active is not None:
         return active
     if on_cluster():
-        quiet_default_logging()
-        return SparkSession.builder.appName(app_name).getOrCreate()
+        builder = SparkSession.builder.appName(app_name)
+        level = quiet_default_logging()
+        if level is not None:
+            builder = builder.config("spark.log.level", level)
+        return builder.getOrCreate()
     return _local_session(settings or SparkSettings(), app_name)
 
 
-def quiet_default_logging(level: str = "WARN") -> None:
-    """Under spark-submit, lower the driver's log level before the SparkContext starts, so
-    the console shows the job's progress lines and summary, not thousands of INFO lines:
-    only when Spark runs on its built-in default log4j profile (a user's own log4j2
-    configuration, from ``SPARK_CONF_DIR`` or ``-Dlog4j2.configurationFile``, is left as it
-    is). Databricks and Spark Connect own their logging: nothing is changed there."""
+def quiet_default_logging(level: str = "WARN") -> str | None:
+    """Under spark-submit, the log level the SparkContext should start with, so that the
+    console shows the job's progress lines and summary, not thousands of INFO lines: ``level``
+    when Spark runs on its built-in default log4j profile, None when the user configured
+    logging (a log4j2 file from ``SPARK_CONF_DIR`` or ``-Dlog4j2.configurationFile``, or
+    ``--conf spark.log.level``), when a context already runs, and on Databricks and Spark
+    Connect, which own their logging.
+
+    The level goes to the context as ``spark.log.level``: the context resets log4j while it
+    starts, so a level set on log4j before it would not last."""
     if os.environ.get("DATABRICKS_RUNTIME_VERSION") or os.environ.get("SPARK_REMOTE") \
             or not os.environ.get("PYSPARK_GATEWAY_PORT"):
-        return
+        return None
     try:
         from pyspark import SparkContext
 
+        if SparkContext._active_spark_context is not None:
+            return None
         SparkContext._ensure_initialized()
         jvm = SparkContext._jvm
-        logging = jvm.org.apache.spark.internal.Logging
-        if not logging.islog4j2DefaultConfigured():
-            return
-        jvm.org.apache.logging.log4j.core.config.Configurator.setRootLevel(
-            jvm.org.apache.logging.log4j.Level.toLevel(level))
+        if jvm.java.lang.System.getProperty("spark.log.level") is not None:
+            return None  # the user's --conf spark.log.level
+        # Spark loads its built-in profile by URL when no log4j2 configuration was found; a
+        # user's own file (SPARK_CONF_DIR, -Dlog4j2.configurationFile) shows another location.
+        location = jvm.org.apache.logging.log4j.LogManager.getContext(False).getConfigLocation()
+        if location is None or not str(location.toString()).endswith(SPARK_DEFAULT_LOG4J):
+            return None
+        return level
     except Exception:  # noqa: BLE001 - logging is a nicety; never fail a job for it
-        return
+        return None
 
 
 def default_parallelism(spark: SparkSession) -> int:

@@ -97,6 +97,16 @@ REJECTS = TableSpec(
     comment="Input documents that produced no window, each with its reason",
 )
 
+PROLONG_COMPONENTS = T.StructType([
+    T.StructField("mean_strength", T.DoubleType()),
+    T.StructField("mean_distance", T.DoubleType()),
+    T.StructField("mean_specificity", T.DoubleType()),
+    T.StructField("pairs_kept", T.IntegerType()),
+    T.StructField("pairs_scored", T.IntegerType()),
+    T.StructField("segments", T.IntegerType()),
+    T.StructField("reason", T.StringType()),
+])
+
 SCORES = TableSpec(
     kind="scores",
     schema=T.StructType([
@@ -115,10 +125,19 @@ SCORES = TableSpec(
         _f("min_distance", T.IntegerType(), "k: minimum distance counted as long-range"),
         _f("model", T.StringType(), "model the scores came from"),
         _f("scored_at", T.TimestampType(), "when the score was written"),
+        _f("method", T.StringType(), "scoring method: longattn (ds, variance) or prolong "
+           "(score); null on rows written before the column existed means longattn"),
+        _f("score", T.DoubleType(), "the method's own per-window score: ProLong's LDS; null "
+           "for longattn, whose LDS is per category (select)"),
+        _f("prolong", PROLONG_COMPONENTS, "ProLong's components of the score (null for "
+           "longattn)"),
+        _f("device", T.StringType(), "device type the executor scored on (cpu, cuda)"),
+        _f("kernel", T.StringType(), "kernel the executor ran (torch, triton)"),
+        _f("dtype", T.StringType(), "compute dtype the executor ran"),
     ]),
     keys=("window_id", "scorer_id"),
     partition_by=("scorer_id",),
-    comment="LongAttn layer-0 attention scores per window and scorer",
+    comment="Per-window scores (LongAttn layer-0 attention, ProLong) per window and scorer",
 )
 
 SCORE_REJECTS = TableSpec(
@@ -432,16 +451,17 @@ def retry_on_conflict(action: Callable[[], R], what: str, attempts: int = 8) -> 
     raise AssertionError("unreachable")
 
 
-def materialize(spark: SparkSession, frame: DataFrame, near: TableRef
-                ) -> tuple[DataFrame, Callable[[], None]]:
+def materialize(spark: SparkSession, frame: DataFrame, near: TableRef,
+                staging_root: str | None = None) -> tuple[DataFrame, Callable[[], None]]:
     """``frame`` computed once and cut from its lineage, and a function that releases it.
 
     Used where a plan reads a table that the job then writes (Spark drops cached data that
     depends on a written table, and would compute it again). Locally a local checkpoint is
     enough. On a cluster, local checkpoints live on executors and die with them, so the rows
     go to reliable storage: Spark's checkpoint folder when one is set
-    (``spark.checkpoint.dir``), else a staging folder beside the table written to
-    (``<table>/_longattn_staging/<run>``; Delta ignores folders starting with ``_``).
+    (``spark.checkpoint.dir``), else a staging folder under ``staging_root`` (the score job's
+    --checkpoint-location) or beside the table written to (``<table>/_longattn_staging/<run>``;
+    Delta ignores folders starting with ``_``).
     """
     if _is_local_master(spark):
         checkpointed = frame.localCheckpoint(eager=True)
@@ -449,10 +469,13 @@ def materialize(spark: SparkSession, frame: DataFrame, near: TableRef
     checkpoint_dir = _checkpoint_dir(spark)
     if checkpoint_dir:
         return frame.checkpoint(eager=True), lambda: None
-    location = near.location if near.is_path else _table_location(spark, near)
+    if staging_root:
+        location = staging_root
+    else:
+        location = near.location if near.is_path else _table_location(spark, near)
     staging = f"{location.rstrip('/')}/_longattn_staging/{uuid.uuid4().hex}"
     frame.write.mode("errorifexists").parquet(staging)
-    staged = spark.read.parquet(staging)
+    staged = _with_non_null_elements(spark.read.parquet(staging), frame.schema)
 
     def release() -> None:
         from longattn_spark import paths
@@ -460,6 +483,23 @@ def materialize(spark: SparkSession, frame: DataFrame, near: TableRef
         paths.delete(spark, staging)
 
     return staged, release
+
+
+def _with_non_null_elements(staged: DataFrame, schema: T.StructType) -> DataFrame:
+    """Parquet read back declares every array's elements nullable; the arrays ``schema``
+    declares without null elements (``input_ids``, per-head scores) get that back through
+    ``array_compact`` (which drops nothing: they hold no null), so that a MERGE into a table
+    declaring them non-null can insert them (Delta will not cast ``array<int>`` with
+    nullable elements to one without)."""
+    read = {f.name: f.dataType for f in staged.schema.fields}
+    columns = []
+    for f in schema.fields:
+        column = F.col(_quote_identifier(f.name))
+        if (isinstance(f.dataType, T.ArrayType) and not f.dataType.containsNull
+                and isinstance(read.get(f.name), T.ArrayType) and read[f.name].containsNull):
+            column = F.array_compact(column)
+        columns.append(column.alias(f.name))
+    return staged.select(*columns)
 
 
 def _is_local_master(spark: SparkSession) -> bool:

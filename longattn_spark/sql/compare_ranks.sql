@@ -1,0 +1,39 @@
+-- Two scorers on the same windows, per category: each scorer's value (ProLong: its `score`;
+-- LongAttn: LDS = z(ds) + :alpha * z(-variance) within the category, as `select` ranks it),
+-- and both values' average ranks within the category (ties share the mean of their ranks,
+-- as Spearman's rank correlation defines them).
+WITH s AS (
+  SELECT window_id, category, scorer_id, coalesce(method, 'longattn') AS method,
+         ds, variance, score
+  FROM IDENTIFIER(:scores)
+  WHERE scorer_id IN (:a, :b)
+),
+stats AS (
+  SELECT scorer_id, category, avg(ds) AS m_ds, stddev_samp(ds) AS s_ds,
+         avg(variance) AS m_var, stddev_samp(variance) AS s_var
+  FROM s
+  WHERE method = 'longattn' AND NOT isnan(ds) AND NOT isnan(variance)
+  GROUP BY scorer_id, category
+),
+v AS (
+  SELECT s.window_id, s.category, s.scorer_id,
+         CASE WHEN s.method = 'prolong' THEN s.score
+              ELSE coalesce((s.ds - st.m_ds) / nullif(st.s_ds, 0), 0D)
+                   + :alpha * coalesce((st.m_var - s.variance) / nullif(st.s_var, 0), 0D)
+         END AS value
+  FROM s LEFT JOIN stats st ON s.scorer_id = st.scorer_id AND s.category <=> st.category
+),
+pairs AS (
+  SELECT a.window_id, a.category, a.value AS value_a, b.value AS value_b
+  FROM v a JOIN v b ON a.window_id = b.window_id
+  WHERE a.scorer_id = :a AND b.scorer_id = :b
+    AND a.value IS NOT NULL AND b.value IS NOT NULL
+    AND NOT isnan(a.value) AND NOT isnan(b.value)
+)
+SELECT window_id, category, value_a, value_b,
+       rank() OVER (PARTITION BY category ORDER BY value_a)
+         + (count(1) OVER (PARTITION BY category, value_a) - 1) / 2.0 AS rank_a,
+       rank() OVER (PARTITION BY category ORDER BY value_b)
+         + (count(1) OVER (PARTITION BY category, value_b) - 1) / 2.0 AS rank_b,
+       count(1) OVER (PARTITION BY category) AS n
+FROM pairs
