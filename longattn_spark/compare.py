@@ -72,22 +72,27 @@ def scorer_pair(spark: SparkSession, scores: TableRef, a: str, b: str) -> tuple[
     return found[0], found[1]
 
 
-def compare_scorers(spark: SparkSession, scores: TableRef, a: str, b: str, *,
-                    alpha: float = 0.5, selection: TableRef | None = None,
+def compare_scorers(spark: SparkSession, scores: TableRef | str, a: str, b: str, *,
+                    alpha: float = 0.5, selection: TableRef | str | None = None,
                     selections: tuple[str, str] | None = None, disagreements: int = 10,
                     scatter_points: int = 2000) -> Comparison:
-    """Compare scorers ``a`` and ``b`` of the scores table (see the module docstring)."""
-    ranked_view = "longattn_compare_" + hashlib.sha1(f"{scores}{a}{b}".encode()).hexdigest()[:10]
+    """Compare scorers ``a`` and ``b`` of the scores table (see the module docstring).
+    Tables are ``TableRef``s or names usable in ``IDENTIFIER()`` (e.g. the report's views)."""
+    scores_name = scores.sql_name(spark) if isinstance(scores, TableRef) else scores
+    ranked_view = "longattn_compare_" + hashlib.sha1(
+        f"{scores_name}{a}{b}".encode()).hexdigest()[:10]
     ranked = spark.sql(load_sql("compare_ranks"), args={
-        "scores": scores.sql_name(spark), "a": a, "b": b, "alpha": float(alpha)})
+        "scores": scores_name, "a": a, "b": b, "alpha": float(alpha)})
     ranked.createOrReplaceTempView(ranked_view)
     agreement = {r["category"]: CategoryAgreement(r["category"], int(r["windows"]),
                                                   _finite(r["spearman"]))
                  for r in spark.sql(load_sql("compare_spearman"),
                                     args={"ranked": ranked_view}).collect()}
     if selection is not None and selections is not None:
+        selection_name = (selection.sql_name(spark) if isinstance(selection, TableRef)
+                          else selection)
         kept = spark.sql(load_sql("compare_kept"), args={
-            "selection": selection.sql_name(spark), "sel_a": selections[0],
+            "selection": selection_name, "sel_a": selections[0],
             "sel_b": selections[1]}).collect()
         for r in kept:
             base = agreement.get(r["category"], CategoryAgreement(r["category"], 0, None))

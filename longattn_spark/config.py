@@ -109,6 +109,14 @@ class ScoreConfig:
                                     "Volume path); default for a path table: beside it")
     allow_tokenizer_mismatch: bool = _opt(False, "score windows cut by another tokenizer than "
                                           "the model folder's (recorded with the scorer)")
+    method: str = _opt("longattn", "longattn: layer-0 attention (DS, variance); prolong: "
+                       "ProLong's LDS with the whole causal LM", choices=("longattn", "prolong"))
+    segment_size: int = _opt(128, "prolong: tokens per segment C")
+    pairs: int = _opt(500, "prolong: segment pairs sampled per window (-1: every pair)")
+    threshold: float = _opt(0.1, "prolong: dependency-strength threshold (strict)")
+    windows_tokenizer: str = _opt("", "prolong: the tokenizer that cut the windows, when the "
+                                  "model's tokenizer differs (window text is decoded with it "
+                                  "and re-tokenized with the model's)")
 
 
 @dataclass

@@ -380,6 +380,8 @@ class ReportData:
     sample_points: int = 2000
     snippet_tokens: int = 300
     profile_window_id: str | None = None
+    comparison: Any = None                       # compare.Comparison with a second scorer
+    comparison_snippets: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -919,13 +921,46 @@ def collect_report_data(spark, cfg: ReportConfig,
         profile = window_profile(spark, inputs, cfg, window_id)
     elif not cfg.model:
         howto = profile_howto_command(inputs, cfg, cfg.profile_window_id or None)
+    comparison, comparison_snippets = None, {}
+    if len(inputs.scorers) >= 2:
+        say("comparison with a second scorer")
+        comparison, comparison_snippets = compare_with_other_scorer(
+            spark, inputs, cfg, tokenizer)
     return ReportData(
         inputs=inputs, generated_at=_dt.datetime.now().astimezone().strftime(
             "%Y-%m-%d %H:%M:%S %Z"),
         smoke_model=smoke_model_of(spark, inputs), stats=stats, histograms=histograms,
         counts=counts, lds=lds, sample=sample, top=top, bottom=bottom, snippet_note=note,
         profile=profile, profile_howto=howto, bins=cfg.bins, sample_points=cfg.sample_points,
-        snippet_tokens=cfg.snippet_tokens, profile_window_id=window_id)
+        snippet_tokens=cfg.snippet_tokens, profile_window_id=window_id,
+        comparison=comparison, comparison_snippets=comparison_snippets)
+
+
+def compare_with_other_scorer(spark, inputs: ReportInputs, cfg: ReportConfig, tokenizer
+                              ) -> tuple[Any, dict[str, str]]:
+    """The report's scorer against the table's next scorer (``longattn_spark.compare``): the
+    kept sets are the report's selection and the other scorer's latest one, when both exist;
+    the windows ranked furthest apart get text snippets."""
+    from longattn_spark.compare import compare_scorers
+
+    other = sorted(s for s in inputs.scorers if s != inputs.scorer_id)[0]
+    selections = None
+    if inputs.selection_view and inputs.selection_id:
+        chosen = _chosen_selection(spark, inputs.selection_view, other, "", inputs.selection)
+        if chosen is not None:
+            selections = (inputs.selection_id, chosen["selection_id"])
+    comparison = compare_scorers(spark, inputs.scores_view, inputs.scorer_id, other,
+                                 selection=inputs.selection_view if selections else None,
+                                 selections=selections, disagreements=cfg.top_windows,
+                                 scatter_points=cfg.sample_points)
+    heads = window_heads(spark, inputs.windows_view,
+                         [d.window_id for d in comparison.disagreements], cfg.snippet_tokens)
+    snippets = {}
+    for window_id, head in heads.items():
+        ids = list(head["head_ids"] or [])
+        snippets[window_id] = (tokenizer.decode(ids) if tokenizer is not None
+                               else "ids: " + " ".join(map(str, ids)))
+    return comparison, snippets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1403,6 +1438,42 @@ def render_profile_section(data: ReportData) -> str:
             + _img(plot_distance_profile(p), "attention-distance profile") + "</section>")
 
 
+def render_comparison_section(data: ReportData) -> str:
+    """Two scorers on the same windows: rank agreement, kept-set overlap, scatter and the
+    windows they disagree on most (only when the scores table holds two scorers)."""
+    c = data.comparison
+    if c is None:
+        return ""
+    from longattn_spark.compare import plot_scatter
+
+    header = ("<tr><th>category</th><th>windows</th><th>Spearman</th><th>kept a</th>"
+              "<th>kept b</th><th>kept both</th><th>Jaccard</th></tr>")
+    rows = "".join(
+        f"<tr data-category=\"{_e(a.category or '')}\"><td>{_e(category_label(a.category))}"
+        f"</td>{_cell(a.windows, 'windows', 'd')}{_cell(a.spearman, 'spearman', 'f')}"
+        f"{_cell(a.kept_a, 'kept_a', 'd')}{_cell(a.kept_b, 'kept_b', 'd')}"
+        f"{_cell(a.kept_both, 'kept_both', 'd')}{_cell(a.jaccard, 'jaccard', 'f')}</tr>"
+        for a in c.categories)
+    kept = (f"Kept sets: selection <code>{_e(c.selections[0])}</code> (a) and "
+            f"<code>{_e(c.selections[1])}</code> (b)." if c.selections else
+            "No selection of both scorers: run <code>longattn-spark select --scorer-id</code> "
+            "for each to compare their kept sets.")
+    png = base64.b64encode(plot_scatter(c)).decode("ascii")
+    worst = "".join(
+        f'<div class="win" data-window-id="{_e(d.window_id)}"><div class="meta">'
+        f"{_e(category_label(d.category))} — rank {d.pct_a:.2f} by a, {d.pct_b:.2f} by b "
+        f"— <code>{_e(d.window_id)}</code></div><pre class=\"snippet\">"
+        f"{_e(data.comparison_snippets.get(d.window_id, ''))}</pre></div>"
+        for d in c.disagreements)
+    return ('<section id="comparison"><h2>Two scorers compared</h2>'
+            f'<p class="note">a = <code>{_e(c.a)}</code>, b = <code>{_e(c.b)}</code>. '
+            "A LongAttn scorer's value is its LDS within the category; a ProLong scorer's is "
+            f"its score. Spearman's rank correlation per category. {kept}</p>"
+            f'<table class="stats" id="comparison-table">{header}{rows}</table>'
+            f'<img alt="scatter of the two scorers" src="data:image/png;base64,{png}">'
+            "<h3>Windows the two rank furthest apart</h3>" + worst + "</section>")
+
+
 def render_method_section(data: ReportData) -> str:
     return ('<section id="method"><h2>How this report was computed</h2><ul class="note">'
             "<li>Statistics and every histogram are Spark SQL aggregates over all rows "
@@ -1425,7 +1496,8 @@ def render_html(data: ReportData) -> str:
         f'<p class="sub">generated {_e(data.generated_at)} by longattn-spark report</p>'
         f"{banner}{render_inputs(data)}{render_scores_section(data)}"
         f"{render_selection_section(data)}{render_windows_section(data)}"
-        f"{render_profile_section(data)}{render_method_section(data)}"
+        f"{render_profile_section(data)}{render_comparison_section(data)}"
+        f"{render_method_section(data)}"
         "</main></body></html>")
 
 

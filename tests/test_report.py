@@ -407,7 +407,8 @@ def test_report_of_a_real_model_without_selection(spark, two_scorers):
                                             scorer_id="l0-aaa", output=str(root / "r.html")))
     text = Path(path).read_text()
     assert "smoke-test-banner" not in text and "SMOKE-TEST" not in text
-    assert text.count(PNG) == 2  # distributions and the comparison with the paper
+    # distributions, the comparison with the paper, and the two scorers' scatter
+    assert text.count(PNG) == 3
     parsed = parse(text)
     table = rows_frame(spark, scores)
     mine = table[table["scorer_id"] == "l0-aaa"]
@@ -417,3 +418,21 @@ def test_report_of_a_real_model_without_selection(spark, two_scorers):
     assert "No selection table at" in section_text(text, "selection")
     assert "l0-bbb" in section_text(text, "inputs")
     assert "--scorer-id l0-aaa" in section_text(text, "profile")
+    # two scorers in the table: the comparison section, with pandas' Spearman per category
+    comparison = section_text(text, "comparison")
+    assert "Two scorers compared" in comparison and "l0-bbb" in comparison
+    values = {}
+    for scorer, frame in table.groupby("scorer_id"):
+        frame = frame[np.isfinite(frame.ds.astype(float)) & np.isfinite(
+            frame.variance.astype(float))].copy()
+        groups = frame.groupby("category")
+        frame["lds"] = ((frame.ds - groups.ds.transform("mean")) / groups.ds.transform("std")
+                        + 0.5 * (groups.variance.transform("mean") - frame.variance)
+                        / groups.variance.transform("std"))
+        values[scorer] = frame.set_index("window_id")[["category", "lds"]]
+    both = values["l0-aaa"].join(values["l0-bbb"].lds.rename("lds_b"), how="inner")
+    for category, group in both.groupby("category"):
+        expected = group.lds.rank().corr(group.lds_b.rank())
+        cell = re.search(rf'<tr data-category="{category}">.*?data-stat="spearman" '
+                         r'data-value="([^"]+)"', comparison)
+        assert float(cell.group(1)) == pytest.approx(expected, rel=1e-9), category

@@ -12,14 +12,18 @@ stats AS (
   SELECT scorer_id, category, avg(ds) AS m_ds, stddev_samp(ds) AS s_ds,
          avg(variance) AS m_var, stddev_samp(variance) AS s_var
   FROM s
-  WHERE method = 'longattn' AND NOT isnan(ds) AND NOT isnan(variance)
+  WHERE ds IS NOT NULL AND variance IS NOT NULL AND NOT isnan(ds) AND NOT isnan(variance)
   GROUP BY scorer_id, category
 ),
 v AS (
   SELECT s.window_id, s.category, s.scorer_id,
          CASE WHEN s.method = 'prolong' THEN s.score
-              ELSE coalesce((s.ds - st.m_ds) / nullif(st.s_ds, 0), 0D)
-                   + :alpha * coalesce((st.m_var - s.variance) / nullif(st.s_var, 0), 0D)
+              -- a category without spread in a score (one window, or all equal) gets z = 0
+              -- for it, as in select; a missing score stays missing (the window is left out)
+              ELSE CASE WHEN coalesce(st.s_ds, 0D) = 0D THEN 0D * s.ds
+                        ELSE (s.ds - st.m_ds) / st.s_ds END
+                   + :alpha * CASE WHEN coalesce(st.s_var, 0D) = 0D THEN 0D * s.variance
+                                   ELSE (st.m_var - s.variance) / st.s_var END
          END AS value
   FROM s LEFT JOIN stats st ON s.scorer_id = st.scorer_id AND s.category <=> st.category
 ),
@@ -32,8 +36,8 @@ pairs AS (
 )
 SELECT window_id, category, value_a, value_b,
        rank() OVER (PARTITION BY category ORDER BY value_a)
-         + (count(1) OVER (PARTITION BY category, value_a) - 1) / 2.0 AS rank_a,
+         + (count(1) OVER (PARTITION BY category, value_a) - 1) / 2D AS rank_a,
        rank() OVER (PARTITION BY category ORDER BY value_b)
-         + (count(1) OVER (PARTITION BY category, value_b) - 1) / 2.0 AS rank_b,
+         + (count(1) OVER (PARTITION BY category, value_b) - 1) / 2D AS rank_b,
        count(1) OVER (PARTITION BY category) AS n
 FROM pairs
