@@ -23,8 +23,11 @@ Cuts, within each category (``--min-lds`` may be combined with either of the fir
 
 - ``--keep-fraction f``: the top ``floor(f * n + 1e-9)`` windows by LDS (``int(n * f)`` as in
   the released code). By default the cut value comes from ``percentile_approx`` at
-  ``--accuracy`` (rank error at most n / accuracy; exact when n <= accuracy in practice) and
-  windows with LDS strictly above it are kept; ``--exact`` uses the exact cut below.
+  ``--accuracy`` (rank error at most n / accuracy; exact when n <= accuracy in practice):
+  windows with LDS strictly above it are kept, and of the windows whose LDS equals it, as many
+  as ``floor(f * n)`` still needs, in the tie order below (so ties are split as the exact cut
+  splits them: a category whose windows all tie keeps ``floor(f * n)``, the same ones as
+  ``--exact``); ``--exact`` uses the exact cut below.
 - ``--token-budget N``: the longest prefix of the category's LDS order whose tokens do not
   exceed the category's budget, so the budget is met to within one window. With ``--mix
   arxiv=0.33,...`` the category gets ``floor(N * share)`` (shares sum to at most 1; categories
@@ -43,8 +46,9 @@ cut is reproducible.
 
 No step gathers a category into one task. Per-category mean, stddev, min and max are one
 grouped aggregate, collected to the driver (a few numbers per category) and broadcast back.
-The approximate cut is a grouped ``percentile_approx`` (sketches merged across tasks). The exact
-cut (see :func:`exact_cuts`) is found by histogram refinement: grouped aggregates of windows and
+The approximate cut is a grouped ``percentile_approx`` (sketches merged across tasks) and one
+grouped count of the windows above and at it; a tie it splits is placed like an exact cut. The
+exact cut (see :func:`exact_cuts`) is found by histogram refinement: grouped aggregates of windows and
 tokens per equal-width bucket of the ordering key narrow each category's cut down to a bracket
 of at most ``candidate_limit`` windows, and only that bracket is collected to the driver to
 place the cut exactly. Ranking is never done by a window function over a category.
@@ -282,7 +286,7 @@ class Cut:
     """A category's cut, as applied by ``select_flagged.sql``."""
 
     category: str
-    mode: str  # "all" | "none" | "above" | "before"
+    mode: str  # "all" | "none" | "above" | "from" | "before"
     threshold: float | None = None
     key: float | None = None
     tiebreak: float | None = None
@@ -596,6 +600,19 @@ class _Views:
             self.spark.catalog.dropTempView(view)
 
 
+def _scores_view(views: _Views, inputs: SelectionInputs) -> str:
+    """The scores table at its pinned version, with ``method`` and ``score`` as NULL when
+    that version predates them (LongAttn rows), so select_scored.sql reads any scorer."""
+    from pyspark.sql import functions as F
+
+    frame = inputs.scores.read(views.spark, inputs.scores_version)
+    present = {c.lower() for c in frame.columns}
+    for column, kind in (("method", "string"), ("score", "double")):
+        if column not in present:
+            frame = frame.withColumn(column, F.lit(None).cast(kind))
+    return views.add("scores", frame)
+
+
 def _rows_view(views: _Views, name: str, rows: list[dict[str, Any]], schema: str) -> str:
     return views.add(name, views.spark.createDataFrame(rows, schema=schema))
 
@@ -629,6 +646,16 @@ def exact_cuts(views: _Views, ranked: str, targets: Mapping[str, Target],
             cuts[category] = start
         else:
             brackets[category] = start
+    return {**cuts, **refined_cuts(views, ranked, targets, brackets, buckets, candidate_limit)}
+
+
+def refined_cuts(views: _Views, ranked: str, targets: Mapping[str, Target],
+                 brackets: Mapping[str, Bracket], buckets: int = DEFAULT_BUCKETS,
+                 candidate_limit: int = DEFAULT_CANDIDATE_LIMIT) -> dict[str, Cut]:
+    """Narrow each bracket by histogram passes until it is small enough to collect, then
+    place the cut exactly among its windows (see :func:`exact_cuts`)."""
+    cuts: dict[str, Cut] = {}
+    brackets = dict(brackets)
     for _ in range(MAX_REFINEMENTS):
         pending = [b for b in brackets.values() if not b.ready(candidate_limit)]
         if not pending:
@@ -665,13 +692,46 @@ def _bracket_rows(views: _Views, ranked: str, brackets: list[Bracket], statement
     return grouped
 
 
-def approx_cuts(views: _Views, ranked: str, options: SelectOptions) -> dict[str, Cut]:
-    """Keep-fraction cut from a grouped ``percentile_approx`` of the LDS."""
+def approx_cut(category: str, keep: int, threshold: float, above: int, tied: int
+               ) -> Cut | Bracket:
+    """A category's approximate keep-fraction cut from its ``percentile_approx`` threshold.
+
+    ``above`` windows rank strictly above the threshold and are kept; ``tied`` have exactly
+    the threshold's sort_key. Of those, as many as ``keep`` (= floor(f * n)) still needs are
+    kept in the exact cut's tie order: all of them ('from'), none ('above'), or some, which
+    is a stage-2 bracket over the tie (its cut is placed by :func:`refined_cuts`). So a
+    category whose windows all tie keeps ``keep`` windows, the ones ``--exact`` keeps.
+    """
+    need = keep - above
+    if need <= 0 or tied == 0:
+        return Cut(category, "above", threshold=threshold)
+    if need >= tied:
+        return Cut(category, "from", threshold=threshold)
+    return Bracket(category, 2, HASH_MIN, HASH_MAX, tied, above, pinned_key=threshold)
+
+
+def approx_cuts(views: _Views, ranked: str, options: SelectOptions,
+                stats: Mapping[str, CategoryStats], **refine: Any) -> dict[str, Cut]:
+    """Keep-fraction cut from a grouped ``percentile_approx`` of the LDS, ties at the
+    threshold split in the exact cut's order (see :func:`approx_cut`)."""
     rows = views.spark.sql(load_sql("select_cut_approx"), args={
         "ranked": ranked, "percentage": round(1.0 - options.keep_fraction, 12),
         "accuracy": options.accuracy}).collect()
-    return {r["category"]: Cut(r["category"], "above", threshold=float(r["threshold"]))
-            for r in rows}
+    keep = keep_counts(options.keep_fraction, {c: s.n for c, s in stats.items()})
+    cuts: dict[str, Cut] = {}
+    brackets: dict[str, Bracket] = {}
+    for r in rows:
+        category = r["category"]
+        if category not in keep:
+            continue
+        cut = approx_cut(category, keep[category], float(r["threshold"]), int(r["above"]),
+                         int(r["tied"]))
+        if isinstance(cut, Bracket):
+            brackets[category] = cut
+        else:
+            cuts[category] = cut
+    targets = {c: Target("count", keep[c]) for c in brackets}
+    return {**cuts, **refined_cuts(views, ranked, targets, brackets, **refine)}
 
 
 def lds_cuts(views: _Views, ranked: str, options: SelectOptions,
@@ -681,7 +741,7 @@ def lds_cuts(views: _Views, ranked: str, options: SelectOptions,
     if options.keep_fraction >= 1 or not (options.keep_fraction or options.token_budget):
         return {c: Cut(c, "all") for c in usable}
     if options.keep_fraction and not options.exact:
-        return approx_cuts(views, ranked, options)
+        return approx_cuts(views, ranked, options, usable, **refine)
     if options.keep_fraction:
         counts = keep_counts(options.keep_fraction, {c: s.n for c, s in usable.items()})
         targets = {c: Target("count", k) for c, k in counts.items()}
@@ -724,7 +784,7 @@ def selection_rows(spark, inputs: SelectionInputs, options: SelectOptions, selec
     refine = {"buckets": buckets, "candidate_limit": candidate_limit}
     try:
         scored_df = spark.sql(load_sql("select_scored"), args={
-            "scores": inputs.scores.sql_name(spark, inputs.scores_version),
+            "scores": _scores_view(views, inputs),
             "windows": inputs.windows.sql_name(spark, inputs.windows_version),
             "scorer_id": inputs.scorer_id}).persist(StorageLevel.MEMORY_AND_DISK)
         scored = views.add("scored", scored_df)

@@ -6,6 +6,7 @@ Algorithm 1, not from the job."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -76,8 +77,10 @@ def test_demo_keeps_half_of_each_category_and_exports_them(spark, demo):
         assert abs(kept[category] - n * 0.5) <= 1, category
     manifest = json.loads((demo.export / "manifest.json").read_text())
     assert {c: v["windows"] for c, v in manifest["categories"].items()} == kept
-    lines = [json.loads(line) for shard in sorted(demo.export.glob("part-*.jsonl"))
-             for line in shard.read_text(encoding="utf-8").splitlines()]
+    from longattn_spark.export import export_files
+
+    lines = [json.loads(line) for shard in export_files(str(demo.export))
+             for line in Path(shard).read_text(encoding="utf-8").splitlines()]
     assert len(lines) == sum(kept.values())
     assert all(line["text"] and line["category"] in kept for line in lines)
 

@@ -1,7 +1,8 @@
 -- LongAttn selection, step 4: apply each category's cut.
 --   :ranked   output of select_ranked.sql
 --   :cuts     one row per category (broadcast): mode 'all' keeps every usable window,
---             'above' keeps sort_key > threshold (approximate cut), 'before' keeps the windows
+--             'above' keeps sort_key > threshold and 'from' sort_key >= threshold (approximate
+--             cut; a tie split at its threshold is a 'before' cut), 'before' keeps the windows
 --             ranked strictly before the first window left out (key, tiebreak, window_id) of
 --             the exact cut, 'none' keeps nothing; a category without a row keeps nothing.
 --   :min_lds  floor on lds (-Infinity when unused)
@@ -12,6 +13,7 @@ SELECT /*+ BROADCAST(c) */
     AND r.lds >= :min_lds
     AND (c.mode = 'all'
          OR (c.mode = 'above' AND r.sort_key > c.threshold)
+         OR (c.mode = 'from' AND r.sort_key >= c.threshold)
          OR (c.mode = 'before'
              AND (r.sort_key > c.key
                   OR (r.sort_key = c.key
