@@ -103,6 +103,30 @@ def files_needed(file_names: Sequence[str], index: dict | None) -> list[str]:
     return needed
 
 
+#: Files of a model folder, besides its weights, that a whole-model load reads (config,
+#: generation config, tokenizer files); no code (.py), since remote code is never run.
+WHOLE_MODEL_SUFFIXES = (".json", ".txt", ".model", ".tiktoken")
+
+
+def files_needed_whole(file_names: Sequence[str], index: dict | None) -> list[str]:
+    """The files a whole causal LM needs (ProLong): every small config / tokenizer file
+    (``WHOLE_MODEL_SUFFIXES``) and every weight file of one format: the safetensors index
+    and all the shards it lists, or model.safetensors; pickled ``.bin`` only when there is
+    no safetensors (pure: names in, names out)."""
+    weight_names = {SAFETENSORS_INDEX, PICKLE_INDEX, SAFETENSORS_SINGLE, PICKLE_SINGLE}
+    small = [name for name in sorted(file_names) if name.endswith(WHOLE_MODEL_SUFFIXES)
+             and name not in weight_names]
+    pickle_index_only = SAFETENSORS_INDEX not in file_names and SAFETENSORS_SINGLE in file_names
+    if index is not None and not pickle_index_only:
+        index_name = SAFETENSORS_INDEX if SAFETENSORS_INDEX in file_names else PICKLE_INDEX
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        return small + [index_name] + shards
+    for single in (SAFETENSORS_SINGLE, PICKLE_SINGLE):
+        if single in file_names:
+            return small + [single]
+    return small
+
+
 def cache_key(files: Sequence[ModelFile]) -> str:
     """Hex SHA-256 of every file's (name, path, size, mtime): the executor cache folder's
     name, so that another version of any file is another folder."""
@@ -119,8 +143,11 @@ def is_remote(spark, model: str) -> bool:
 
 # --- driver ------------------------------------------------------------------------------------
 
-def locate_model(spark, model: str, option: str = "--model") -> ModelLocation:
-    """Check the model folder and list what scoring needs, reading small files only.
+def locate_model(spark, model: str, option: str = "--model", *, whole: bool = False
+                 ) -> ModelLocation:
+    """Check the model folder and list what scoring needs, reading small files only:
+    LongAttn's layer-0 files (``files_needed``), or with ``whole`` every file a causal LM
+    needs (``files_needed_whole``: ProLong runs the whole model).
 
     One-line ``InputError`` naming the path and its filesystem when the folder is missing, is
     not a folder, has no config.json, or lacks a shard its index lists."""
@@ -145,7 +172,7 @@ def locate_model(spark, model: str, option: str = "--model") -> ModelLocation:
                 raise InputError(f"{option} {paths.where(spark, entries[index_name].path)}: "
                                  f"not a valid checkpoint index ({exc})") from None
             break
-    needed = files_needed(sorted(entries), index)
+    needed = (files_needed_whole if whole else files_needed)(sorted(entries), index)
     missing = [name for name in needed if name not in entries]
     if missing:
         raise InputError(f"{option} {paths.where(spark, model)}: {', '.join(missing)} listed in "

@@ -237,7 +237,7 @@ def _status_of(st) -> FileStatus:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     for line in text.splitlines():
-        line = line.strip()
+        line = line.strip().removeprefix(": ")  # py4j puts the Java exception after ": "
         if line and not line.startswith(("An error occurred", "Traceback")):
             return line[:300]
     return type(exc).__name__

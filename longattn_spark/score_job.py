@@ -1,4 +1,9 @@
-"""The score job: windows table -> layer-0 attention scores (DS, variance) -> scores table.
+"""The score job: windows table -> per-window scores -> scores table.
+
+``--method longattn`` (default): layer-0 attention scores (DS, variance). ``--method
+prolong``: ProLong's LDS with the whole causal LM (``longattn_spark.prolong_udf`` holds its
+driver-side description, tokenizer decision and executor UDF; ``ScorePlan`` is what each
+method hands to the common streaming / MERGE / rejects machinery below).
 
 - The windows table is read as a Structured Streaming source with ``availableNow``: each
   micro-batch is scored and committed (MERGE) before the next, and the stream's checkpoint
@@ -336,6 +341,15 @@ def score_batches(settings: ScorerSettings, seq_len: int, expected_tokens: int |
 def validate_score_config(cfg: ScoreConfig) -> None:
     if not cfg.model:
         raise ConfigError("--model is required: a folder with config.json and safetensors")
+    if cfg.method not in ("longattn", "prolong"):
+        raise ConfigError(f"--method {cfg.method!r}: use longattn or prolong")
+    if cfg.method == "prolong":
+        from longattn_spark.scoring.prolong import checked_settings
+
+        checked_settings(cfg.segment_size, cfg.pairs, cfg.threshold)
+    elif cfg.windows_tokenizer:
+        raise ConfigError("--windows-tokenizer is for --method prolong (LongAttn scores the "
+                          "window's ids and needs the windows' tokenizer in the model)")
     if cfg.seq_len and cfg.seq_len < 8:
         raise ConfigError(f"--seq-len must be at least 8, got {cfg.seq_len}")
     if cfg.min_distance < 0:
@@ -375,27 +389,33 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
     windows_ref = TableRef(cfg.windows)
     scores_ref = TableRef(cfg.table)
     rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
-    # The model first: its errors (no folder, no config.json, bad headers) come before any
-    # Spark job, and nothing but small files and the layer-0 bytes' hash is read here.
-    location = locate_model(spark, cfg.model)
-    checkpoint = describe_model(spark, location, allow_pickle=cfg.allow_pickle)
+    # The model first: its errors (no folder, no config.json, bad headers, not a causal LM,
+    # pickled weights) come before any Spark job, and nothing but small files and a streamed
+    # hash of weight bytes is read here (layer 0 for LongAttn, every tensor for ProLong).
+    prolong = cfg.method == "prolong"
+    location = locate_model(spark, cfg.model, whole=prolong)
+    if prolong:
+        from longattn_spark import prolong_udf
+
+        described = prolong_udf.describe_prolong_model(spark, location,
+                                                       allow_pickle=cfg.allow_pickle)
+    else:
+        checkpoint = describe_model(spark, location, allow_pickle=cfg.allow_pickle)
     if not windows_ref.exists(spark):
         raise TableError(f"--windows {cfg.windows}: no such table (run ingest first)")
     sizes, window_tokenizers = _windows_facts(spark, windows_ref, cfg)
-    seq_len, expected_tokens = _sequence_length(cfg, sizes)
-    settings = _scorer_settings(spark, cfg, location)
-    driver_scorer = _driver_scorer(checkpoint, settings)
-    driver_scorer.bos_id  # noqa: B018 - fails here, before any task, without a BOS id
-    driver_scorer.check_seq_len(seq_len)
-    scorer_id = driver_scorer.scorer_id_for(seq_len)
-    min_distance = driver_scorer.min_distance_for(seq_len)
-    summary = ScoreSummary(scorer_id=scorer_id, seq_len=seq_len, min_distance=min_distance)
-    tokenizer_record = _check_tokenizer(spark, cfg, window_tokenizers, summary, lambda: (
-        _unscored_tokenizers(spark, windows_ref, scores_ref, rejects_ref, scorer_id, cfg)))
+    if prolong:
+        plan = prolong_udf.plan_prolong(spark, cfg, location, described, sizes,
+                                        window_tokenizers, windows_ref, scores_ref, rejects_ref)
+    else:
+        plan = _plan_longattn(spark, cfg, location, checkpoint, sizes, window_tokenizers,
+                              windows_ref, scores_ref, rejects_ref)
+    scorer_id, seq_len, min_distance = plan.scorer_id, plan.seq_len, plan.min_distance
+    summary, settings = plan.summary, plan.settings
     ensure_table(spark, scores_ref, SCORES)
     ensure_table(spark, rejects_ref, SCORE_REJECTS)
-    record = _scorer_record(spark, scores_ref, driver_scorer, cfg, settings, location,
-                            scorer_id, seq_len, min_distance, tokenizer_record)
+    record = _scorer_record(spark, scores_ref, plan.describe, cfg, settings, location,
+                            scorer_id, seq_len, min_distance, plan.tokenizer_record)
     property_key = f"longattn.scorer.{scorer_id}"
     set_properties(spark, scores_ref, {property_key: json.dumps(record, sort_keys=True)})
     executors_seen = {_run_key(e) for e in record["executors"]}
@@ -406,14 +426,15 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
     reporter = _Progress(progress and not on_cluster())
 
     def commit(batch: DataFrame, batch_id: int) -> None:
-        udf = score_batches(settings, seq_len, expected_tokens, cfg.batch_size)
+        udf = plan.make_udf()
         if udf_wrapper is not None:
             udf = udf_wrapper(udf)
         todo = _unscored(spark, batch, scores_ref, rejects_ref, scorer_id)
         # Materialized, not cached: the plan reads the two tables written below, and Spark
         # drops cached data depending on a table when it is written (scoring twice); on a
         # cluster it goes to reliable storage, so losing an executor loses no scored rows.
-        out, release = materialize(spark, todo.mapInArrow(udf, OUT_SCHEMA, profile=profile),
+        out, release = materialize(spark, todo.mapInArrow(udf, plan.out_schema,
+                                                          profile=profile),
                                    scores_ref, staging_root=cfg.checkpoint_location or None)
         try:
             groups = (out.groupBy("reason", *RUN_FIELDS).agg(F.count(F.lit(1)).alias("n"))
@@ -433,14 +454,9 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
                 set_properties(spark, scores_ref,
                                {property_key: json.dumps(record, sort_keys=True)})
             now = F.current_timestamp()
-            scores = (out.filter(F.col("reason").isNull())
+            scores = (plan.score_columns(out.filter(F.col("reason").isNull()))
                       .withColumn("scorer_id", F.lit(scorer_id))
-                      .withColumn("seq_len", F.lit(seq_len))
-                      .withColumn("min_distance", F.lit(min_distance))
-                      .withColumn("model", F.lit(cfg.model)).withColumn("scored_at", now)
-                      .withColumn("method", F.lit("longattn"))
-                      .withColumn("score", F.lit(None).cast("double"))
-                      .withColumn("prolong", F.lit(None).cast(PROLONG_COMPONENTS)))
+                      .withColumn("model", F.lit(cfg.model)).withColumn("scored_at", now))
             rejects = (out.filter(F.col("reason").isNotNull())
                        .withColumn("scorer_id", F.lit(scorer_id)).withColumn("scored_at", now))
             merge_new_rows(spark, scores_ref, SCORES, scores, {"scorer_id": scorer_id})
@@ -489,14 +505,15 @@ def _count_runs(summary: ScoreSummary, ran: dict[tuple, int], batch_id: int) -> 
                       f"{note}", flush=True)
 
 
-def _scorer_record(spark: SparkSession, scores_ref: TableRef, driver_scorer,
-                   cfg: ScoreConfig, settings: ScorerSettings, location: ModelLocation,
-                   scorer_id: str, seq_len: int, min_distance: int,
+def _scorer_record(spark: SparkSession, scores_ref: TableRef, described: dict,
+                   cfg: ScoreConfig, settings, location: ModelLocation,
+                   scorer_id: str, seq_len: int | None, min_distance: int | None,
                    tokenizer: dict) -> dict:
-    """The ``longattn.scorer.<id>`` property: the scorer's configuration (from config.json
-    and the headers), what was asked for, the tokenizers, and what the executors ran so far
-    (kept from earlier runs; the windows' tokenizers are merged with earlier runs' too)."""
-    summary = driver_scorer.config_summary()
+    """The ``longattn.scorer.<id>`` property: the scorer's configuration (``described``: from
+    config.json and the headers), what was asked for, the tokenizers, and what the executors
+    ran so far (kept from earlier runs; the windows' tokenizers are merged with earlier runs'
+    too)."""
+    summary = dict(described)
     for driver_only in ("device", "kernel", "kernel_note", "block_size"):
         summary.pop(driver_only, None)  # the driver scores nothing: executors say what ran
     earlier = {}
@@ -512,7 +529,7 @@ def _scorer_record(spark: SparkSession, scores_ref: TableRef, driver_scorer,
     if before.get("check") == "mismatch_allowed":
         tokenizer["check"] = "mismatch_allowed"
     executors = earlier.get("executors") if isinstance(earlier.get("executors"), list) else []
-    return {**summary, "scorer_id": scorer_id, "seq_len": seq_len,
+    return {**summary, "method": cfg.method, "scorer_id": scorer_id, "seq_len": seq_len,
             "min_distance": min_distance, "model": cfg.model, "model_folder": location.folder,
             "requested": {"device": cfg.device, "kernel": cfg.kernel, "dtype": cfg.dtype},
             "dtype": settings.dtype, "tokenizer": tokenizer, "executors": executors}
@@ -584,6 +601,52 @@ def gpu_resource_profile(spark: SparkSession, task_gpus: float):
 
     requests = TaskResourceRequests().cpus(int(spark.conf.get("spark.task.cpus", "1")))
     return ResourceProfileBuilder().require(requests.resource("gpu", task_gpus)).build
+
+
+@dataclass
+class ScorePlan:
+    """What the driver decided for one method before any task: the scorer's identity, its
+    executor settings, the UDF and the method's own columns of a scores row."""
+
+    scorer_id: str
+    seq_len: int | None
+    min_distance: int | None
+    summary: ScoreSummary
+    settings: object
+    describe: dict                      # the scorer's configuration, for the table property
+    tokenizer_record: dict
+    make_udf: Callable[[], ArrowFn]
+    out_schema: T.StructType
+    score_columns: Callable[[DataFrame], DataFrame]
+
+
+def _plan_longattn(spark: SparkSession, cfg: ScoreConfig, location: ModelLocation, checkpoint,
+                   sizes: list[int], window_tokenizers: list[str], windows_ref: TableRef,
+                   scores_ref: TableRef, rejects_ref: TableRef) -> ScorePlan:
+    seq_len, expected_tokens = _sequence_length(cfg, sizes)
+    settings = _scorer_settings(spark, cfg, location)
+    driver_scorer = _driver_scorer(checkpoint, settings)
+    driver_scorer.bos_id  # noqa: B018 - fails here, before any task, without a BOS id
+    driver_scorer.check_seq_len(seq_len)
+    scorer_id = driver_scorer.scorer_id_for(seq_len)
+    min_distance = driver_scorer.min_distance_for(seq_len)
+    summary = ScoreSummary(scorer_id=scorer_id, seq_len=seq_len, min_distance=min_distance)
+    tokenizer_record = _check_tokenizer(spark, cfg, window_tokenizers, summary, lambda: (
+        _unscored_tokenizers(spark, windows_ref, scores_ref, rejects_ref, scorer_id, cfg)))
+
+    def score_columns(frame: DataFrame) -> DataFrame:
+        return (frame.withColumn("seq_len", F.lit(seq_len))
+                .withColumn("min_distance", F.lit(min_distance))
+                .withColumn("method", F.lit("longattn"))
+                .withColumn("score", F.lit(None).cast("double"))
+                .withColumn("prolong", F.lit(None).cast(PROLONG_COMPONENTS)))
+
+    return ScorePlan(
+        scorer_id=scorer_id, seq_len=seq_len, min_distance=min_distance, summary=summary,
+        settings=settings, describe=driver_scorer.config_summary(),
+        tokenizer_record=tokenizer_record,
+        make_udf=lambda: score_batches(settings, seq_len, expected_tokens, cfg.batch_size),
+        out_schema=OUT_SCHEMA, score_columns=score_columns)
 
 
 def _windows_facts(spark: SparkSession, windows_ref: TableRef, cfg: ScoreConfig

@@ -274,6 +274,49 @@ def lds_from_perplexities(window_id: str, alone_ppl: Sequence[float],
                          pairs_scored=len(pairs), segments=len(alone_ppl), reason=reason)
 
 
+def identity_fields(raw_config: dict[str, Any], *, dtype: str, segment_size: int, pairs: int,
+                    threshold: float, window_size: int | None, seed_rule: str,
+                    weights_sha256: str, retokenized_with: str | None = None
+                    ) -> dict[str, Any]:
+    """``ProLongScorer.identity_fields`` without a loaded model (the score job's driver builds
+    it from config.json and a streamed weights hash): everything that changes a score."""
+    config = {k: v for k, v in raw_config.items() if k not in _CONFIG_KEYS_IGNORED}
+    config_text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    fields = {
+        "scorer": "prolong-lds",
+        "math_version": PROLONG_MATH_VERSION,
+        "arithmetic": f"model {dtype}; token NLL float32 (logits upcast);"
+                      " mean NLL and exp float64; LDS float64 in run.py's order",
+        "released_reference": RELEASED_REFERENCE,
+        "model_type": str(raw_config.get("model_type")),
+        "model_config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+        "model_weights_sha256": weights_sha256,
+        "dtype": dtype,
+        "segment_size": segment_size,
+        "pairs": pairs,
+        "threshold": repr(threshold),
+        "window_size": "len(ids)" if window_size is None else window_size,
+        "n_max": "window_size // segment_size",
+        "seed_rule": seed_rule,
+        "bos": "none (ids used as given)",
+    }
+    if retokenized_with is not None:
+        fields["input_tokens"] = f"window text re-tokenized with {retokenized_with}"
+    return fields
+
+
+def scorer_id_of(fields: dict[str, Any]) -> str:
+    """``pl-`` + 24 hex digits of sha256 over identity fields (canonical JSON)."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return "pl-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def checked_settings(segment_size: Any, pairs: Any, threshold: Any, window_size: Any = None
+                     ) -> tuple[int, int, float, int | None]:
+    """The scorer's settings checked as ``from_pretrained`` checks them (ConfigError)."""
+    return _checked_settings(segment_size, pairs, threshold, window_size)
+
+
 # --------------------------------------------------------------------------------------
 # The scorer
 # --------------------------------------------------------------------------------------
@@ -318,6 +361,9 @@ class ProLongScorer:
                                  getattr(model.config, "vocab_size", self.vocab_size))
         self._weights_sha256: str | None = None
         self._tokenizer: Any = None
+        #: the LM tokenizer's identity when the job re-tokenizes windows' text for this
+        #: scorer (PROLONG.md section 9); part of the identity then. None: ids as given.
+        self.retokenized_with: str | None = None
 
     # ---- construction -----------------------------------------------------------------
 
@@ -368,31 +414,15 @@ class ProLongScorer:
 
     def identity_fields(self) -> dict[str, Any]:
         """Everything that changes a score (JSON-able); ``scorer_id`` hashes it."""
-        config = {k: v for k, v in self.raw_config.items() if k not in _CONFIG_KEYS_IGNORED}
-        config_text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        return {
-            "scorer": "prolong-lds",
-            "math_version": PROLONG_MATH_VERSION,
-            "arithmetic": f"model {_dtype_name(self.dtype)}; token NLL float32 (logits upcast);"
-                          " mean NLL and exp float64; LDS float64 in run.py's order",
-            "released_reference": RELEASED_REFERENCE,
-            "model_type": str(self.raw_config.get("model_type")),
-            "model_config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
-            "model_weights_sha256": self.weights_sha256(),
-            "dtype": _dtype_name(self.dtype),
-            "segment_size": self.segment_size,
-            "pairs": self.pairs,
-            "threshold": repr(self.threshold),
-            "window_size": "len(ids)" if self.window_size is None else self.window_size,
-            "n_max": "window_size // segment_size",
-            "seed_rule": self.seed_rule,
-            "bos": "none (ids used as given)",
-        }
+        return identity_fields(self.raw_config, dtype=_dtype_name(self.dtype),
+                               segment_size=self.segment_size, pairs=self.pairs,
+                               threshold=self.threshold, window_size=self.window_size,
+                               seed_rule=self.seed_rule, weights_sha256=self.weights_sha256(),
+                               retokenized_with=self.retokenized_with)
 
     def scorer_id(self) -> str:
         """``pl-`` + 24 hex digits of sha256 over ``identity_fields()``."""
-        canonical = json.dumps(self.identity_fields(), sort_keys=True, separators=(",", ":"))
-        return "pl-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+        return scorer_id_of(self.identity_fields())
 
     def weights_sha256(self) -> str:
         """sha256 over every stored tensor's name, dtype, shape and bytes, in name order

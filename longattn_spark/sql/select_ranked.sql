@@ -9,6 +9,8 @@
 --
 -- zscore: z_ds = z(ds), z_du = z(DU) = (mean_var - variance) / sd_var, lds = z_ds + alpha*z_du.
 -- minmax: z_ds = minmax(ds), z_du = minmax(variance),        lds = z_ds - alpha*z_du.
+-- A ProLong scorer's rows carry its score as ds and variance 0 (select_scored.sql): z_du = 0
+-- and lds = z_ds = the score normalized within the category.
 -- A category with one usable window (stddev_samp is NULL) or zero spread (stddev or range 0)
 -- gets z = 0 for that score: it carries no information to rank by.
 -- sort_key: larger ranks first; tiebreak orders windows with equal sort_key (larger first),
@@ -20,6 +22,7 @@ WITH normalized AS (
     sc.n_tokens,
     sc.ds,
     sc.variance,
+    sc.method,
     sc.excluded_reason,
     CASE
       WHEN sc.excluded_reason IS NOT NULL THEN NULL

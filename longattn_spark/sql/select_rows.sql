@@ -1,4 +1,5 @@
--- LongAttn selection, step 5: the rows of the selection table.
+-- LongAttn selection, step 5: the rows of the selection table. For a ProLong scorer ds and
+-- variance are NULL, z_ds = lds = its score normalized within the category, z_du = 0.
 --   :flagged          output of select_flagged.sql
 --   :selection_id     hash of the parameters, scorer and input table versions
 --   :scorer_id, :params (JSON), :windows_version, :scores_version
@@ -7,8 +8,8 @@ SELECT
   window_id,
   category,
   n_tokens,
-  ds,
-  variance,
+  CASE WHEN method = 'prolong' THEN NULL ELSE ds END       AS ds,
+  CASE WHEN method = 'prolong' THEN NULL ELSE variance END AS variance,
   z_ds,
   z_du,
   lds,
