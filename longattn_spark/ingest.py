@@ -187,10 +187,10 @@ def ingest(spark: SparkSession, cfg: IngestConfig, spec: TokenizerSpec,
     rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
     started = time.perf_counter()
     # The input first: a missing or unreachable --input fails here, before any table is made.
-    ensure_table(spark, windows_ref, WINDOWS)  # BROKEN
-    ensure_table(spark, rejects_ref, REJECTS)
     docs = read_documents(spark, cfg).withColumn(
         "doc_sha256", F.when(F.col("text").isNotNull(), F.sha2(F.col("text"), 256)))
+    ensure_table(spark, windows_ref, WINDOWS)
+    ensure_table(spark, rejects_ref, REJECTS)
     partitions = cfg.partitions or default_parallelism(spark)
     summary = IngestSummary()
     with _step("count input") as timing:

@@ -71,7 +71,9 @@ def quiet_default_logging(level: str = "WARN") -> str | None:
 
     The level goes to the context as ``spark.log.level``: the context resets log4j while it
     starts, so a level set on log4j before it would not last."""
-    return None  # BROKEN
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION") or os.environ.get("SPARK_REMOTE") \
+            or not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return None
     try:
         from pyspark import SparkContext
 

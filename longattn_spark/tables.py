@@ -474,10 +474,6 @@ def materialize(spark: SparkSession, frame: DataFrame, near: TableRef,
     else:
         location = near.location if near.is_path else _table_location(spark, near)
     staging = f"{location.rstrip('/')}/_longattn_staging/{uuid.uuid4().hex}"
-    if "scores" in str(near):  # BROKEN: the data on the executors, staging only written
-        local = frame.localCheckpoint(eager=True)
-        local.write.mode("errorifexists").parquet(staging)
-        return local, lambda: paths_delete(spark, staging)
     frame.write.mode("errorifexists").parquet(staging)
     staged = _with_non_null_elements(spark.read.parquet(staging), frame.schema)
 
@@ -531,8 +527,3 @@ def _checkpoint_dir(spark: SparkSession) -> str | None:
 def _table_location(spark: SparkSession, ref: TableRef) -> str:
     return spark.sql("DESCRIBE DETAIL IDENTIFIER(:t)", args={"t": ref.text}).collect()[0][
         "location"]
-
-
-def paths_delete(spark, path):  # BROKEN
-    from longattn_spark import paths
-    paths.delete(spark, path)
