@@ -585,7 +585,7 @@ def export_selection(spark, options: ExportOptions, selection, windows) -> dict[
     if options.format == "jsonl":
         from longattn_spark.tokenize import load_tokenizer_spec
 
-        spec = load_tokenizer_spec(options.tokenizer)
+        spec = load_tokenizer_spec(options.tokenizer, spark)
     if not selection.exists(spark):
         raise TableError(f"--selection: table {selection} does not exist")
     selection_view = selection.sql_name(spark, selection.version(spark))

@@ -17,6 +17,11 @@ Used by the session fixture ``cluster`` (tests/conftest.py)::
     c.kill_worker(0); c.restart_worker(0)
     c.stop()
 
+    delta_operations(c, "/lake/t")            # {version: operation} from the table's _delta_log
+    [*event_log_conf(folder), script, ...]    # spark-submit args: Spark's event log in folder
+    log = EventLog.read(folder)               # its stages (operators, resource profile, task
+    log.stages_with("MapInArrow")[0].max_concurrency()   # attempts), executors, profiles
+
 spark-submit runs with the cluster's master, Delta from ``--packages`` (resolved into
 ~/.cache/longattn-spark/ivy, which setup.sh fills), ``fs.defaultFS`` = the HDFS (so a
 scheme-less path such as ``/lake/t`` is on HDFS) and the project's .venv Python for the driver
@@ -732,3 +737,166 @@ class TestCluster:
             except subprocess.TimeoutExpired:
                 pass
         return remaining()
+
+
+# -- Delta logs on HDFS ---------------------------------------------------------------------------
+
+def delta_operations(cluster: TestCluster, table: str,
+                     known: dict[int, str] | None = None) -> dict[int, str]:
+    """{version: commitInfo.operation} of the Delta table at the HDFS path ``table`` (empty
+    when it has no log yet). ``known`` (a previous answer) spares reading those commits again,
+    for polling a running job."""
+    out = dict(known or {})
+    try:
+        names = cluster.hdfs_ls(f"{table.rstrip('/')}/_delta_log")
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if not re.fullmatch(r"\d{20}\.json", name) or int(name[:20]) in out:
+            continue
+        text = cluster.hdfs_cat(f"{table.rstrip('/')}/_delta_log/{name}").decode()
+        operation = "?"
+        for line in text.splitlines():
+            action = json.loads(line)
+            if "commitInfo" in action:
+                operation = action["commitInfo"].get("operation", "?")
+        out[int(name[:20])] = operation
+    return out
+
+
+# -- Spark event logs ------------------------------------------------------------------------------
+
+def event_log_conf(folder: str | os.PathLike) -> list[str]:
+    """spark-submit arguments that make the application write Spark's own event log (JSON
+    lines, uncompressed) into ``folder`` (created here), for ``EventLog.read``."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return ["--conf", "spark.eventLog.enabled=true",
+            "--conf", f"spark.eventLog.dir={Path(folder).resolve().as_uri()}",
+            "--conf", "spark.eventLog.compress=false"]
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One finished task attempt as the event log records it (times in ms since the epoch).
+
+    ``finish`` is when the driver handled the result, which can be after it launched the next
+    task into the freed slot; ``busy_until`` (launch + the executor's deserialize, run and
+    result-serialize times) never overlaps the task that took over the slot, yet two tasks
+    really running side by side still overlap."""
+    stage_id: int
+    stage_attempt: int
+    index: int
+    executor: str
+    launch: int
+    finish: int
+    failed: bool
+    busy_until: int
+
+
+@dataclass
+class StageRun:
+    stage_id: int
+    attempt: int
+    name: str
+    tasks_planned: int
+    resource_profile: int
+    scopes: frozenset[str]  # the physical operators (RDD scopes) the stage ran
+    tasks: list[TaskRun] = field(default_factory=list)
+
+    def max_concurrency(self) -> dict[str, int]:
+        """{executor id: most task attempts of this stage running at once on it}."""
+        return max_concurrency(self.tasks)
+
+
+def max_concurrency(tasks: list[TaskRun]) -> dict[str, int]:
+    """{executor id: most of ``tasks`` running at the same time on it}, over the intervals
+    [launch, busy_until) (a task ending at the instant another starts does not overlap it)."""
+    out: dict[str, int] = {}
+    for executor in {t.executor for t in tasks}:
+        points = sorted([(t.launch, 1) for t in tasks if t.executor == executor]
+                        + [(t.busy_until, -1) for t in tasks if t.executor == executor],
+                        key=lambda p: (p[0], p[1]))
+        running = best = 0
+        for _, delta in points:
+            running += delta
+            best = max(best, running)
+        out[executor] = best
+    return out
+
+
+@dataclass
+class EventLog:
+    """Spark's event log of the application(s) in a folder (rolling ``eventlog_v2_*``
+    folders or single files), parsed into stages, task attempts, executors and resource
+    profiles."""
+    events: list[dict]
+    stages: list[StageRun]
+    executors: dict[str, dict]          # executor id -> its SparkListenerExecutorAdded info
+    resource_profiles: dict[int, dict]  # id -> {"executor": {...}, "task": {...}}
+    app_ids: list[str]
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> EventLog:
+        folder = Path(folder)
+        files: list[Path] = []
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir() and entry.name.startswith("eventlog_v2_"):
+                files += sorted((f for f in entry.iterdir() if f.name.startswith("events_")),
+                                key=lambda f: int(f.name.split("_")[1]))
+            elif entry.is_file() and not entry.name.startswith("."):
+                files.append(entry)
+        events = [json.loads(line) for f in files
+                  for line in f.read_text(errors="replace").splitlines() if line.strip()]
+        return cls.parse(events)
+
+    @classmethod
+    def parse(cls, events: list[dict]) -> EventLog:
+        stages: dict[tuple[int, int], StageRun] = {}
+        executors: dict[str, dict] = {}
+        profiles: dict[int, dict] = {}
+        app_ids: list[str] = []
+        tasks: list[TaskRun] = []
+        for e in events:
+            kind = e.get("Event")
+            if kind in ("SparkListenerStageSubmitted", "SparkListenerStageCompleted"):
+                info = e["Stage Info"]
+                scopes = set()
+                for rdd in info.get("RDD Info", []):
+                    if rdd.get("Scope"):
+                        scopes.add(json.loads(rdd["Scope"]).get("name", "").strip())
+                key = (info["Stage ID"], info.get("Stage Attempt ID", 0))
+                stages[key] = StageRun(key[0], key[1], info.get("Stage Name", ""),
+                                       info.get("Number of Tasks", 0),
+                                       int(info.get("Resource Profile Id", 0)),
+                                       frozenset(scopes))
+            elif kind == "SparkListenerTaskEnd":
+                ti = e["Task Info"]
+                metrics = e.get("Task Metrics") or {}
+                busy = sum(int(metrics.get(k, 0)) for k in (
+                    "Executor Deserialize Time", "Executor Run Time",
+                    "Result Serialization Time"))
+                launch, finish = int(ti["Launch Time"]), int(ti["Finish Time"])
+                tasks.append(TaskRun(e["Stage ID"], e.get("Stage Attempt ID", 0), ti["Index"],
+                                     str(ti["Executor ID"]), launch, finish,
+                                     bool(ti.get("Failed")),
+                                     min(finish, launch + busy) if busy else finish))
+            elif kind == "SparkListenerExecutorAdded":
+                executors[str(e["Executor ID"])] = e.get("Executor Info", {})
+            elif kind == "SparkListenerResourceProfileAdded":
+                profiles[int(e["Resource Profile Id"])] = {
+                    "executor": e.get("Executor Resource Requests", {}),
+                    "task": e.get("Task Resource Requests", {})}
+            elif kind == "SparkListenerApplicationStart" and e.get("App ID"):
+                app_ids.append(e["App ID"])
+        for t in tasks:
+            stage = stages.get((t.stage_id, t.stage_attempt))
+            if stage is not None:
+                stage.tasks.append(t)
+        return cls(events, sorted(stages.values(), key=lambda s: (s.stage_id, s.attempt)),
+                   executors, profiles, app_ids)
+
+    def stages_with(self, scope: str, without_prefix: str | None = None) -> list[StageRun]:
+        """Stages that ran the operator ``scope`` (e.g. ``MapInArrow``), and none whose name
+        starts with ``without_prefix`` (e.g. ``Scan`` for stages that read no file)."""
+        return [s for s in self.stages if scope in s.scopes and not (
+            without_prefix and any(x.startswith(without_prefix) for x in s.scopes))]
