@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from longattn_spark.config import IngestConfig
+from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.ingest import ingest
+from longattn_spark.score_job import score_windows
 from longattn_spark.tables import TableRef
 from longattn_spark.tokenize import load_tokenizer_spec
 
@@ -47,6 +48,13 @@ def versions(table: str) -> list[int]:
     if not log.is_dir():
         return []
     return sorted(int(p.name.split(".")[0]) for p in log.glob("*.json"))
+
+
+def merges(table: str) -> int:
+    """MERGE commits in a Delta table's log (table creation and property commits excluded)."""
+    log = Path(table) / "_delta_log"
+    return sum('"operation":"MERGE"' in p.read_text(encoding="utf-8")
+               for p in log.glob("*.json")) if log.is_dir() else 0
 
 
 def cli(*args: str, lakehouse: Path) -> list[str]:
@@ -157,14 +165,17 @@ def test_score_killed_mid_micro_batch_resumes_to_the_clean_scores(spark, clean_i
     write_smoke_test_model(model, tokenizer_dir=llama3_tokenizer_dir)
     scores = str(tmp_path / "scores")
     clean = str(tmp_path / "clean_scores")
-    base = ["score", "--windows", windows, "--model", str(model), "--device", "cpu"]
-    run_to_end(cli(*base, "--table", clean, lakehouse=root / "lake"))
-    cmd = cli(*base, "--table", scores, "--files-per-batch", "1", lakehouse=root / "lake")
+    # the clean run in this process (the same library; only the killed one needs its own)
+    score_windows(spark, ScoreConfig(windows=windows, model=str(model), device="cpu",
+                                     table=clean), progress=False)
     n_files = len(list(Path(windows).rglob("*.parquet")))
-    assert n_files >= 3, "several micro-batches are needed to kill in the middle"
+    per_batch = max(1, n_files // 4)
+    assert n_files // per_batch >= 3, "several micro-batches are needed to kill in the middle"
+    cmd = cli("score", "--windows", windows, "--model", str(model), "--device", "cpu",
+              "--table", scores, "--files-per-batch", str(per_batch), lakehouse=root / "lake")
     # killed while a later micro-batch is being scored: after the first commit
-    assert run_until(cmd, lambda: len(versions(scores)) >= 2)
-    assert len(versions(scores)) < n_files + 1, "killed before the last micro-batch"
+    assert run_until(cmd, lambda: merges(scores) >= 1)
+    assert merges(scores) < -(-n_files // per_batch), "killed before the last micro-batch"
     run_to_end(cmd)
     columns = ("scorer_id", "ds", "variance")
     assert keyed(spark, scores, "window_id", columns) == keyed(spark, clean, "window_id",

@@ -46,7 +46,8 @@ def test_spec_identity_is_content_hash(spec, llama3_tokenizer_dir, tmp_path):
     (copy / "tokenizer.json").write_bytes((llama3_tokenizer_dir / "tokenizer.json").read_bytes())
     other = load_tokenizer_spec(copy)
     assert other.sha256 == spec.sha256
-    assert spec.identity.endswith(spec.sha256[:12])
+    assert other.identity == spec.identity == f"tok-{spec.sha256[:16]}"
+    assert "copy" not in other.identity and "tokenizer" not in spec.identity
     assert spec.vocab_size >= 128256
     assert spec.bos_id == 128000
 
