@@ -45,10 +45,9 @@ from longattn_spark.scoring.checkpoint import (
     _safetensors_header_with_start,
     _weight_map_by_file,
 )
+from longattn_spark.tables import IDS_OUT_OF_VOCAB, WRONG_LENGTH
 from longattn_spark.tokenize import TokenizerSpec
 
-WRONG_LENGTH = "wrong_length"
-IDS_OUT_OF_VOCAB = "ids_out_of_vocab"
 
 OUT_SCHEMA = T.StructType([
     T.StructField("window_id", T.StringType(), False),

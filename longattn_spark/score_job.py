@@ -56,9 +56,11 @@ from longattn_spark.errors import ConfigError, InputError, TableError
 from longattn_spark.model_files import ModelLocation, describe_model, locate_model
 from longattn_spark.session import arrow_batch_rows, get_spark, on_cluster
 from longattn_spark.tables import (
+    IDS_OUT_OF_VOCAB,
     PROLONG_COMPONENTS,
     SCORE_REJECTS,
     SCORES,
+    WRONG_LENGTH,
     TableRef,
     ensure_table,
     materialize,
@@ -67,8 +69,6 @@ from longattn_spark.tables import (
     table_properties,
 )
 
-WRONG_LENGTH = "wrong_length"
-IDS_OUT_OF_VOCAB = "ids_out_of_vocab"
 
 OUT_SCHEMA = T.StructType([
     T.StructField("window_id", T.StringType(), False),

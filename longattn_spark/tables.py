@@ -97,6 +97,10 @@ REJECTS = TableSpec(
     comment="Input documents that produced no window, each with its reason",
 )
 
+#: Reasons of the scores_rejects table, shared by every scoring method.
+WRONG_LENGTH = "wrong_length"
+IDS_OUT_OF_VOCAB = "ids_out_of_vocab"
+
 PROLONG_COMPONENTS = T.StructType([
     T.StructField("mean_strength", T.DoubleType()),
     T.StructField("mean_distance", T.DoubleType()),
