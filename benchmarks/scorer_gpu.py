@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from longattn_spark.smoke_model import write_random_layer0_checkpoint
+from longattn_spark.demo.smoke_model import write_random_layer0_checkpoint
 
 try:
     import triton

@@ -59,7 +59,7 @@ def build_tables(spark, root: Path, rows: int) -> tuple[str, str]:
 def time_spark(spark_settings, windows: str, scores: str, selection: str, cut: list[str]
                ) -> float:
     from longattn_spark.cli import parse_config
-    from longattn_spark.selection import run_select_job
+    from longattn_spark.select import run_select_job
 
     _, cfg = parse_config(["select", "--windows", windows, "--scores", scores,
                            "--table", selection, *cut])

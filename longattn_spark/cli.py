@@ -27,22 +27,27 @@ class Command:
 
 
 COMMANDS = (
-    Command("ingest", "ingest", "longattn_spark.ingest:run_ingest_job",
+    Command("ingest", "ingest", "longattn_spark.ingest.job:run_ingest_job",
             "tokenize documents and cut Algorithm 1 windows into a Delta table"),
-    Command("score", "score", "longattn_spark.score_job:run_score_job",
+    Command("score", "score", "longattn_spark.score.job:run_score_job",
             "score windows with layer-0 attention (DS, variance) into a Delta table"),
-    Command("select", "select", "longattn_spark.selection:run_select_job",
+    Command("select", "select", "longattn_spark.select:run_select_job",
             "per-category z-scores, LDS and the cut into a selection table"),
-    Command("export", "export", "longattn_spark.export:run_export_job",
+    Command("export", "export", "longattn_spark.export.job:run_export_job",
             "write the selected windows as sharded JSONL or Parquet training files"),
     Command("report", "report", "longattn_spark.report:run_report_job",
             "self-contained HTML report with plots of scores and the selection"),
     Command("compare", "compare", "longattn_spark.compare:run_compare_job",
             "compare two scorers on the same windows: Spearman, kept-set overlap, "
             "disagreements"),
-    Command("demo", "demo", "longattn_spark.demo:run_demo",
+    Command("demo", "demo", "longattn_spark.demo.run:run_demo",
             "run the whole pipeline locally on a demo corpus with a smoke-test model"),
 )
+
+
+#: Packages of the optional extras (pyproject.toml), for a one-line error when one is missing.
+EXTRAS = {"pyspark": "spark", "delta": "spark", "grpc": "spark", "torch": "score",
+          "transformers": "score", "safetensors": "score"}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -93,7 +98,16 @@ def run(argv: Sequence[str]) -> int:
         print(f"longattn-spark: error: {exc}", file=sys.stderr)
         return 2
     module_name, func_name = command.target.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"longattn-spark {command.name}: error: needs the Python package {exc.name}: "
+              f"pip install 'longattn-spark[{extra}]' (Databricks runtimes have it)",
+              file=sys.stderr)
+        return 2
     try:
         func(cfg)
     except UserFacingError as exc:

@@ -18,7 +18,8 @@ from pyspark.sql import SparkSession
 
 from longattn_spark.config import CompareConfig, LongAttnConfig
 from longattn_spark.errors import ConfigError, TableError
-from longattn_spark.selection import load_sql
+from longattn_spark.sqlfiles import load_sql
+from longattn_spark.stats import category_order
 from longattn_spark.tables import TableRef
 
 
@@ -109,7 +110,7 @@ def compare_scorers(spark: SparkSession, scores: TableRef | str, a: str, b: str,
     sample = (ranked.orderBy(F.xxhash64("window_id"), "window_id").limit(scatter_points)
               .select("category", "value_a", "value_b").collect())
     return Comparison(a=a, b=b, categories=[agreement[c] for c in sorted(
-        agreement, key=lambda c: (c is None, c or ""))], disagreements=worst,
+        agreement, key=category_order)], disagreements=worst,
         scatter=[(r["category"], float(r["value_a"]), float(r["value_b"])) for r in sample],
         selections=selections)
 

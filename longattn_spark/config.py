@@ -49,6 +49,10 @@ class SparkSettings:
     spark_conf: dict = _opt(  # noqa: RUF009 - _opt gives a dict a default_factory
         {}, "extra Spark settings, e.g. {spark.sql.shuffle.partitions: 8} (YAML only)")
     ui: bool = _opt(False, "start the Spark UI for the embedded session")
+    remote: str = _opt("", "Spark Connect URL (sc://host:port/;params), as Spark's own "
+                       "--remote; the SPARK_REMOTE environment variable when empty. Ingest, "
+                       "select, export and report run on Spark Connect; score needs a "
+                       "classic session")
 
 
 @dataclass

@@ -42,13 +42,17 @@ def on_cluster() -> bool:
     """True when a cluster already owns the JVM (Databricks, spark-submit, Spark Connect)."""
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION")
                 or os.environ.get("PYSPARK_GATEWAY_PORT")
-                or os.environ.get("SPARK_CONNECT_MODE_ENABLED")
-                or os.environ.get("SPARK_REMOTE"))
+                or os.environ.get("SPARK_CONNECT_MODE_ENABLED"))
 
 
 def get_spark(settings: SparkSettings | None = None, app_name: str = "longattn-spark"
               ) -> SparkSession:
-    """The active session if there is one, else a new one (embedded locally)."""
+    """The session the jobs run on: a Spark Connect session when ``--remote`` (or
+    ``SPARK_REMOTE``) names a server, else the active session if there is one, else a new
+    one (the cluster's under spark-submit and Databricks, embedded locally)."""
+    remote = remote_url(settings)
+    if remote:
+        return connect_session(remote, app_name)
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -59,6 +63,56 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "longattn-s
             builder = builder.config("spark.log.level", level)
         return builder.getOrCreate()
     return _local_session(settings or SparkSettings(), app_name)
+
+
+def remote_url(settings: SparkSettings | None) -> str:
+    """The Spark Connect URL asked for: ``--remote`` / ``spark.remote`` in the config, else
+    ``SPARK_REMOTE``; empty for a classic session."""
+    return (settings.remote if settings is not None else "") or \
+        os.environ.get("SPARK_REMOTE", "")
+
+
+def connect_session(url: str, app_name: str = "longattn-spark",
+                    timeout_s: float = 20.0) -> SparkSession:
+    """A Spark Connect session to ``url``, or a one-line ConfigError naming the URL when no
+    server answers within ``timeout_s`` (the Connect client itself retries for minutes)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from longattn_spark.errors import ConfigError
+
+    parsed = urlparse(url.split(";", 1)[0])
+    if parsed.scheme != "sc" or not parsed.hostname:
+        raise ConfigError(f"--remote {url}: not a Spark Connect URL (sc://host:port)")
+    port = parsed.port or 15002
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=min(timeout_s, 10)).close()
+    except OSError as exc:
+        raise ConfigError(f"--remote {url}: no Spark Connect server answers at "
+                          f"{parsed.hostname}:{port} ({exc.strerror or exc})") from None
+
+    outcome: dict = {}
+
+    def connect() -> None:
+        try:
+            spark = SparkSession.builder.remote(url).appName(app_name).getOrCreate()
+            spark.version  # noqa: B018 - one round trip: the server speaks Spark Connect
+            outcome["spark"] = spark
+        except Exception as exc:  # noqa: BLE001 - reported below, one line naming the URL
+            outcome["error"] = exc
+
+    # a daemon thread: a server that never answers must not keep the process from exiting
+    thread = threading.Thread(target=connect, name="spark-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "spark" in outcome:
+        return outcome["spark"]
+    if "error" in outcome:
+        first = str(outcome["error"]).strip().splitlines()[0][:200]
+        raise ConfigError(f"--remote {url}: {first}")
+    raise ConfigError(f"--remote {url}: {parsed.hostname}:{port} accepts connections but no "
+                      f"Spark Connect server answered within {timeout_s:.0f} s")
 
 
 def quiet_default_logging(level: str = "WARN") -> str | None:

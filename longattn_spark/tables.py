@@ -9,6 +9,7 @@ duplicates a row.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import random
 import re
 import time
@@ -24,6 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from longattn_spark.errors import TableError
+from longattn_spark.paths.uri import has_scheme
 
 R = TypeVar("R")
 
@@ -189,7 +191,6 @@ SELECTION = TableSpec(
 
 SPECS = {s.kind: s for s in (WINDOWS, REJECTS, SCORES, SCORE_REJECTS, SELECTION)}
 
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/")
 _NAME_PART = re.compile(r"^(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -211,12 +212,12 @@ class TableRef:
 
     @property
     def is_path(self) -> bool:
-        return "/" in self.text or bool(_URI.match(self.text))
+        return "/" in self.text or has_scheme(self.text)
 
     @property
     def location(self) -> str:
         """Absolute path or URI of a path table."""
-        if _URI.match(self.text):
+        if has_scheme(self.text):
             return self.text
         return str(Path(self.text).expanduser().resolve())
 
@@ -224,18 +225,15 @@ class TableRef:
         return self.location if self.is_path else self.text
 
     def exists(self, spark: SparkSession) -> bool:
-        from delta.tables import DeltaTable
-
-        if self.is_path:
-            return DeltaTable.isDeltaTable(spark, self.location)
-        return spark.catalog.tableExists(self.text)
-
-    def delta_table(self, spark: SparkSession):
-        from delta.tables import DeltaTable
-
-        if self.is_path:
-            return DeltaTable.forPath(spark, self.location)
-        return DeltaTable.forName(spark, self.text)
+        """Whether the table exists (for a path: holds a Delta table). SQL and DataFrame
+        calls only, so that it works on Spark Connect as on a classic session."""
+        if not self.is_path:
+            return spark.catalog.tableExists(self.text)
+        try:
+            spark.read.format("delta").load(self.location).schema  # noqa: B018 - analysis only
+        except AnalysisException:
+            return False
+        return True
 
     def read(self, spark: SparkSession, version: int | None = None) -> DataFrame:
         if not self.exists(spark):
@@ -247,7 +245,8 @@ class TableRef:
 
     def version(self, spark: SparkSession) -> int:
         """Current Delta version (for recording what a job read)."""
-        return int(self.delta_table(spark).history(1).collect()[0]["version"])
+        return int(spark.sql(f"DESCRIBE HISTORY {_sql_target(self)} LIMIT 1")
+                   .collect()[0]["version"])
 
     def sql_name(self, spark: SparkSession, version: int | None = None) -> str:
         """A name usable in ``IDENTIFIER(:param)``: the table's own name, or for a path (or a
@@ -277,9 +276,11 @@ def schema_differences(expected: T.StructType, actual: T.StructType) -> list[str
 
 def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
                  properties: dict[str, str] | None = None) -> None:
-    """Create the table if it is missing; if it exists, fail unless its schema matches."""
-    from delta.tables import DeltaTable
+    """Create the table if it is missing; if it exists, fail unless its schema matches.
 
+    Created with ``CREATE TABLE ... USING DELTA`` (not delta-spark's builder), which works
+    on Spark Connect without Delta's Connect plugin. DDL cannot say that an array holds no
+    null, so array columns are created with nullable elements."""
     if ref.exists(spark):
         add_missing_columns(spark, ref, spec)
         check_schema(spark, ref, spec)
@@ -289,22 +290,22 @@ def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
         if len(parts) >= 2:
             spark.sql("CREATE SCHEMA IF NOT EXISTS IDENTIFIER(:schema)",
                       args={"schema": ".".join(parts[:-1])})
-    builder = DeltaTable.createIfNotExists(spark)
-    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.text)
-    for f in spec.schema.fields:
-        builder = builder.addColumn(f.name, f.dataType, nullable=f.nullable,
-                                    comment=f.metadata.get("comment"))
-    builder = builder.partitionedBy(*spec.partition_by).comment(spec.comment)
-    builder = builder.property("longattn.kind", spec.kind)
-    for key, value in {**spec.properties, **(properties or {})}.items():
-        builder = builder.property(key, value)
+    properties = {"longattn.kind": spec.kind, **spec.properties, **(properties or {})}
+    columns = ", ".join(_column_ddl(f) for f in spec.schema.fields)
+    partitioned = (f" PARTITIONED BY ({', '.join(map(_quote_identifier, spec.partition_by))})"
+                   if spec.partition_by else "")
+    listed = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in properties.items())
+    create = (f"CREATE TABLE IF NOT EXISTS {_sql_target(ref)} ({columns}) USING DELTA"
+              f"{partitioned} COMMENT {_sql_string(spec.comment)} TBLPROPERTIES ({listed})")
     try:
-        retry_on_conflict(lambda: builder.execute(), what=f"creating {ref}")
-    except AnalysisException:
+        retry_on_conflict(lambda: spark.sql(create), what=f"creating {ref}")
+    except Exception:
         if not ref.exists(spark):
             raise
         # Another job created it between our check and our create (two score jobs starting
-        # at once): the schema check below decides whether it is the table we need.
+        # at once; the loser sees "already exists", a conflict on the first commit, or the
+        # log file written under it): the schema check below decides whether it is the
+        # table we need.
     check_schema(spark, ref, spec)
 
 
@@ -369,6 +370,56 @@ def _sql_target(ref: TableRef) -> str:
     return ".".join(_quote_identifier(p.strip("`")) for p in ref.text.split("."))
 
 
+def _column_ddl(f: T.StructField) -> str:
+    """One column of a CREATE TABLE: quoted name, type, NOT NULL, comment."""
+    out = f"{_quote_identifier(f.name)} {_type_ddl(f.dataType)}"
+    if not f.nullable:
+        out += " NOT NULL"
+    if f.metadata.get("comment"):
+        out += f" COMMENT {_sql_string(f.metadata['comment'])}"
+    return out
+
+
+def _type_ddl(data_type: T.DataType) -> str:
+    if isinstance(data_type, T.StructType):
+        return "STRUCT<" + ", ".join(
+            f"{_quote_identifier(f.name)}: {_type_ddl(f.dataType)}"
+            + ("" if f.nullable else " NOT NULL") for f in data_type.fields) + ">"
+    if isinstance(data_type, T.ArrayType):
+        return f"ARRAY<{_type_ddl(data_type.elementType)}>"
+    if isinstance(data_type, T.MapType):
+        return f"MAP<{_type_ddl(data_type.keyType)}, {_type_ddl(data_type.valueType)}>"
+    return data_type.simpleString()
+
+
+def merge_from(rows: DataFrame, ref: TableRef, on: str, action: str,
+               args: dict | None = None, what: str = "") -> dict[str, int]:
+    """``MERGE INTO <ref> AS t USING <rows> AS s ON <on> <action>`` as SQL, with ``rows`` as
+    a temporary view of its own session and the values in ``on`` as named parameters
+    (``args``); retried on Delta's write conflicts. Returns Delta's MERGE metrics."""
+    session = rows.sparkSession
+    view = f"longattn_merge_{uuid.uuid4().hex[:12]}"
+    rows.createOrReplaceTempView(view)
+    statement = (f"MERGE INTO {_sql_target(ref)} AS t USING {_quote_identifier(view)} AS s "
+                 f"ON {on} {action}")
+    try:
+        return retry_on_conflict(lambda: session.sql(statement, args=args or {}).collect()[0]
+                                 .asDict(), what=what or f"writing {ref}")
+    finally:
+        session.catalog.dropTempView(view)
+
+
+def in_values(column: str, values: list, prefix: str) -> tuple[str, dict]:
+    """SQL ``column IN (:p0, ...)`` (``OR column IS NULL`` when None is among ``values``) and
+    its parameters; FALSE for no values."""
+    known = [v for v in values if v is not None]
+    args = {f"{prefix}{i}": v for i, v in enumerate(known)}
+    text = f"{column} IN ({', '.join(':' + k for k in args)})" if known else "FALSE"
+    if len(known) < len(values):
+        text = f"({text} OR {column} IS NULL)"
+    return text, args
+
+
 def _sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -378,7 +429,7 @@ def _quote_identifier(part: str) -> str:
 
 
 def table_properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
-    detail = ref.delta_table(spark).detail().collect()[0]
+    detail = spark.sql(f"DESCRIBE DETAIL {_sql_target(ref)}").collect()[0]
     return dict(detail["properties"] or {})
 
 
@@ -396,35 +447,29 @@ def merge_new_rows(spark: SparkSession, ref: TableRef, spec: TableSpec, rows: Da
     that concurrent writers of other partitions do not conflict.
     Returns Delta's MERGE metrics (``num_inserted_rows``, ...) plus ``numTargetRowsInserted``.
     """
-    condition = F.lit(True)
-    for column, value in (target_filter or {}).items():
-        condition = condition & (F.col(f"t.`{column}`") == F.lit(value))
+    clauses, args = [], {}
+    for i, (column, value) in enumerate((target_filter or {}).items()):
+        clauses.append(f"t.{_quote_identifier(column)} = :filter{i}")
+        args[f"filter{i}"] = value
     if partition_values is not None:
         column, values = partition_values
-        known = [v for v in values if v is not None]
-        in_partitions = F.col(f"t.`{column}`").isin(known) if known else F.lit(False)
-        if len(known) < len(values):
-            in_partitions = in_partitions | F.col(f"t.`{column}`").isNull()
-        condition = condition & in_partitions
-    for key in spec.keys:
-        condition = condition & (F.col(f"t.`{key}`") == F.col(f"s.`{key}`"))
-    new_rows = rows.select(*spec.column_names)
-
-    def run() -> dict[str, int]:
-        result = (ref.delta_table(spark).alias("t")
-                  .merge(new_rows.alias("s"), condition)
-                  .whenNotMatchedInsertAll()
-                  .execute())
-        return result.collect()[0].asDict()
-
-    metrics = retry_on_conflict(run, what=f"writing {ref}")
+        text, part_args = in_values(f"t.{_quote_identifier(column)}", list(values), "part")
+        clauses.append(text)
+        args.update(part_args)
+    clauses += [f"t.{_quote_identifier(k)} = s.{_quote_identifier(k)}" for k in spec.keys]
+    metrics = merge_from(rows.select(*spec.column_names), ref, " AND ".join(clauses),
+                         "WHEN NOT MATCHED THEN INSERT *", args, what=f"writing {ref}")
     return {"numTargetRowsInserted": int(metrics.get("num_inserted_rows", 0)), **metrics}
 
 
 def _conflict_types() -> tuple[type[BaseException], ...]:
     """delta-spark's typed exceptions for optimistic-concurrency conflicts (importing
-    ``delta.exceptions.captured`` makes py4j raise them instead of a generic error)."""
-    import delta.exceptions.captured  # noqa: F401 - installs the conversion
+    ``delta.exceptions.captured`` makes py4j raise them instead of a generic error); none
+    where delta-spark's Python package is not installed (Databricks serverless)."""
+    try:
+        importlib.import_module("delta.exceptions.captured")  # installs the conversion
+    except ImportError:
+        return ()
     from delta.exceptions import (
         ConcurrentAppendException,
         ConcurrentDeleteDeleteException,
@@ -444,15 +489,34 @@ def _conflict_types() -> tuple[type[BaseException], ...]:
 
 def retry_on_conflict(action: Callable[[], R], what: str, attempts: int = 8) -> R:
     """Run ``action``, retrying Delta's optimistic-concurrency conflicts with back-off."""
-    conflicts = _conflict_types()
+    _conflict_types()  # before the action: py4j then raises delta-spark's typed exceptions
     for attempt in range(attempts):
         try:
             return action()
-        except conflicts:
-            if attempt + 1 == attempts:
+        except Exception as exc:
+            if not is_write_conflict(exc) or attempt + 1 == attempts:
                 raise
             time.sleep(0.5 * 2 ** attempt * (1 + random.random()))
     raise AssertionError("unreachable")
+
+
+#: Delta's error classes for optimistic-concurrency conflicts (what a Spark Connect client
+#: sees; classic sessions also get delta-spark's typed exceptions).
+CONFLICT_ERROR_CLASSES = ("DELTA_CONCURRENT_APPEND", "DELTA_CONCURRENT_DELETE_DELETE",
+                          "DELTA_CONCURRENT_DELETE_READ", "DELTA_CONCURRENT_TRANSACTION",
+                          "DELTA_CONCURRENT_WRITE", "DELTA_METADATA_CHANGED",
+                          "DELTA_PROTOCOL_CHANGED")
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    if isinstance(exc, _conflict_types()):
+        return True
+    condition = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    try:
+        name = condition() if condition is not None else None
+    except Exception:  # noqa: BLE001 - an exception without an error class
+        name = None
+    return bool(name) and name.startswith(CONFLICT_ERROR_CLASSES)
 
 
 def materialize(spark: SparkSession, frame: DataFrame, near: TableRef,

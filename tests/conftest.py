@@ -42,7 +42,7 @@ def table_path(tmp_path):
 
 @pytest.fixture(scope="session")
 def llama3_tokenizer_dir() -> Path:
-    from longattn_spark.tokenize import llama3_tokenizer_dir as installed
+    from longattn_spark.ingest.tokenize import llama3_tokenizer_dir as installed
 
     path = installed()
     assert (path / "tokenizer.json").is_file()
@@ -72,6 +72,20 @@ def cluster(tmp_path_factory):
     finally:
         left = running.stop()
         assert not left, f"cluster processes survived the teardown: {left}"
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory):
+    """A Spark Connect server on 127.0.0.1 (tests/connect_server.py) with Delta, for the whole
+    run; its URL is ``connect_server.url``. Stopped by pid at the end of the session."""
+    from connect_server import ConnectServer
+
+    server = ConnectServer(tmp_path_factory.mktemp("connect")).start()
+    try:
+        yield server
+    finally:
+        left = server.stop()
+        assert not left, f"Spark Connect server processes survived the teardown: {left}"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -71,7 +71,7 @@ class Inputs:
 def inputs(tmp_path_factory, llama3_tokenizer_dir) -> Inputs:
     """Standard-library sources (two categories) plus rows that become rejects, and a tiny
     random Llama with the real Llama-3 tokenizer files."""
-    from longattn_spark.smoke_model import write_smoke_test_model
+    from longattn_spark.demo.smoke_model import write_smoke_test_model
 
     root = tmp_path_factory.mktemp("cluster-inputs")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -742,7 +742,7 @@ for name, job, argv in cases:
                     "ended_ms": time.time() * 1000})
 print("BAD_INPUT=" + json.dumps(results), flush=True)
 
-from longattn_spark.score_job import gpu_resource_profile
+from longattn_spark.score.job import gpu_resource_profile
 
 def report(batches):
     import os, time

@@ -22,9 +22,9 @@ import pytest
 
 from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.ingest import ingest
-from longattn_spark.score_job import score_windows
+from longattn_spark.score.job import score_windows
 from longattn_spark.tables import TableRef
-from longattn_spark.tokenize import load_tokenizer_spec
+from longattn_spark.ingest.tokenize import load_tokenizer_spec
 
 W = 1024
 BAD = ['{"id": "broken", "text": "unterminated', '["a list"]',
@@ -158,7 +158,7 @@ def test_ingest_killed_between_commits_resumes_to_the_clean_tables(spark, clean_
 def test_score_killed_mid_micro_batch_resumes_to_the_clean_scores(spark, clean_ingest,
                                                                    tmp_path,
                                                                    llama3_tokenizer_dir):
-    from longattn_spark.smoke_model import write_smoke_test_model
+    from longattn_spark.demo.smoke_model import write_smoke_test_model
 
     root, _source, windows = clean_ingest
     model = tmp_path / "model"

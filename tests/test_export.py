@@ -33,9 +33,9 @@ from longattn_spark.export import (
     shard_percentages,
     with_files,
 )
-from longattn_spark.selection import select_options, select_windows
+from longattn_spark.select import select_options, select_windows
 from longattn_spark.tables import SCORES, WINDOWS, TableRef, ensure_table
-from longattn_spark.tokenize import get_tokenizer, load_tokenizer_spec
+from longattn_spark.ingest.tokenize import get_tokenizer, load_tokenizer_spec
 
 SIZES = {"book": 16, "arxiv": 14, "code": 10}
 
@@ -376,7 +376,7 @@ if __name__ == "__main__":
     #   python tests/test_export.py <kill point> <marker file> <longattn-spark arguments>
     # runs the CLI with a pause at the kill point: it writes the marker and sleeps until the
     # test kills it. The hooks wrap export.py's functions from outside; export.py has none.
-    from longattn_spark import export as _export
+    from longattn_spark.export import job as _export
 
     _point, _marker, _argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 

@@ -20,8 +20,8 @@ from longattn_spark.config import IngestConfig, LongAttnConfig, SparkSettings
 from longattn_spark.errors import InputError, TableError
 from longattn_spark.ingest import ingest, run_ingest_job, window_id
 from longattn_spark.tables import TableRef
-from longattn_spark.tokenize import load_tokenizer_spec
-from longattn_spark.windowing import sliding_windows
+from longattn_spark.ingest.tokenize import load_tokenizer_spec
+from longattn_spark.ingest.windowing import sliding_windows
 
 W = 512
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -149,7 +149,7 @@ def test_rejects_table_names_each_reason_and_row(spark, first_run):
 
 def test_tables_are_partitioned_by_category(spark, first_run):
     for table in (first_run["table"], first_run["rejects"]):
-        detail = TableRef(table).delta_table(spark).detail().collect()[0]
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{TableRef(table).location}`").collect()[0]
         assert detail["partitionColumns"] == ["category"]
 
 

@@ -23,7 +23,7 @@ from longattn_spark.config import IngestConfig
 from longattn_spark.errors import AccountingError
 from longattn_spark.ingest import check_accounted, ingest
 from longattn_spark.tables import TableRef
-from longattn_spark.tokenize import load_tokenizer_spec
+from longattn_spark.ingest.tokenize import load_tokenizer_spec
 
 W = 4096
 CHARS = 60_000  # about 15k tokens per document: 3-4 windows each, fast to tokenize

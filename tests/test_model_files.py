@@ -1,4 +1,4 @@
-"""Getting the model to the executors from shared storage (longattn_spark.model_files).
+"""Getting the model to the executors from shared storage (longattn_spark.score.model_files).
 
 - the pure parts: which files scoring needs, the cache key;
 - the driver reads small files and headers only, and still gets the same scorer_id as a
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from longattn_spark import model_files
+from longattn_spark.score import model_files
 from longattn_spark.errors import InputError
-from longattn_spark.model_files import (
+from longattn_spark.score.model_files import (
     ModelFile,
     cache_key,
     describe_model,
@@ -31,7 +31,7 @@ from longattn_spark.model_files import (
 )
 from longattn_spark.scoring import Layer0Scorer
 from longattn_spark.scoring.checkpoint import describe_layer0_checkpoint
-from longattn_spark.smoke_model import write_smoke_test_model
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 
 
 def tiny(path: Path, **overrides) -> Path:

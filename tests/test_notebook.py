@@ -17,8 +17,8 @@ import pytest
 from nbclient import NotebookClient
 
 from longattn_spark.config import SelectConfig
-from longattn_spark.selection import select_options, select_windows
-from longattn_spark.smoke_model import write_smoke_test_model
+from longattn_spark.select import select_options, select_windows
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import (
     SCORES,
     WINDOWS,

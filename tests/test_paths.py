@@ -12,7 +12,7 @@ import pytest
 from longattn_spark import paths
 from longattn_spark.config import IngestConfig
 from longattn_spark.errors import InputError
-from longattn_spark.sources import detect_format, format_of_listing
+from longattn_spark.ingest.sources import detect_format, format_of_listing
 
 
 def test_schemes():

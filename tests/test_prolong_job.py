@@ -22,13 +22,13 @@ import torch
 from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
-from longattn_spark.model_files import files_needed_whole, locate_model
-from longattn_spark.score_job import score_windows
+from longattn_spark.score.model_files import files_needed_whole, locate_model
+from longattn_spark.score.job import score_windows
 from longattn_spark.scoring.prolong import ProLongScorer
-from longattn_spark.selection import SelectOptions, select_windows
-from longattn_spark.smoke_model import write_smoke_test_model
+from longattn_spark.select import SelectOptions, select_windows
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import TableRef, table_properties
-from longattn_spark.tokenize import get_tokenizer, load_tokenizer_spec
+from longattn_spark.ingest.tokenize import get_tokenizer, load_tokenizer_spec
 
 W = 512
 C = 128

@@ -35,15 +35,15 @@ from longattn_spark.report import (
     score_stats,
     window_profile,
 )
-from longattn_spark.score_job import score_windows
+from longattn_spark.score.job import score_windows
 from longattn_spark.scoring.attention_sums import ds_and_variance, tail_attention_sums
 from longattn_spark.scoring.profile import (
     attention_distance_profile,
     distance_bucket_edges,
     mass_from,
 )
-from longattn_spark.selection import select_options, select_windows
-from longattn_spark.smoke_model import write_smoke_test_model
+from longattn_spark.select import select_options, select_windows
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import (
     SCORES,
     WINDOWS,
@@ -51,7 +51,7 @@ from longattn_spark.tables import (
     ensure_table,
     set_properties,
 )
-from longattn_spark.tokenize import load_tokenizer_spec
+from longattn_spark.ingest.tokenize import load_tokenizer_spec
 
 W = 128
 DOCS = {"arxiv": ["argparse.py", "difflib.py"], "book": ["textwrap.py", "csv.py"],

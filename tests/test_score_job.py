@@ -21,12 +21,13 @@ import torch
 from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
-from longattn_spark.model_files import files_needed, locate_model
-from longattn_spark.score_job import oom_message, score_windows, task_device
+from longattn_spark.score.model_files import files_needed, locate_model
+from longattn_spark.score.job import score_windows
+from longattn_spark.score.udf import oom_message, task_device
 from longattn_spark.scoring import Layer0Scorer, build_model_input
-from longattn_spark.smoke_model import write_smoke_test_model
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import WINDOWS, TableRef, ensure_table, table_properties
-from longattn_spark.tokenize import load_tokenizer_spec
+from longattn_spark.ingest.tokenize import load_tokenizer_spec
 
 W = 64
 CODE = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]
@@ -486,7 +487,7 @@ def test_cuda_out_of_memory_is_reported_with_the_settings(spark, windows_table, 
 def test_model_input_matrix_without_python_loops():
     import pyarrow as pa
 
-    from longattn_spark.score_job import model_input_matrix
+    from longattn_spark.score.udf import model_input_matrix
 
     ids = pa.array([[5, 6, 7, 8], [1, 2], [9, 10, 11, 12, 13]], pa.list_(pa.int32()))
     matrix, ok = model_input_matrix(ids, seq_len=4, bos_id=0)

@@ -29,7 +29,7 @@ from longattn_spark.scoring import (
     build_model_input,
     load_layer0_checkpoint,
 )
-from longattn_spark.smoke_model import write_smoke_test_model
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 
 REL_TOL = 1e-4
 VOCAB = 211

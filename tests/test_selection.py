@@ -13,7 +13,7 @@ import pytest
 from longattn_spark import cli
 from longattn_spark.config import SelectConfig
 from longattn_spark.errors import ConfigError, TableError
-from longattn_spark.selection import (
+from longattn_spark.select import (
     HASH_MAX,
     HASH_MIN,
     Bracket,

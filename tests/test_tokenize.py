@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from longattn_spark.errors import InputError
-from longattn_spark.tokenize import (
+from longattn_spark.ingest.tokenize import (
     load_tokenizer_spec,
     piece_starts,
     tokenize_documents,

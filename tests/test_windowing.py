@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longattn_spark.windowing import sliding_windows
+from longattn_spark.ingest.windowing import sliding_windows
 
 
 def published_windows(n: int, w: int) -> list[tuple[int, int]]:

@@ -1,6 +1,6 @@
 -- LongAttn selection, step 3: normalized scores, the LDS and the ordering key of the cut.
 --   :scored     output of select_scored.sql
---   :stats      output of select_category_stats.sql (a few rows: broadcast to every window)
+--   :stats      category_stats.sql without its total row (a few rows, broadcast to every window)
 --   :normalize  'zscore': z(x) = (x - mean) / stddev_samp within the category (paper eq. 8);
 --               'minmax': (x - min) / (max - min) within the category (authors' released code)
 --   :alpha      weight of distribution uniformity DU = -variance

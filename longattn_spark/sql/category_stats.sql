@@ -1,9 +1,12 @@
--- LongAttn selection, step 2: per-category aggregates of the usable windows (paper §4.2:
--- the selection is made within each category). One grouped aggregate: a few numbers per
--- category, later broadcast to every window.
---   :scored   output of select_scored.sql
+-- Per-category statistics of scored windows, shared by select (step 2: the z-scores and the
+-- bounds of the cut, paper §4.2: the selection is made within each category) and the report
+-- (its table of DS and variance). One grouped aggregate: a few numbers per category, plus an
+-- overall row (is_total, category NULL) that select leaves out.
+--   :scored   rows with category, ds, variance, n_tokens and excluded_reason (NULL: usable):
+--             select_scored.sql, or report_scores.sql
 SELECT
   category,
+  grouping(category) = 1                                    AS is_total,
   count(*)                                                  AS windows,
   count_if(excluded_reason IS NOT NULL)                     AS excluded,
   count_if(excluded_reason IS NULL)                         AS n,
@@ -16,6 +19,9 @@ SELECT
   avg(variance) FILTER (WHERE excluded_reason IS NULL)      AS mean_var,
   stddev_samp(variance) FILTER (WHERE excluded_reason IS NULL) AS sd_var,
   min(variance) FILTER (WHERE excluded_reason IS NULL)      AS min_var,
-  max(variance) FILTER (WHERE excluded_reason IS NULL)      AS max_var
+  max(variance) FILTER (WHERE excluded_reason IS NULL)      AS max_var,
+  min(log10(variance)) FILTER (WHERE excluded_reason IS NULL AND variance > 0) AS min_log10_var,
+  max(log10(variance)) FILTER (WHERE excluded_reason IS NULL AND variance > 0) AS max_log10_var
 FROM IDENTIFIER(:scored)
-GROUP BY category
+GROUP BY GROUPING SETS ((category), ())
+ORDER BY is_total, category

@@ -1,7 +1,8 @@
 """ProLong in the score job: the driver's description of the model and the executors' UDF.
 
-``score_job`` dispatches here for ``--method prolong``; streaming, the insert-only MERGE, the
-rejects table, GPU scheduling and the stream checkpoint are the score job's own.
+``longattn_spark.score.job`` dispatches here for ``--method prolong``; streaming, the
+insert-only MERGE, the rejects table, GPU scheduling and the stream checkpoint are the score
+job's own, and ``longattn_spark.score.plan`` the tokenizer check both methods share.
 
 Driver (``describe_prolong_model``), before any Spark job: the model folder must be a causal
 LM transformers knows without remote code (config.json only), its weights safetensors (pickled
@@ -9,12 +10,12 @@ LM transformers knows without remote code (config.json only), its weights safete
 scorer_id needs a fingerprint of every weight: it is ``ProLongScorer.weights_sha256`` (sha256
 over name, dtype, shape and bytes of every stored tensor, in name order, independent of
 sharding), computed from the safetensors headers and the tensors' byte ranges as they stream
-past (``model_files._Reader.sha256``: Python file reads on the local disk, the driver JVM's
+past (``score.model_files._Reader.sha256``: Python file reads on the local disk, the driver JVM's
 Hadoop streams elsewhere), so the driver neither loads the model nor copies its files. The
 scorer_id is then ``ProLongScorer.scorer_id()`` of the scorer the executors build.
 
 Executors (``prolong_batches``): the whole model folder (every weight shard, config and
-tokenizer files: ``model_files.locate_model(..., whole=True)``) is read in place or fetched
+tokenizer files: ``score.model_files.locate_model(..., whole=True)``) is read in place or fetched
 into the executor's cache, and the ``ProLongScorer`` is built once per Python worker. Per
 window: ids outside the vocabulary (or a window shorter than one segment, or whose ids do not
 match ``n_tokens``) -> a rejects row; otherwise its ids (or, when the model's tokenizer is not
@@ -26,17 +27,26 @@ released code (``too_few_segments``, ``too_few_pairs``) is a score of 0 with tha
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import types as T
+from pyspark.sql import functions as F
 
-from longattn_spark.errors import InputError
-from longattn_spark.model_files import ModelLocation, _Reader
+from longattn_spark.errors import ConfigError, InputError, TableError
+from longattn_spark.score.model_files import ModelLocation, _Reader
+from longattn_spark.score.plan import (
+    ScorePlan,
+    check_tokenizer,
+    scorer_settings,
+    unscored_tokenizers,
+)
+from longattn_spark.score.schema import COMPONENT_COLUMNS, PROLONG_ARROW, PROLONG_OUT
+from longattn_spark.score.summary import ScoreSummary
+from longattn_spark.score.udf import ArrowFn, task_device
 from longattn_spark.scoring.checkpoint import (
     PICKLE_INDEX,
     PICKLE_SINGLE,
@@ -45,38 +55,11 @@ from longattn_spark.scoring.checkpoint import (
     _safetensors_header_with_start,
     _weight_map_by_file,
 )
-from longattn_spark.tables import IDS_OUT_OF_VOCAB, WRONG_LENGTH
-from longattn_spark.tokenize import TokenizerSpec
+from longattn_spark.tables import IDS_OUT_OF_VOCAB, PROLONG_COMPONENTS, SCORES, WRONG_LENGTH
+from longattn_spark.ingest.tokenize import TokenizerSpec
 
 
-OUT_SCHEMA = T.StructType([
-    T.StructField("window_id", T.StringType(), False),
-    T.StructField("category", T.StringType()),
-    T.StructField("reason", T.StringType()),     # null: scored (a reject reason otherwise)
-    T.StructField("detail", T.StringType()),
-    T.StructField("score", T.DoubleType()),
-    T.StructField("mean_strength", T.DoubleType()),
-    T.StructField("mean_distance", T.DoubleType()),
-    T.StructField("mean_specificity", T.DoubleType()),
-    T.StructField("pairs_kept", T.IntegerType()),
-    T.StructField("pairs_scored", T.IntegerType()),
-    T.StructField("segments", T.IntegerType()),
-    T.StructField("prolong_reason", T.StringType()),  # early exit of the released code
-    T.StructField("device", T.StringType()),
-    T.StructField("kernel", T.StringType()),
-    T.StructField("dtype", T.StringType()),
-    T.StructField("kernel_note", T.StringType()),
-])
-_OUT_ARROW = pa.schema([
-    ("window_id", pa.string()), ("category", pa.string()), ("reason", pa.string()),
-    ("detail", pa.string()), ("score", pa.float64()), ("mean_strength", pa.float64()),
-    ("mean_distance", pa.float64()), ("mean_specificity", pa.float64()),
-    ("pairs_kept", pa.int32()), ("pairs_scored", pa.int32()), ("segments", pa.int32()),
-    ("prolong_reason", pa.string()), ("device", pa.string()), ("kernel", pa.string()),
-    ("dtype", pa.string()), ("kernel_note", pa.string()),
-])
-COMPONENT_COLUMNS = ("mean_strength", "mean_distance", "mean_specificity", "pairs_kept",
-                     "pairs_scored", "segments")
+OUT_SCHEMA = PROLONG_OUT
 
 # safetensors dtype codes -> the torch dtype names ``ProLongScorer.weights_sha256`` hashes.
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -228,7 +211,7 @@ def window_tokens(ids: np.ndarray, settings: ProLongSettings) -> np.ndarray:
     windows' tokenizer) re-tokenized with the model's, without special tokens."""
     if settings.retokenize is None:
         return ids
-    from longattn_spark.tokenize import get_tokenizer
+    from longattn_spark.ingest.tokenize import get_tokenizer
 
     windows_spec, model_spec = settings.retokenize
     text = get_tokenizer(windows_spec).decode([int(i) for i in ids],
@@ -308,18 +291,13 @@ def score_prolong_batch(batch: pa.RecordBatch, scorer, settings: ProLongSettings
         pa.array(["torch"] * n, pa.string()),
         pa.array([str(scorer.dtype).removeprefix("torch.")] * n, pa.string()),
         pa.array([note] * n, pa.string()),
-    ], schema=_OUT_ARROW)
-
-
-ArrowFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+    ], schema=PROLONG_ARROW)
 
 
 def prolong_batches(settings: ProLongSettings, batch_size: int) -> ArrowFn:
     """The mapInArrow function of the score job for ``--method prolong``."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from longattn_spark.score_job import task_device
-
         device = task_device(settings.device, settings.dtype_for_gpu, settings.dtype)
         scorer = cached_prolong_scorer(settings, device)
         for batch in batches:
@@ -332,28 +310,17 @@ def prolong_batches(settings: ProLongSettings, batch_size: int) -> ArrowFn:
 
 def plan_prolong(spark, cfg, location: ModelLocation, described: ProLongDescription,
                  sizes: list[int], window_tokenizers: list[str], windows_ref, scores_ref,
-                 rejects_ref):
+                 rejects_ref) -> ScorePlan:
     """The score job's ``ScorePlan`` for ``--method prolong``: the settings checked against
     the windows (segment size), the tokenizer decision (the window's ids, or its text
     re-tokenized with the model's tokenizer), the scorer_id, the UDF. Before any task."""
-    from pyspark.sql import functions as F
-
-    from longattn_spark.errors import ConfigError, TableError
     from longattn_spark.scoring.prolong import (
         DEFAULT_SEED_RULE,
         checked_settings,
         identity_fields,
         scorer_id_of,
     )
-    from longattn_spark.score_job import (
-        ScorePlan,
-        ScoreSummary,
-        _check_tokenizer,
-        _scorer_settings,
-        _unscored_tokenizers,
-    )
-    from longattn_spark.tables import PROLONG_COMPONENTS, SCORES
-    from longattn_spark.tokenize import load_tokenizer_spec, tokenizer_identity
+    from longattn_spark.ingest.tokenize import load_tokenizer_spec, tokenizer_identity
 
     segment_size, pairs, threshold, _ = checked_settings(cfg.segment_size, cfg.pairs,
                                                          cfg.threshold)
@@ -362,7 +329,7 @@ def plan_prolong(spark, cfg, location: ModelLocation, described: ProLongDescript
     if segment_size > min(sizes):
         raise ConfigError(f"--segment-size {segment_size} is larger than the windows of "
                           f"--windows {cfg.windows} ({min(sizes)} tokens)")
-    base = _scorer_settings(spark, cfg, location)
+    base = scorer_settings(spark, cfg, location)
     summary = ScoreSummary(seq_len=sizes[0] if len(sizes) == 1 else 0, min_distance=0)
     model_tokenizer = tokenizer_identity(spark, cfg.model)
     retokenize = None
@@ -404,8 +371,8 @@ def plan_prolong(spark, cfg, location: ModelLocation, described: ProLongDescript
                             "check": "retokenized"}
     else:
         try:
-            tokenizer_record = _check_tokenizer(spark, cfg, window_tokenizers, summary, lambda: (
-                _unscored_tokenizers(spark, windows_ref, scores_ref, rejects_ref, scorer_id,
+            tokenizer_record = check_tokenizer(spark, cfg, window_tokenizers, summary, lambda: (
+                unscored_tokenizers(spark, windows_ref, scores_ref, rejects_ref, scorer_id,
                                      cfg)))
         except InputError as exc:
             raise InputError(f"{exc}; or pass --windows-tokenizer (the tokenizer that cut the "

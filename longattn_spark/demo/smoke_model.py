@@ -20,7 +20,7 @@ SMOKE_README = """# SMOKE-TEST model (random weights)
 This folder holds a tiny randomly initialised `LlamaForCausalLM` (hidden size {hidden_size},
 {num_attention_heads} query heads, {num_key_value_heads} key/value heads, {num_hidden_layers}
 layers, vocabulary {vocab_size}, seed {seed}), written by
-`longattn_spark.smoke_model.write_smoke_test_model`.
+`longattn_spark.demo.smoke_model.write_smoke_test_model`.
 
 Its weights are random: the DS / variance scores it produces MEAN NOTHING. Use it only to
 check that the pipeline runs. Score real data with a real model (e.g. Llama-3.1-8B).

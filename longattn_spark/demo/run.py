@@ -22,7 +22,7 @@ from longattn_spark.config import (
     ScoreConfig,
     SelectConfig,
 )
-from longattn_spark.demo_corpus import build_demo_corpus
+from longattn_spark.demo.corpus import build_demo_corpus
 from longattn_spark.errors import InputError
 
 
@@ -74,7 +74,7 @@ def demo_config(cfg: LongAttnConfig, model: str, tokenizer: str) -> LongAttnConf
 def demo_model_and_tokenizer(cfg: LongAttnConfig) -> tuple[str, str]:
     """(model folder, tokenizer folder): the user's model, or a new smoke-test model with the
     real Llama-3 tokenizer."""
-    from longattn_spark.tokenize import llama3_tokenizer_dir
+    from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
 
     if cfg.demo.model:
         model = Path(cfg.demo.model).expanduser()
@@ -84,7 +84,7 @@ def demo_model_and_tokenizer(cfg: LongAttnConfig) -> tuple[str, str]:
                              "and tokenizer.json")
         tokenizer = model if (model / "tokenizer.json").is_file() else llama3_tokenizer_dir()
         return str(model), str(tokenizer)
-    from longattn_spark.smoke_model import write_smoke_test_model
+    from longattn_spark.demo.smoke_model import write_smoke_test_model
 
     paths = DemoPaths(Path(cfg.demo.output).resolve())
     tokenizer = llama3_tokenizer_dir()
@@ -95,11 +95,11 @@ def demo_model_and_tokenizer(cfg: LongAttnConfig) -> tuple[str, str]:
 
 def run_demo(cfg: LongAttnConfig) -> DemoPaths:
     """Build the corpus and model, then run every job; print where everything is."""
-    from longattn_spark.export import run_export_job
-    from longattn_spark.ingest import run_ingest_job
-    from longattn_spark.report import run_report_job
-    from longattn_spark.score_job import run_score_job
-    from longattn_spark.selection import run_select_job
+    from longattn_spark.export.job import run_export_job
+    from longattn_spark.ingest.job import run_ingest_job
+    from longattn_spark.report.job import run_report_job
+    from longattn_spark.score.job import run_score_job
+    from longattn_spark.select.job import run_select_job
 
     started = time.perf_counter()
     paths = DemoPaths(Path(cfg.demo.output).resolve())

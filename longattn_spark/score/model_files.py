@@ -32,14 +32,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from longattn_spark import paths
+from longattn_spark.paths.shell import ShellFS, shell_error_line
 from longattn_spark.errors import InputError
 from longattn_spark.scoring.checkpoint import (
     NAME_PREFIXES,
@@ -194,14 +193,7 @@ def _qualified(path: str) -> str:
     return path if paths.has_scheme(path) else "file://" + path
 
 
-def hadoop_settings(spark) -> tuple[tuple[str, str], ...]:
-    """What an executor's FsShell needs from the driver: ``fs.defaultFS`` and every
-    ``spark.hadoop.*`` entry of the SparkConf, without the prefix."""
-    settings = {"fs.defaultFS": paths.default_fs(spark)}
-    for key, value in spark.sparkContext.getConf().getAll() if spark is not None else ():
-        if key.startswith("spark.hadoop.") and len(key) > len("spark.hadoop."):
-            settings[key[len("spark.hadoop."):]] = value
-    return tuple(sorted(settings.items()))
+hadoop_settings = paths.hadoop_settings
 
 
 def describe_model(spark, location: ModelLocation, *, allow_pickle: bool = False):
@@ -361,56 +353,8 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 def _copy_to_local(location: ModelLocation, target: Path) -> None:
     """Copy every file of ``location`` into the folder ``target`` with Hadoop's FsShell."""
-    with tempfile.TemporaryDirectory(prefix="longattn-fsshell-") as work:
-        conf_file = Path(work) / "longattn-hadoop.xml"
-        fd = os.open(conf_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(_hadoop_xml(location.hadoop_settings))
-        command, env = fs_shell_command(work)
-        command += ["-conf", str(conf_file), "-copyToLocal",
-                    *[f.path for f in location.files], str(target) + "/"]
-        done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = ShellFS(location.hadoop_settings).run(
+        "-copyToLocal", *[f.path for f in location.files], str(target) + "/", check=False)
     if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines()
-                 if line.strip() and not line.startswith(("WARNING", "\tat "))]
         raise RuntimeError(f"fetching the model {location.folder} to {target} with Hadoop's "
-                           f"FsShell failed (exit {done.returncode}): "
-                           f"{' | '.join(lines[-3:]) or 'no output'}")
-
-
-def fs_shell_command(work: str) -> tuple[list[str], dict[str, str]]:
-    """(command prefix, environment) to run Hadoop's FsShell on this machine: the executor's
-    ``$SPARK_HOME/bin/spark-class`` (pyspark's own when SPARK_HOME is unset), else ``hadoop
-    fs``. FsShell insists on a ``core-site.xml`` on its classpath: when ``HADOOP_CONF_DIR``
-    has none, an empty one in ``work`` stands in."""
-    env = dict(os.environ)
-    conf_dir = env.get("HADOOP_CONF_DIR")
-    if not conf_dir or not (Path(conf_dir) / "core-site.xml").is_file():
-        Path(work, "conf").mkdir(exist_ok=True)
-        Path(work, "conf", "core-site.xml").write_text(_hadoop_xml(()))
-        env["HADOOP_CONF_DIR"] = str(Path(work, "conf"))
-    spark_home = env.get("SPARK_HOME") or _pyspark_home()
-    spark_class = Path(spark_home, "bin", "spark-class") if spark_home else None
-    if spark_class is not None and spark_class.is_file():
-        env["SPARK_HOME"] = spark_home
-        return [str(spark_class), "org.apache.hadoop.fs.FsShell"], env
-    hadoop = shutil.which("hadoop")
-    if hadoop is not None:
-        return [hadoop, "fs"], env
-    raise RuntimeError("cannot fetch the model on this executor: no $SPARK_HOME/bin/spark-class "
-                       "and no hadoop command; put the model on a path every node mounts")
-
-
-def _pyspark_home() -> str | None:
-    try:
-        import pyspark
-    except ImportError:
-        return None
-    return str(Path(pyspark.__file__).parent)
-
-
-def _hadoop_xml(settings: Sequence[tuple[str, str]]) -> str:
-    properties = "".join(f"  <property><name>{escape(k)}</name><value>{escape(v)}</value>"
-                         f"</property>\n" for k, v in settings)
-    return f'<?xml version="1.0"?>\n<configuration>\n{properties}</configuration>\n'
+                           f"FsShell failed ({shell_error_line(done)})")

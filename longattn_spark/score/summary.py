@@ -1,0 +1,100 @@
+"""What a score run did: the counts the driver folds from every micro-batch, and how they print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from longattn_spark.config import ScoreConfig
+from longattn_spark.console import print_rows
+
+
+@dataclass
+class ScoreSummary:
+    scorer_id: str = ""
+    seq_len: int = 0
+    min_distance: int = 0
+    windows_total: int = 0
+    already_scored: int = 0
+    scored: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    micro_batches: int = 0
+    seconds: float = 0.0
+    #: windows scored per "device/kernel/dtype" the executors reported
+    ran: dict[str, int] = field(default_factory=dict)
+    #: windows scored by the torch kernel after the Triton kernel fell back, and why
+    kernel_fallbacks: int = 0
+    fallback_notes: list[str] = field(default_factory=list)
+    #: the tokenizer check: match, mismatch allowed, or no tokenizer in the model folder
+    tokenizer_check: str = ""
+
+    @property
+    def windows_per_second(self) -> float:
+        return self.scored / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.windows_per_second * self.seq_len
+
+
+def count_runs(summary: ScoreSummary, ran: dict[tuple, int], batch_id: int) -> None:
+    """Add one micro-batch's executor reports to the summary; print new fallback notes."""
+    for (device, kernel, dtype, note), n in sorted(ran.items(), key=str):
+        name = f"{device}/{kernel}/{dtype}"
+        summary.ran[name] = summary.ran.get(name, 0) + n
+        if note:
+            summary.kernel_fallbacks += n
+            if note not in summary.fallback_notes:
+                summary.fallback_notes.append(note)
+                print(f"kernel fallback on the executors (micro-batch {batch_id}, {n} windows): "
+                      f"{note}", flush=True)
+
+
+class Progress:
+    """A rich progress line for local runs (windows scored so far)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress = None
+        if enabled:
+            from rich.progress import (
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                      TimeElapsedColumn(), transient=True)
+            self._task = self._progress.add_task("scoring", total=None)
+            self._progress.start()
+
+    def update(self, summary: ScoreSummary) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=(
+                f"scored {summary.scored:,} windows in {summary.micro_batches} commits, "
+                f"rejected {sum(summary.rejected.values()):,}"))
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def print_summary(summary: ScoreSummary, cfg: ScoreConfig) -> None:
+    rows = [
+        ("scorer_id", summary.scorer_id),
+        ("seq_len / min_distance", f"{summary.seq_len} / {summary.min_distance}"),
+        ("windows in table", f"{summary.windows_total:,}"),
+        ("already scored (skipped)", f"{summary.already_scored:,}"),
+        ("scored now", f"{summary.scored:,}"),
+        ("rejected", f"{sum(summary.rejected.values()):,}"),
+        *[(f"  {reason}", f"{n:,}") for reason, n in sorted(summary.rejected.items())],
+        ("commits", f"{summary.micro_batches}"),
+        ("tokenizer", summary.tokenizer_check or "-"),
+        ("ran on the executors", ", ".join(f"{name}: {n:,}" for name, n in
+                                           sorted(summary.ran.items())) or "-"),
+        ("kernel fallbacks (windows)", f"{summary.kernel_fallbacks:,}"
+         + (f" ({'; '.join(summary.fallback_notes)})" if summary.fallback_notes else "")),
+        ("seconds", f"{summary.seconds:.1f}"),
+        ("windows/s", f"{summary.windows_per_second:,.2f}"),
+        ("tokens/s", f"{summary.tokens_per_second:,.0f}"),
+    ]
+    print_rows(f"score {cfg.windows} -> {cfg.table}", rows)

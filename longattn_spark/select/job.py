@@ -1,0 +1,85 @@
+"""``longattn-spark select``: pin the input tables, choose the scorer, build the selection
+once (its id is a hash of everything it depends on) and print its summary."""
+
+from __future__ import annotations
+
+from longattn_spark.config import LongAttnConfig
+from longattn_spark.inputs import chosen_scorer_id, pinned_version, scorer_counts, table_ref
+from longattn_spark.select.cut import (
+    DEFAULT_BUCKETS,
+    DEFAULT_CANDIDATE_LIMIT,
+    SelectOptions,
+    params_json,
+    select_options,
+    selection_id_for,
+)
+from longattn_spark.select.queries import (
+    SelectionInputs,
+    read_summary,
+    selection_present,
+    selection_rows,
+    write_selection,
+)
+from longattn_spark.select.summary import SelectionResult, format_summary, summary_notes
+
+# Delta collects min/max statistics only for the leading columns (window_id, category,
+# n_tokens, ds): enough for skipping, and cheaper to write than all sixteen.
+SELECTION_TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "4"}
+
+
+def resolve_inputs(spark, windows, scores, scorer_id: str = "",
+                   windows_version: int | None = None, scores_version: int | None = None
+                   ) -> SelectionInputs | str:
+    """Pin the input tables to versions and choose the scorer; a message instead when the
+    scores table holds nothing to select from."""
+    wv = pinned_version(spark, windows, windows_version, "--windows")
+    sv = pinned_version(spark, scores, scores_version, "--scores")
+    available = scorer_counts(spark, scores.sql_name(spark, sv))
+    if not available:
+        return (f"scores table {scores} holds no scores (version {sv}); nothing to select. "
+                "Run the score job first.")
+    chosen = chosen_scorer_id(scorer_id, available, str(scores))
+    return SelectionInputs(windows, scores, wv, sv, chosen)
+
+
+def select_windows(spark, options: SelectOptions, windows, scores, table, *,
+                   scorer_id: str = "", windows_version: int | None = None,
+                   scores_version: int | None = None, buckets: int = DEFAULT_BUCKETS,
+                   candidate_limit: int = DEFAULT_CANDIDATE_LIMIT) -> SelectionResult:
+    """Run one selection into ``table`` (TableRefs) and summarize it."""
+    from longattn_spark.tables import SELECTION, ensure_table
+
+    inputs = resolve_inputs(spark, windows, scores, scorer_id, windows_version, scores_version)
+    if isinstance(inputs, str):
+        return SelectionResult(None, str(table), None, None, None, options, written=False,
+                               message=inputs)
+    params = params_json(options, str(windows), str(scores))
+    selection_id = selection_id_for(params, inputs.scorer_id, inputs.windows_version,
+                                    inputs.scores_version)
+    ensure_table(spark, table, SELECTION, properties=SELECTION_TABLE_PROPERTIES)
+    written = not selection_present(spark, table, selection_id)
+    if written:
+        with selection_rows(spark, inputs, options, selection_id, params, buckets,
+                            candidate_limit) as rows:
+            write_selection(spark, table, rows, selection_id)
+    categories = read_summary(spark, table, selection_id, options)
+    return SelectionResult(selection_id, str(table), inputs.scorer_id, inputs.windows_version,
+                           inputs.scores_version, options, written, categories,
+                           summary_notes(options, categories))
+
+
+def run_select_job(cfg: LongAttnConfig) -> SelectionResult:
+    """``longattn-spark select``: select from the configured tables and print a summary."""
+    from longattn_spark.session import get_spark
+
+    sc = cfg.select
+    options = select_options(sc)
+    windows = table_ref(sc.windows, "--windows")
+    scores = table_ref(sc.scores, "--scores")
+    table = table_ref(sc.table, "--table")
+    spark = get_spark(cfg.spark)
+    result = select_windows(spark, options, windows, scores, table, scorer_id=sc.scorer_id,
+                            windows_version=sc.windows_version,
+                            scores_version=sc.scores_version)
+    print(format_summary(result))
+    return result

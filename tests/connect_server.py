@@ -1,0 +1,145 @@
+"""A real Spark Connect server on 127.0.0.1 for the tests: pyspark's own distribution started
+as Spark's docs start it (``spark-submit --class
+org.apache.spark.sql.connect.service.SparkConnectServer``), with Delta from ``--packages``
+(resolved into ~/.cache/longattn-spark/ivy, which setup.sh fills) and Delta's SQL extension and
+catalog, an embedded ``local[2]`` master, and the project's .venv Python for its Python
+workers. Recorded by pid and stopped by pid (its process group and recorded descendants).
+
+    server = ConnectServer(tmp_dir).start()
+    server.url                      # sc://127.0.0.1:<free port>
+    server.stop()                   # [] when nothing survived
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from cluster import (
+    DELTA_CATALOG,
+    DELTA_EXTENSION,
+    IVY_CACHE,
+    JVM_OPTS,
+    ClusterError,
+    _descendants,
+    _pdeathsig,
+    _proc_start_time,
+    _tail,
+    delta_version,
+    pyspark_home,
+    venv_python,
+)
+
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+STARTED_RE = re.compile(r"Spark Connect server started at: 127\.0\.0\.1:(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ConnectServer:
+    def __init__(self, base: Path, startup_timeout: float = 240.0) -> None:
+        self.base = Path(base)
+        self.port = free_port()
+        self.url = f"sc://127.0.0.1:{self.port}"
+        self.log = self.base / "connect-server.log"
+        self.python = venv_python()
+        self.startup_timeout = startup_timeout
+        self.popen: subprocess.Popen | None = None
+        self.start_time: str | None = None
+
+    def command(self) -> list[str]:
+        conf = {
+            "spark.jars.ivy": str(IVY_CACHE),
+            "spark.sql.extensions": DELTA_EXTENSION,
+            "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+            "spark.connect.grpc.binding.address": "127.0.0.1",
+            "spark.connect.grpc.binding.port": str(self.port),
+            "spark.pyspark.python": self.python,
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.sql.warehouse.dir": str(self.base / "warehouse"),
+            "spark.local.dir": str(self.base / "tmp"),
+            "spark.ui.enabled": "false",
+            "spark.sql.shuffle.partitions": "4",
+            "spark.databricks.delta.snapshotPartitions": "2",
+            "spark.driver.memory": "2g",
+            "spark.driver.extraJavaOptions":
+                f"{JVM_OPTS} -Dderby.system.home={self.base / 'metastore'}",
+        }
+        cmd = [str(pyspark_home() / "bin" / "spark-submit"), "--master", "local[2]",
+               "--class", CONNECT_SERVER_CLASS,
+               "--packages", f"io.delta:delta-spark_2.13:{delta_version()}"]
+        for key, value in conf.items():
+            cmd += ["--conf", f"{key}={value}"]
+        return cmd
+
+    def start(self) -> ConnectServer:
+        IVY_CACHE.mkdir(parents=True, exist_ok=True)
+        (self.base / "tmp").mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PYSPARK_GATEWAY", "SPARK_", "PYSPARK_"))}
+        env.update({"SPARK_HOME": str(pyspark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
+                    "PYSPARK_PYTHON": self.python})
+        with open(self.log, "ab") as out:
+            self.popen = subprocess.Popen(self.command(), env=env, cwd=self.base,
+                                          stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          preexec_fn=_pdeathsig)
+        self.start_time = _proc_start_time(self.popen.pid)
+        deadline = time.monotonic() + self.startup_timeout
+        while not STARTED_RE.search(self.log.read_text(errors="replace")):
+            if self.popen.poll() is not None:
+                raise ClusterError(f"the Spark Connect server exited (rc "
+                                   f"{self.popen.returncode}); log {self.log}:\n"
+                                   f"{_tail(self.log)}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ClusterError(f"the Spark Connect server did not start in "
+                                   f"{self.startup_timeout:.0f} s:\n{_tail(self.log)}")
+            time.sleep(0.2)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def stop(self, grace: float = 20.0) -> list[int]:
+        """SIGTERM to the server's process group and its recorded descendants (by pid,
+        checked against their start times), then SIGKILL; returns the pids still alive."""
+        import signal
+
+        if self.popen is None or self.popen.poll() is not None:
+            return []
+        tracked = {self.pid: self.start_time}
+        for pid in _descendants([self.pid]):
+            tracked[pid] = _proc_start_time(pid)
+
+        def alive() -> list[int]:
+            self.popen.poll()
+            return [p for p, t in tracked.items() if t is not None and _proc_start_time(p) == t]
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for pid in alive():
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            deadline = time.monotonic() + grace
+            while alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not alive():
+                return []
+        return alive()

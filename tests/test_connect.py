@@ -1,0 +1,242 @@
+"""Spark Connect (issue 14): ingest, select, export and report run over a real Spark Connect
+server (tests/connect_server.py, Delta without any Delta Connect plugin) and give the same
+tables and files as the classic session on the same input; score refuses Connect with one
+line before any work; a --remote that does not answer gets one line naming the URL.
+
+The Connect side runs the CLI in a subprocess with SPARK_REMOTE (a Connect session changes
+pyspark's behaviour process-wide); the classic side runs the same commands in this process on
+the test session, and reads every result for the comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from longattn_spark import cli
+from longattn_spark.export import export_files
+from longattn_spark.tables import TableRef
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(REPO / ".venv" / "bin" / "longattn-spark")
+WINDOW = 1024
+
+
+def _documents(shared_corpus: Path) -> list[dict]:
+    """Two books and two papers cut to about 3 windows each, a document too short for one
+    window, one with an empty text (a reject) and a line that is not JSON (a reject)."""
+    docs = []
+    for name, category in (("books.jsonl", "book"), ("arxiv.jsonl", "paper")):
+        with (shared_corpus / name).open(encoding="utf-8") as f:
+            for _, line in zip(range(2), f):
+                row = json.loads(line)
+                docs.append({"id": str(row["id"]), "category": category,
+                             "text": row["text"][:14000]})
+    docs.append({"id": "short", "category": "book", "text": "Too short for a window."})
+    docs.append({"id": "empty", "category": "paper", "text": ""})
+    return docs
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, shared_corpus, llama3_tokenizer_dir, spark, connect_server):
+    """Both pipelines on the same input: ``run["classic"][x]`` / ``run["connect"][x]`` are
+    table paths and output folders; score ran once (classic) and both selections read it."""
+    base = tmp_path_factory.mktemp("connect_run")
+    docs = base / "docs.jsonl"
+    docs.write_text("".join(json.dumps(d) + "\n" for d in _documents(shared_corpus))
+                    + "{not json\n", encoding="utf-8")
+    from longattn_spark.demo.smoke_model import write_smoke_test_model
+
+    model = base / "model"
+    write_smoke_test_model(model)
+    tokenizer = str(llama3_tokenizer_dir)
+    out: dict = {"tokenizer": tokenizer, "model": str(model), "logs": {}}
+    for side in ("classic", "connect"):
+        root = base / side
+        out[side] = {name: str(root / name) for name in
+                     ("windows", "rejects", "scores", "selection", "export", "report.html")}
+    steps = {
+        "ingest": lambda t: ["ingest", "--input", str(docs), "--tokenizer", tokenizer,
+                             "--window-size", str(WINDOW), "--table", t["windows"],
+                             "--rejects-table", t["rejects"]],
+        "select": lambda t: ["select", "--windows", t["windows"], "--scores",
+                             out["classic"]["scores"], "--keep-fraction", "0.5",
+                             "--alpha", "0.5", "--table", t["selection"]],
+        "export": lambda t: ["export", "--selection", t["selection"], "--windows",
+                             t["windows"], "--tokenizer", tokenizer, "--shards", "2",
+                             "--output", t["export"]],
+        "report": lambda t: ["report", "--windows", t["windows"], "--scores",
+                             out["classic"]["scores"], "--selection", t["selection"],
+                             "--output", t["report.html"]],
+    }
+    for name, args in steps.items():
+        assert cli.run(args(out["classic"])) == 0, f"classic {name} failed"
+        if name == "ingest":
+            assert cli.run(["score", "--windows", out["classic"]["windows"], "--model",
+                            str(model), "--table", out["classic"]["scores"],
+                            "--batch-size", "4"]) == 0
+        done = connect_cli(connect_server.url, args(out["connect"]), cwd=base)
+        out["logs"][name] = done.stdout + done.stderr
+        assert done.returncode == 0, f"connect {name} failed:\n{done.stderr[-3000:]}"
+    return out
+
+
+def connect_cli(url: str, args: list[str], cwd: Path, timeout: float = 600
+                ) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK_GATEWAY", "SPARK_CONNECT", "SPARK_REMOTE"))}
+    env["SPARK_REMOTE"] = url
+    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _rows(spark, table: str, drop: tuple[str, ...] = ()) -> list[dict]:
+    frame = TableRef(table).read(spark).drop(*drop)
+    return sorted((r.asDict(recursive=True) for r in frame.collect()),
+                  key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def test_ingest_on_connect_writes_the_classic_tables(spark, run):
+    classic = _rows(spark, run["classic"]["windows"], drop=("ingested_at",))
+    connect = _rows(spark, run["connect"]["windows"], drop=("ingested_at",))
+    assert len(classic) >= 8 and {r["category"] for r in classic} == {"book", "paper"}
+    assert connect == classic  # same window_ids, ids, offsets, tokenizer identity
+    drop = ("rejected_at", "ingested_at", "source_file", "run_id")
+    rejects = [{k: v for k, v in r.items() if k not in drop}
+               for r in _rows(spark, run["classic"]["rejects"])]
+    rejects_connect = [{k: v for k, v in r.items() if k not in drop}
+                       for r in _rows(spark, run["connect"]["rejects"])]
+    assert sorted(r["reason"] for r in rejects) == sorted(
+        r["reason"] for r in rejects_connect)
+    assert len(rejects) == 3  # too short, empty text, not JSON
+    assert "accounted" in run["logs"]["ingest"] and "yes" in run["logs"]["ingest"]
+
+
+def test_ingest_on_connect_tables_are_delta_tables_with_our_properties(spark, run):
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{run['connect']['windows']}`").collect()[0]
+    assert detail["properties"]["longattn.kind"] == "windows"
+    assert detail["partitionColumns"] == ["category"]
+    assert detail["description"]
+
+
+def test_select_on_connect_selects_the_same_windows(spark, run):
+    keys = ("window_id", "selected", "category")
+
+    def selected(side: str) -> list[tuple]:
+        return sorted(tuple(r[k] for k in keys) + (round(r["lds"], 12),)
+                      for r in _rows(spark, run[side]["selection"]))
+
+    classic, connect = selected("classic"), selected("connect")
+    assert connect == classic
+    kept = [r for r in classic if r[1]]
+    assert 0 < len(kept) < len(classic)
+
+
+def test_export_on_connect_writes_the_same_lines(spark, run):
+    def lines(side: str) -> list[str]:
+        files = export_files(run[side]["export"], spark)
+        assert len(files) == 2
+        return [line for f in files
+                for line in Path(f.removeprefix("file:")).read_text(encoding="utf-8")
+                .splitlines()]
+
+    classic = lines("classic")
+    assert classic and lines("connect") == classic
+    manifest = json.loads(Path(run["connect"]["export"], "manifest.json").read_text())
+    assert manifest["windows"] == len(classic)
+    assert not list(Path(run["connect"]["export"]).glob("_attempts/*/_spark"))
+
+
+def _visible_text(html: str) -> str:
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    text = re.sub(r'src="data:[^"]*"', "", text)
+    text = re.sub(r"<[^>]+>", " ", text)
+    return re.sub(r"\s+", " ", text)
+
+
+def test_report_on_connect_shows_the_same_numbers(spark, run):
+    classic = _visible_text(Path(run["classic"]["report.html"]).read_text(encoding="utf-8"))
+    connect = _visible_text(Path(run["connect"]["report.html"]).read_text(encoding="utf-8"))
+    # paths, the selection ids (they hash the input tables' locations) and the time of
+    # writing differ; everything else is the same
+    for side in ("classic", "connect"):
+        for path in run[side].values():
+            classic = classic.replace(path, "<path>")
+            connect = connect.replace(path, "<path>")
+        selection_id = _rows(spark, run[side]["selection"])[0]["selection_id"]
+        classic = classic.replace(selection_id, "<selection>")
+        connect = connect.replace(selection_id, "<selection>")
+    stamp = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2})?(\.\d+)?( ?UTC|Z)?")
+    assert stamp.sub("<time>", connect) == stamp.sub("<time>", classic)
+    assert "book" in connect and "paper" in connect
+
+
+def test_score_on_connect_is_refused_before_any_work(run, connect_server, tmp_path):
+    scores = str(tmp_path / "scores")
+    done = connect_cli(connect_server.url, ["score", "--windows", run["connect"]["windows"],
+                                            "--model", run["model"], "--table", scores],
+                       cwd=tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Spark Connect" in errors[0] and connect_server.url in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not Path(scores).exists()
+
+
+def test_remote_that_does_not_answer_is_one_line(tmp_path):
+    port = _free_port()  # nothing listens there
+    done = subprocess.run([CLI, "select", "--remote", f"sc://127.0.0.1:{port}", "--windows",
+                           "w", "--scores", "s", "--keep-fraction", "0.5", "--table",
+                           str(tmp_path / "sel")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert f"sc://127.0.0.1:{port}" in lines[0] and "no Spark Connect server" in lines[0]
+
+
+def test_remote_that_accepts_but_never_answers_is_one_line(tmp_path):
+    """A port that accepts TCP connections but never speaks gRPC (a wrong service)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        done = subprocess.run([CLI, "ingest", "--remote", f"sc://127.0.0.1:{port}", "--input",
+                               "x.jsonl", "--tokenizer", "t", "--table", "w"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert f"sc://127.0.0.1:{port}" in lines[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
