@@ -130,15 +130,17 @@ def test_ingest_on_connect_tables_are_delta_tables_with_our_properties(spark, ru
 
 
 def test_select_on_connect_selects_the_same_windows(spark, run):
-    keys = ("window_id", "selected", "category")
-
-    def selected(side: str) -> list[tuple]:
-        return sorted(tuple(r[k] for k in keys) + (round(r["lds"], 12),)
-                      for r in _rows(spark, run[side]["selection"]))
+    def selected(side: str) -> dict[str, tuple]:
+        return {r["window_id"]: (r["category"], r["selected"], r["lds"])
+                for r in _rows(spark, run[side]["selection"])}
 
     classic, connect = selected("classic"), selected("connect")
-    assert connect == classic
-    kept = [r for r in classic if r[1]]
+    assert connect.keys() == classic.keys()
+    assert {w: v[:2] for w, v in connect.items()} == {w: v[:2] for w, v in classic.items()}
+    # the z-scores' sums may run in another order on the other session: equal to rounding
+    assert all(abs(connect[w][2] - classic[w][2]) <= 1e-9 * max(1.0, abs(classic[w][2]))
+               for w in classic)
+    kept = [w for w, v in classic.items() if v[1]]
     assert 0 < len(kept) < len(classic)
 
 
