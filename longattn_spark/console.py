@@ -1,9 +1,66 @@
-"""How the jobs print what a run did: one two-column table (name, value), the same for every
-stage (``ingest``, ``score``)."""
+"""How every stage reports what a run did: one shape (``StageRun``: counts, seconds, seconds
+per step, then rates and checks), printed the same way (one two-column table), and one step
+timer (``StepTimer``) that fills the per-step seconds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StageRun:
+    """What one run of a stage did, in the shape every stage prints."""
+
+    title: str
+    counts: list[tuple[str, str]]
+    seconds: float
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    #: rows after the times: rates (``tokens/s``) and checks (``accounted``)
+    after: list[tuple[str, str]] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [*self.counts, ("seconds", f"{self.seconds:.1f}"),
+                *[(f"  {name}", f"{s:.1f}") for name, s in self.step_seconds.items()],
+                *self.after]
+
+
+class StepTimer:
+    """Seconds per named step of a run, and in all: ``with timer.step("write"): ...``."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.step_seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def mark(self, name: str | None) -> None:
+        """End the step running now (if any) and start ``name`` (None: start nothing), for
+        stages that report their progress as a sequence of named steps."""
+        now = time.perf_counter()
+        if self._current is not None:
+            label, since = self._current
+            self.step_seconds[label] = self.step_seconds.get(label, 0.0) + now - since
+        self._current = (name, now) if name else None
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.step_seconds[name] = (self.step_seconds.get(name, 0.0)
+                                       + time.perf_counter() - started)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def print_run(run: StageRun) -> None:
+    """Print ``run`` as every stage does."""
+    print_rows(run.title, run.rows())
 
 
 def print_rows(title: str, rows: Iterable[tuple[str, str]]) -> None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from longattn_spark.console import StageRun, StepTimer, print_run
 from longattn_spark.config import LongAttnConfig
 from longattn_spark.errors import InputError, TableError
 from longattn_spark.export.folder import (
@@ -159,11 +160,18 @@ def run_export_job(cfg: LongAttnConfig) -> dict[str, Any]:
     options = export_options(cfg.export)
     selection = table_ref(cfg.export.selection, "--selection")
     windows = table_ref(cfg.export.windows, "--windows")
-    spark = get_spark(cfg.spark)
-    manifest = export_selection(spark, options, selection, windows)
+    timer = StepTimer()
+    with timer.step("session"):
+        spark = get_spark(cfg.spark)
+    with timer.step("export"):
+        manifest = export_selection(spark, options, selection, windows)
     print(f"exported selection {manifest['selection_id']}: {manifest['windows']:,} windows, "
           f"{manifest['tokens']:,} tokens in {len(manifest['shards'])} {options.format} "
           f"shards to {options.output}")
     for category, totals in manifest["categories"].items():
         print(f"  {category:<16}{totals['windows']:>10,} windows{totals['tokens']:>16,} tokens")
+    print_run(StageRun(f"export {selection} -> {options.output}", [
+        ("windows", f"{manifest['windows']:,}"), ("tokens", f"{manifest['tokens']:,}"),
+        ("shards", f"{len(manifest['shards'])} {options.format}")],
+        timer.seconds, timer.step_seconds))
     return manifest

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from longattn_spark.config import IngestConfig
-from longattn_spark.console import print_rows
+from longattn_spark.console import StageRun, print_run
 from longattn_spark.errors import AccountingError
 from longattn_spark.ingest.udf import CHANGED_TEXT
 
@@ -88,7 +88,7 @@ def step(name: str) -> Iterator[dict[str, float]]:
 def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:
     seconds = max(summary.seconds, 1e-9)
     changed = summary.rejected.get(CHANGED_TEXT, 0)
-    lines = [
+    counts = [
         ("documents read (from the input)", f"{summary.documents_read:,}"),
         ("windowed", f"{summary.windowed:,}"),
         ("too short", f"{summary.too_short:,}"),
@@ -100,12 +100,13 @@ def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:
         ("windows", f"{summary.windows:,} ({summary.windows_inserted:,} new)"),
         ("tokens (documents tokenized)", f"{summary.tokens:,}"),
         ("tokens in windows", f"{summary.window_tokens:,}"),
-        ("seconds", f"{summary.seconds:.1f}"),
-        *[(f"  {step}", f"{seconds:.1f}") for step, seconds in summary.step_seconds.items()],
+    ]
+    after = [
         ("documents/s", f"{summary.documents_read / seconds:,.1f}"),
         ("tokens/s", f"{summary.tokens / seconds:,.0f}"),
         ("accounted", "yes: windowed + too short + rejected + skipped = documents read"
          if summary.accounted else
          f"NO: {summary.missing:,} documents read are in no table"),
     ]
-    print_rows(f"ingest {cfg.input} -> {cfg.table}", lines)
+    print_run(StageRun(f"ingest {cfg.input} -> {cfg.table}", counts, summary.seconds,
+                       dict(summary.step_seconds), after))

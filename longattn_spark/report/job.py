@@ -7,6 +7,7 @@ import datetime as _dt
 from collections.abc import Callable
 from typing import Any
 
+from longattn_spark.console import StageRun, StepTimer, print_run
 from longattn_spark.config import LongAttnConfig, ReportConfig
 from longattn_spark.report.data import (
     ReportData,
@@ -143,8 +144,17 @@ def run_report_job(cfg: LongAttnConfig) -> str:
     from longattn_spark.session import get_spark
 
     validate_report_config(cfg.report)
+    timer = StepTimer()
+    timer.mark("session")
     spark = get_spark(cfg.spark, app_name="longattn-spark report")
-    path = build_report(spark, cfg.report, progress=lambda step: print(f"report: {step}",
-                                                                       flush=True))
+
+    def progress(step: str) -> None:
+        print(f"report: {step}", flush=True)
+        timer.mark(step)
+
+    path = build_report(spark, cfg.report, progress=progress)
+    timer.mark(None)
     print(f"report written to {path}")
+    print_run(StageRun(f"report {cfg.report.scores} -> {cfg.report.output}",
+                       [("report", str(path))], timer.seconds, timer.step_seconds))
     return path

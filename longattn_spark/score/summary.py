@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from longattn_spark.config import ScoreConfig
-from longattn_spark.console import print_rows
+from longattn_spark.console import StageRun, print_run
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Progress:
 
 
 def print_summary(summary: ScoreSummary, cfg: ScoreConfig) -> None:
-    rows = [
+    counts = [
         ("scorer_id", summary.scorer_id),
         ("seq_len / min_distance", f"{summary.seq_len} / {summary.min_distance}"),
         ("windows in table", f"{summary.windows_total:,}"),
@@ -93,8 +93,8 @@ def print_summary(summary: ScoreSummary, cfg: ScoreConfig) -> None:
                                            sorted(summary.ran.items())) or "-"),
         ("kernel fallbacks (windows)", f"{summary.kernel_fallbacks:,}"
          + (f" ({'; '.join(summary.fallback_notes)})" if summary.fallback_notes else "")),
-        ("seconds", f"{summary.seconds:.1f}"),
-        ("windows/s", f"{summary.windows_per_second:,.2f}"),
-        ("tokens/s", f"{summary.tokens_per_second:,.0f}"),
     ]
-    print_rows(f"score {cfg.windows} -> {cfg.table}", rows)
+    after = [("windows/s", f"{summary.windows_per_second:,.2f}"),
+             ("tokens/s", f"{summary.tokens_per_second:,.0f}")]
+    print_run(StageRun(f"score {cfg.windows} -> {cfg.table}", counts, summary.seconds,
+                       after=after))

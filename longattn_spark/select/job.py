@@ -3,6 +3,7 @@ once (its id is a hash of everything it depends on) and print its summary."""
 
 from __future__ import annotations
 
+from longattn_spark.console import StageRun, StepTimer, print_run
 from longattn_spark.config import LongAttnConfig
 from longattn_spark.inputs import chosen_scorer_id, pinned_version, scorer_counts, table_ref
 from longattn_spark.select.cut import (
@@ -77,9 +78,19 @@ def run_select_job(cfg: LongAttnConfig) -> SelectionResult:
     windows = table_ref(sc.windows, "--windows")
     scores = table_ref(sc.scores, "--scores")
     table = table_ref(sc.table, "--table")
-    spark = get_spark(cfg.spark)
-    result = select_windows(spark, options, windows, scores, table, scorer_id=sc.scorer_id,
-                            windows_version=sc.windows_version,
-                            scores_version=sc.scores_version)
+    timer = StepTimer()
+    with timer.step("session"):
+        spark = get_spark(cfg.spark)
+    with timer.step("select and write"):
+        result = select_windows(spark, options, windows, scores, table,
+                                scorer_id=sc.scorer_id, windows_version=sc.windows_version,
+                                scores_version=sc.scores_version)
     print(format_summary(result))
+    cats = result.categories
+    print_run(StageRun(f"select {scores} -> {table}", [
+        ("windows", f"{sum(c.windows for c in cats):,}"),
+        ("excluded", f"{sum(sum(c.excluded.values()) for c in cats):,}"),
+        ("selected", f"{sum(c.selected for c in cats):,}"),
+        ("tokens selected", f"{sum(c.tokens_selected for c in cats):,}")],
+        timer.seconds, timer.step_seconds))
     return result
