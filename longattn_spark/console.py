@@ -27,6 +27,17 @@ class StageRun:
                 *self.after]
 
 
+@contextmanager
+def step(name: str) -> Iterator[dict[str, float]]:
+    """Times one step; the dict yielded is ``{name: seconds}`` once the block ends."""
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        yield timing
+    finally:
+        timing[name] = time.perf_counter() - started
+
+
 class StepTimer:
     """Seconds per named step of a run, and in all: ``with timer.step("write"): ...``."""
 
@@ -46,12 +57,9 @@ class StepTimer:
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
+        with step(name) as timing:
             yield
-        finally:
-            self.step_seconds[name] = (self.step_seconds.get(name, 0.0)
-                                       + time.perf_counter() - started)
+        self.step_seconds[name] = self.step_seconds.get(name, 0.0) + timing[name]
 
     @property
     def seconds(self) -> float:

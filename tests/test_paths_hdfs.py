@@ -34,6 +34,10 @@ def test_fsshell_backend_on_hdfs(cluster):
         ("sub", True), ("x.txt", False)]
     assert [e.path for e in fs.list_files_recursively(base)] == [
         f"{base}/a/sub/z.txt", f"{base}/a/x.txt"]
+    # listings of scheme-less paths come back qualified too (FsShell prints them bare)
+    assert [e.path for e in fs.list_files_recursively("/shell_backend")] == [
+        f"{base}/a/sub/z.txt", f"{base}/a/x.txt"]
+    assert [e.path for e in fs.list_dir("/shell_backend/a")] == [f"{base}/a/sub", f"{base}/a/x.txt"]
 
     assert fs.rename(f"{base}/a/x.txt", f"{base}/b/y.txt")
     assert fs.status(f"{base}/a/x.txt") is None

@@ -23,7 +23,8 @@ from pyspark.sql import functions as F
 from longattn_spark.config import IngestConfig, LongAttnConfig, default_rejects_table
 from longattn_spark.errors import ConfigError
 from longattn_spark.ingest.sources import count_input_rows, read_documents
-from longattn_spark.ingest.summary import IngestSummary, check_accounted, print_summary, step
+from longattn_spark.console import step
+from longattn_spark.ingest.summary import IngestSummary, check_accounted, print_summary
 from longattn_spark.ingest.tokenize import TokenizerSpec, load_tokenizer_spec
 from longattn_spark.ingest.udf import (
     ALREADY_INGESTED,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -50,7 +49,8 @@ def detect_format(spark: SparkSession | None, cfg: IngestConfig) -> str:
     if cfg.format != "auto":
         return cfg.format
     text = cfg.input
-    if "/" not in text and not paths.has_scheme(text) and not Path(text).exists():
+    # a bare name is a table unless the filesystem Spark reads holds a file of that name
+    if "/" not in text and not paths.has_scheme(text) and paths.status(spark, text) is None:
         return "table"
     lowered = text.lower().rstrip("/")
     if lowered.endswith(JSON_SUFFIXES):

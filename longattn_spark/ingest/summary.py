@@ -3,10 +3,7 @@ document read is accounted for, and how the summary prints."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from longattn_spark.config import IngestConfig
@@ -72,17 +69,6 @@ def check_accounted(summary: IngestSummary) -> None:
             "for); re-run the job to retry them")
     if not summary.accounted:
         raise AccountingError("the per-document statuses do not add up to the documents read")
-
-
-@contextmanager
-def step(name: str) -> Iterator[dict[str, float]]:
-    """Times one step of the job; the dict is filled when the block ends."""
-    timing: dict[str, float] = {}
-    started = time.perf_counter()
-    try:
-        yield timing
-    finally:
-        timing[name] = time.perf_counter() - started
 
 
 def print_summary(summary: IngestSummary, cfg: IngestConfig) -> None:
