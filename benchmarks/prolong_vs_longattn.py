@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 import torch
 
-from longattn_spark.scoring import Layer0Scorer, build_model_input
-from longattn_spark.scoring.prolong import ProLongScorer
+from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
+from longattn_spark.scorers.prolong.scorer import ProLongScorer
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
 

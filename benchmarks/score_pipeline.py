@@ -29,7 +29,7 @@ from longattn_spark.config import IngestConfig, ScoreConfig, SparkSettings
 from longattn_spark.demo.corpus import build_demo_corpus
 from longattn_spark.ingest import ingest
 from longattn_spark.score.job import score_windows
-from longattn_spark.scoring import Layer0Scorer, build_model_input
+from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
 from longattn_spark.session import get_spark
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import TableRef

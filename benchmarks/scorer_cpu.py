@@ -119,8 +119,8 @@ def naive_scores(q: torch.Tensor, k: torch.Tensor, min_distance: int):
 
 
 def child_sums(method: str, seq_len: int, block_size: int | None) -> dict:
-    from longattn_spark.scoring import tail_attention_sums
-    from longattn_spark.scoring.attention_sums import DEFAULT_BLOCK_SIZE
+    from longattn_spark.scorers.longattn import tail_attention_sums
+    from longattn_spark.scorers.longattn.attention_sums import DEFAULT_BLOCK_SIZE
 
     q, k = random_qk(seq_len)
     small_q, small_k = random_qk(256)
@@ -148,7 +148,7 @@ def child_sums(method: str, seq_len: int, block_size: int | None) -> dict:
 def child_e2e(folder: str, seq_len: int, block_size: int | None, repeats: int) -> dict:
     import transformers.models.llama.modeling_llama  # noqa: F401 - imported before measuring
 
-    from longattn_spark.scoring import Layer0Scorer, load_layer0_checkpoint
+    from longattn_spark.scorers.longattn import Layer0Scorer, load_layer0_checkpoint
 
     before_load = reset_peak_rss()
     start = time.perf_counter()

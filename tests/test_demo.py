@@ -1,6 +1,7 @@
-"""The README's main command, ``longattn-spark demo``, at a small size: the same code path
-(corpus -> smoke-test model -> ingest -> score -> select -> export -> report), fewer documents
-and shorter windows. Expected counts come from the corpus file, the reference tokenizer and
+"""The README's main command, ``longattn-spark demo``, at a small size with the smoke-test model
+and no probe (tests/test_real_model.py runs it with the real model and its probe): corpus ->
+smoke-test model -> ingest -> score -> select -> export -> report, fewer documents and shorter
+windows. Expected counts come from the corpus file, the reference tokenizer and
 Algorithm 1, not from the job."""
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ DOCS_PER_CATEGORY = 2
 def demo(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cfg = LongAttnConfig(demo=DemoConfig(output=str(root / "out"), window_size=W,
-                                         max_docs_per_category=DOCS_PER_CATEGORY))
+                                         max_docs_per_category=DOCS_PER_CATEGORY,
+                                         smoke_model=True, probe_per_category=0))
     return run_demo(cfg)
 
 

@@ -29,8 +29,8 @@ from longattn_spark.score.model_files import (
     hadoop_settings,
     locate_model,
 )
-from longattn_spark.scoring import Layer0Scorer
-from longattn_spark.scoring.checkpoint import describe_layer0_checkpoint
+from longattn_spark.scorers.longattn import Layer0Scorer
+from longattn_spark.scorers.longattn.checkpoint import describe_layer0_checkpoint
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 
 

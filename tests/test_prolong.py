@@ -5,7 +5,7 @@ sampled mode; early exits; bad input; identity.
 The reference below is a straight port of run.py's construct_data / compute_ppl /
 compute_single_ppl / compute_pair_ppl / compute_de / compute_lds: full forward passes of the
 seg_j + seg_i concatenations (no KV reuse), float32 logits, the released label masking. It
-calls nothing from longattn_spark.scoring.prolong.
+calls nothing from longattn_spark.scorers.prolong.scorer.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from longattn_spark.errors import ConfigError, InputError
-from longattn_spark.scoring.prolong import (
+from longattn_spark.scorers.prolong.scorer import (
     REASON_TOO_FEW_PAIRS,
     REASON_TOO_FEW_SEGMENTS,
     ProLongScorer,

@@ -24,7 +24,7 @@ from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
 from longattn_spark.score.model_files import files_needed_whole, locate_model
 from longattn_spark.score.job import score_windows
-from longattn_spark.scoring.prolong import ProLongScorer
+from longattn_spark.scorers.prolong.scorer import ProLongScorer
 from longattn_spark.select import SelectOptions, select_windows
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import TableRef, table_properties

@@ -36,8 +36,8 @@ from longattn_spark.report import (
     window_profile,
 )
 from longattn_spark.score.job import score_windows
-from longattn_spark.scoring.attention_sums import ds_and_variance, tail_attention_sums
-from longattn_spark.scoring.profile import (
+from longattn_spark.scorers.longattn.attention_sums import ds_and_variance, tail_attention_sums
+from longattn_spark.scorers.longattn.profile import (
     attention_distance_profile,
     distance_bucket_edges,
     mass_from,

@@ -23,8 +23,8 @@ from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
 from longattn_spark.score.model_files import files_needed, locate_model
 from longattn_spark.score.job import score_windows
-from longattn_spark.score.udf import oom_message, task_device
-from longattn_spark.scoring import Layer0Scorer, build_model_input
+from longattn_spark.scorers.runtime import oom_message, task_device
+from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import WINDOWS, TableRef, ensure_table, table_properties
 from longattn_spark.ingest.tokenize import load_tokenizer_spec
@@ -105,7 +105,7 @@ def with_triton_unavailable(note: str):
 
     def wrap(fn):
         def run(batches):
-            from longattn_spark.scoring import scorer
+            from longattn_spark.scorers.longattn import scorer
 
             real = scorer.resolve_triton_kernel
             scorer.resolve_triton_kernel = lambda kernel, device: (None, note)
@@ -487,7 +487,7 @@ def test_cuda_out_of_memory_is_reported_with_the_settings(spark, windows_table, 
 def test_model_input_matrix_without_python_loops():
     import pyarrow as pa
 
-    from longattn_spark.score.udf import model_input_matrix
+    from longattn_spark.scorers.runtime import model_input_matrix
 
     ids = pa.array([[5, 6, 7, 8], [1, 2], [9, 10, 11, 12, 13]], pa.list_(pa.int32()))
     matrix, ok = model_input_matrix(ids, seq_len=4, bos_id=0)

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from longattn_spark.errors import InputError
-from longattn_spark.scoring import (
+from longattn_spark.scorers.longattn import (
     Layer0Scorer,
     build_model_input,
     load_layer0_checkpoint,
@@ -179,7 +179,7 @@ LOAD_MEMORY_CHILD = textwrap.dedent("""
     import psutil, torch
     from safetensors import safe_open
     from transformers import LlamaConfig  # imported before measuring: the import is ~150 MB
-    from longattn_spark.scoring.checkpoint import load_layer0_checkpoint
+    from longattn_spark.scorers.longattn.checkpoint import load_layer0_checkpoint
     process = psutil.Process()
     before = process.memory_info().rss
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -382,7 +382,7 @@ def test_invalid_options_refused(models):
 TRITON_CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np, torch
-    from longattn_spark.scoring import Layer0Scorer, build_model_input
+    from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
     windows = torch.randint(3, 200, (2, 40), generator=torch.Generator().manual_seed(0))
     ids = build_model_input(windows, bos_id=1, seq_len=32)
     triton = Layer0Scorer.from_pretrained(sys.argv[1], kernel="triton")

@@ -4,6 +4,7 @@ Delta tables built with the schemas of ``longattn_spark.tables``."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -520,3 +521,156 @@ def test_approximate_cut_with_ties_at_the_cut_boundary_matches_the_exact_cut(spa
     assert {f"hi-{i}" for i in range(7)} <= picked
     assert len({x for x in picked if x.startswith("tie-")}) == 3
     assert not any(x.startswith(("lo-", "rest-")) for x in picked)
+
+
+# ------------------------------------------------------------------------------------------
+# --heads: DS and variance as the mean over chosen heads of the stored per-head scores
+# ------------------------------------------------------------------------------------------
+
+N_HEADS = 4
+
+
+def per_head_rows(seed: int = 5, sizes: dict[str, int] | None = None
+                  ) -> tuple[list[dict], list[dict]]:
+    """Windows and scores of one scorer with N_HEADS per-head arrays; ds and variance are the
+    means over all heads, as the scorer stores them. Heads 0 and 2 rank windows differently
+    from all four (head 3 is drawn against head 0's order)."""
+    rng = np.random.default_rng(seed)
+    windows, scores = [], []
+    for category, size in (sizes or {"arxiv": 60, "book": 40}).items():
+        for i in range(size):
+            wid = f"{category}-h{i:04d}"
+            ds_heads = rng.uniform(0.1, 0.6, N_HEADS)
+            ds_heads[3] = 0.7 - ds_heads[0]
+            var_heads = 10 ** rng.uniform(-7, -5.3, N_HEADS)
+            windows.append({"window_id": wid, "doc_id": f"d-{wid}", "category": category,
+                            "n_tokens": int(rng.integers(500, 4000))})
+            scores.append({"window_id": wid, "scorer_id": "s8", "category": category,
+                           "ds": float(ds_heads.mean()), "variance": float(var_heads.mean()),
+                           "ds_heads": [float(x) for x in ds_heads],
+                           "var_heads": [float(x) for x in var_heads]})
+    return windows, scores
+
+
+def pandas_heads_frame(scores: list[dict], windows: list[dict], heads: list[int]
+                       ) -> pd.DataFrame:
+    """ds and variance recomputed in pandas as the mean over ``heads``."""
+    frame = pd.DataFrame(scores).merge(
+        pd.DataFrame(windows)[["window_id", "n_tokens"]], on="window_id", how="inner")
+    frame["ds"] = [float(np.mean([h[i] for i in heads])) for h in frame["ds_heads"]]
+    frame["variance"] = [float(np.mean([v[i] for i in heads])) for v in frame["var_heads"]]
+    return frame
+
+
+@pytest.fixture(scope="module")
+def head_tables(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("heads")
+    windows, scores = per_head_rows()
+    return (append(spark, str(root / "windows"), WINDOWS, windows),
+            append(spark, str(root / "scores"), SCORES, scores), windows, scores)
+
+
+def set_scorer_record(spark, scores: TableRef, record: dict) -> None:
+    import json
+
+    from longattn_spark.tables import set_properties
+
+    set_properties(spark, scores, {"longattn.scorer.s8": json.dumps(record)})
+
+
+def test_parse_heads():
+    from longattn_spark.select import parse_heads
+
+    assert parse_heads("") == () and parse_heads(" ") == ()
+    assert parse_heads("5, 0,3") == (0, 3, 5)
+    for bad, message in (("0,x", "'x' is not a head index"), ("-1", "'-1' is not a head"),
+                         ("1,,2", "'' is not a head"), ("2,2", "head 2 is named twice")):
+        with pytest.raises(ConfigError, match=message):
+            parse_heads(bad)
+    assert "heads" not in select_options(SelectConfig(keep_fraction=0.5)).params()
+    assert select_options(SelectConfig(keep_fraction=0.5, heads="2,0")).params()["heads"] \
+        == [0, 2]
+
+
+def test_heads_mean_matches_pandas(spark, head_tables):
+    w, s, windows, scores = head_tables
+    t = Tables(w, s, pd.DataFrame())
+    rows = computed(spark, t, keep_fraction=0.3, exact=True, heads="0,2")
+    reference = pandas_lds(pandas_heads_frame(scores, windows, [0, 2]))
+    merged = reference.merge(rows, on="window_id", suffixes=("_pd", ""))
+    assert len(merged) == len(reference) == len(rows) == 100
+    for col in ("ds", "variance", "z_ds", "z_du", "lds"):
+        assert np.max(np.abs(merged[f"{col}_pd"] - merged[col])) < 1e-9, col
+    assert selected_ids(rows) == pandas_top_fraction(reference, 0.3)
+    all_heads = computed(spark, t, keep_fraction=0.3, exact=True)
+    assert selected_ids(all_heads) == pandas_top_fraction(
+        pandas_lds(pandas_heads_frame(scores, windows, [0, 1, 2, 3])), 0.3)
+    assert selected_ids(all_heads) != selected_ids(rows)  # the heads changed the ranking
+    single = computed(spark, t, keep_fraction=0.5, exact=True, heads="3")
+    assert selected_ids(single) == pandas_top_fraction(
+        pandas_lds(pandas_heads_frame(scores, windows, [3])), 0.5)
+
+
+def test_heads_are_recorded_and_give_their_own_selection(spark, head_tables, table_path):
+    import json
+
+    w, s, _, _ = head_tables
+    table = TableRef(table_path("selection"))
+    with_heads = select_windows(spark, select_options(SelectConfig(keep_fraction=0.5,
+                                                                   heads="2,0")), w, s, table)
+    without = select_windows(spark, select_options(SelectConfig(keep_fraction=0.5)), w, s,
+                             table)
+    assert with_heads.selection_id != without.selection_id
+    params = {r["selection_id"]: json.loads(r["params"]) for r in
+              table.read(spark).select("selection_id", "params").distinct().collect()}
+    assert params[with_heads.selection_id]["heads"] == [0, 2]
+    assert "heads" not in params[without.selection_id]
+    from longattn_spark.select import format_summary
+
+    assert "scorer s8, heads 0,2, windows" in format_summary(with_heads)
+    assert "heads" not in format_summary(without)
+
+
+def test_head_outside_the_stored_arrays_is_refused_before_the_job(spark, table_path):
+    windows, scores = per_head_rows(sizes={"book": 6})
+    scores[2]["ds_heads"], scores[2]["var_heads"] = scores[2]["ds_heads"][:3], \
+        scores[2]["var_heads"][:3]
+    w = append(spark, table_path("windows"), WINDOWS, windows)
+    s = append(spark, table_path("scores"), SCORES, scores)
+    table = TableRef(table_path("selection"))
+    options = select_options(SelectConfig(keep_fraction=0.5, heads="0,3"))
+    # no scorer record: the arrays tell, and the shortest row is named
+    with pytest.raises(ConfigError, match=r"--heads 0,3: head 3 is outside the per-head "
+                       r"scores of window book-h0002 \(scorer s8\), which has 3 heads"):
+        select_windows(spark, options, w, s, table)
+    # the scorer's record says how many heads it has
+    set_scorer_record(spark, s, {"method": "longattn", "n_query_heads": 2})
+    with pytest.raises(ConfigError, match=r"head 3 is outside the per-head scores of scorer "
+                       r"s8, which has 2 heads \(0..1\)"):
+        select_windows(spark, options, w, s, table)
+    assert not os.path.exists(table.location)  # refused before the selection table was made
+    # a record of 4 heads and one inconsistent row: that row is excluded, with its reason
+    set_scorer_record(spark, s, {"method": "longattn", "n_query_heads": 4})
+    rows = computed(spark, Tables(w, s, pd.DataFrame()), keep_fraction=0.5, exact=True,
+                    heads="0,3").set_index("window_id")
+    assert rows.loc["book-h0002", "excluded_reason"] == "missing_head"
+    assert rows.drop(index="book-h0002").excluded_reason.isna().all()
+
+
+def test_heads_with_a_scorer_without_heads_is_refused(spark, table_path, capsys):
+    scores = [{"window_id": f"w{i}", "category": "book", "ds": None, "variance": None,
+               "score": 0.1 * i, "method": "prolong"} for i in range(4)]
+    w, s = small_tables(spark, table_path, scores)
+    argv = ["select", "--windows", w.location, "--scores", s.location,
+            "--table", table_path("selection"), "--keep-fraction", "0.5", "--heads", "0"]
+    assert cli.run(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--heads: scorer s8 stores no per-head scores (ds_heads, var_heads) (its rows are " \
+           "of another method); --heads needs a longattn scorer" in err
+    set_scorer_record(spark, s, {"method": "prolong"})
+    assert cli.run(argv) == 1
+    assert "--heads: scorer s8 is a prolong scorer, which stores no per-head scores" \
+        in capsys.readouterr().err
+    assert cli.run([*argv[:-1], "0,zero"]) == 1
+    assert "--heads '0,zero': 'zero' is not a head index" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from longattn_spark.scoring.attention_sums import ds_and_variance, tail_attention_sums
+from longattn_spark.scorers.longattn.attention_sums import ds_and_variance, tail_attention_sums
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_TIMEOUT_S = 900
@@ -164,7 +164,7 @@ def _interpreter_worker(out_path: str, seed: int, shard: int, shards: int) -> No
     write the errors as JSON."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
     torch.set_num_threads(1)
-    from longattn_spark.scoring.triton_sums import tail_attention_sums_triton
+    from longattn_spark.scorers.longattn.triton_sums import tail_attention_sums_triton
 
     results = {}
     for index, case in list(enumerate(CASES))[shard::shards]:
@@ -233,7 +233,7 @@ def test_kernel_matches_torch_path_and_exact_math(case: Case, interpreter_result
 
 
 def test_clean_import_and_availability_without_gpu() -> None:
-    from longattn_spark.scoring import triton_sums
+    from longattn_spark.scorers.longattn import triton_sums
 
     assert isinstance(triton_sums.triton_available(), bool)
     if not torch.cuda.is_available():
@@ -243,7 +243,7 @@ def test_clean_import_and_availability_without_gpu() -> None:
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
                     reason="checks the non-interpreter path")
 def test_rejects_cpu_tensors_and_bad_shapes() -> None:
-    from longattn_spark.scoring.triton_sums import tail_attention_sums_triton
+    from longattn_spark.scorers.longattn.triton_sums import tail_attention_sums_triton
 
     q = torch.randn(1, 4, 32, 64)
     k = torch.randn(1, 2, 32, 64)
@@ -258,7 +258,7 @@ def test_rejects_cpu_tensors_and_bad_shapes() -> None:
 
 
 def test_plan_validates_blocks_and_scale() -> None:
-    from longattn_spark.scoring.triton_sums import KernelConfig, plan_launch
+    from longattn_spark.scorers.longattn.triton_sums import KernelConfig, plan_launch
 
     q = torch.randn(1, 4, 32, 64)
     k = torch.randn(1, 2, 32, 64)
@@ -296,7 +296,7 @@ def compile_for_sm90(q: torch.Tensor, k: torch.Tensor, min_distance: int):
         from triton.runtime.jit import native_specialize_impl
     except ImportError as exc:
         pytest.skip(f"this Triton has no ahead-of-time compile API: {exc}")
-    from longattn_spark.scoring.triton_sums import _tail_sums_kernel, plan_launch
+    from longattn_spark.scorers.longattn.triton_sums import _tail_sums_kernel, plan_launch
 
     launch = plan_launch(q, k, min_distance)
     signature, constexprs, attrs = {}, dict(launch.constexprs), {}
@@ -375,7 +375,7 @@ GPU_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=[c.id for c in GPU_CASES])
 def test_gpu_kernel_matches_torch_path(case: Case) -> None:
-    from longattn_spark.scoring.triton_sums import (
+    from longattn_spark.scorers.longattn.triton_sums import (
         tail_attention_sums_triton,
         triton_available,
     )
@@ -396,7 +396,7 @@ def test_gpu_kernel_matches_torch_path(case: Case) -> None:
 
 @pytest.mark.gpu
 def test_gpu_is_deterministic() -> None:
-    from longattn_spark.scoring.triton_sums import tail_attention_sums_triton
+    from longattn_spark.scorers.longattn.triton_sums import tail_attention_sums_triton
 
     case = GPU_CASES[0]
     q, k = make_inputs(case, torch.Generator().manual_seed(0), device="cuda")

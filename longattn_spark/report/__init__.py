@@ -13,7 +13,7 @@ What it shows (every plot is a PNG embedded as base64; the file needs nothing el
   category, chosen by ``xxhash64(window_id)``, so the same on every run);
 - the top and bottom windows by LDS with the start of their text;
 - with ``--model``, the attention-distance profile of one window (layer-0 attention mass per
-  distance bucket, ``longattn_spark.scoring.profile``), else the command that draws it.
+  distance bucket, ``longattn_spark.scorers.longattn.profile``), else the command that draws it.
 
 The package reads top-down, and its parts are also used by ``notebooks/explore_scores.ipynb``:
 

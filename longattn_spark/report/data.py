@@ -161,6 +161,7 @@ class ReportData:
     profile_window_id: str | None = None
     comparison: Any = None                       # compare.Comparison with a second scorer
     comparison_snippets: Mapping[str, str] = field(default_factory=dict)
+    probe: Any = None                            # probe.report.ProbeSection (--probe)
 
 
 def histogram_range(lo: float | None, hi: float | None) -> tuple[float, float]:

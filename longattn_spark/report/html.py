@@ -84,6 +84,14 @@ def figures(data: ReportData) -> dict[str, bytes]:
         out["ds_variance_scatter"] = plots.plot_ds_variance_scatter(data.sample)
     if data.profile is not None:
         out["distance_profile"] = plots.plot_distance_profile(data.profile)
+    if data.probe is not None:
+        from longattn_spark.probe.report import plot_distributions
+
+        kinds = data.probe.record.get("kinds", [])
+        out["probe_selection"] = plot_distributions(data.probe.selection_scores, kinds,
+                                                    "selection score")
+        if data.probe.ds:
+            out["probe_ds"] = plot_distributions(data.probe.ds, kinds, "DS")
     if data.comparison is not None:
         from longattn_spark.compare import plot_scatter
 

@@ -85,6 +85,12 @@ def collect_report_data(spark, cfg: ReportConfig,
         say("comparison with a second scorer")
         comparison, comparison_snippets = compare_with_other_scorer(
             spark, inputs, cfg, tokenizer)
+    probe = None
+    if cfg.probe:
+        from longattn_spark.probe.report import probe_section
+
+        say(f"probe section from {cfg.probe}")
+        probe = probe_section(spark, cfg.probe, cfg.model, cfg.device)
     return ReportData(
         inputs=inputs, generated_at=_dt.datetime.now().astimezone().strftime(
             "%Y-%m-%d %H:%M:%S %Z"),
@@ -92,7 +98,7 @@ def collect_report_data(spark, cfg: ReportConfig,
         counts=counts, lds=lds, sample=sample, top=top, bottom=bottom, snippet_note=note,
         profile=profile, profile_howto=howto, bins=cfg.bins, sample_points=cfg.sample_points,
         snippet_tokens=cfg.snippet_tokens, profile_window_id=window_id,
-        comparison=comparison, comparison_snippets=comparison_snippets)
+        comparison=comparison, comparison_snippets=comparison_snippets, probe=probe)
 
 
 def compare_with_other_scorer(spark, inputs: ReportInputs, cfg: ReportConfig, tokenizer

@@ -1,5 +1,5 @@
 """The attention-distance profile of one window with the ``--model`` checkpoint: how far back
-layer 0 attends (``longattn_spark.scoring.profile``), checked against the stored DS."""
+layer 0 attends (``longattn_spark.scorers.longattn.profile``), checked against the stored DS."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def window_profile(spark, inputs: ReportInputs, cfg: ReportConfig, window_id: st
     at the scorer's L and with k among the bucket edges (so mass at distance >= k is the DS)."""
     import torch
 
-    from longattn_spark.scoring import Layer0Scorer, build_model_input
-    from longattn_spark.scoring.profile import attention_distance_profile, mass_from
-    from longattn_spark.scoring.scorer import resolve_device
+    from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
+    from longattn_spark.scorers.longattn.profile import attention_distance_profile, mass_from
+    from longattn_spark.scorers.longattn.scorer import resolve_device
 
     window = spark.sql(load_sql("report_window"), args={
         "windows": inputs.windows_view, "window_id": window_id}).first()
@@ -35,7 +35,8 @@ def window_profile(spark, inputs: ReportInputs, cfg: ReportConfig, window_id: st
     try:
         scorer = Layer0Scorer.from_pretrained(cfg.model, device=resolve_device(cfg.device),
                                               dtype="float32", rope_theta=rope_theta,
-                                              kernel="torch")
+                                              kernel="torch",
+                                              layer=int(inputs.scorer_info.get("layer") or 0))
         bos_id = scorer.bos_id
     except InputError as exc:
         raise InputError(f"--model {cfg.model}: {exc}") from None

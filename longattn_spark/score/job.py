@@ -1,12 +1,12 @@
 """The score job: windows table -> per-window scores -> scores table.
 
-``--method longattn`` (default): layer-0 attention scores (DS, variance). ``--method
-prolong``: ProLong's LDS with the whole causal LM (``longattn_spark.score.prolong_udf`` holds
-its driver-side description, tokenizer decision and executor UDF). The driver decides first
-(``longattn_spark.score.plan``: a ``ScorePlan`` per method), then this module runs the common
-streaming / MERGE / rejects machinery with the plan's UDF (``longattn_spark.score.udf`` for
-LongAttn) and folds what each micro-batch did into a ``ScoreSummary``
-(``longattn_spark.score.summary``).
+The method (``--method``: ``longattn``, the default, ``prolong``, ... or a plugin) comes from
+the one registry, ``longattn_spark.scorers``, and is used only through its interface
+(``scorers.base.ScorerMethod``): the driver checks the options, the model and the windows
+(``longattn_spark.score.plan`` for what every method shares) and the method plans; then this
+module runs the common streaming / MERGE / rejects machinery with the one mapInArrow function
+(``scorers.runtime.score_batches``) and folds what each micro-batch did into a
+``ScoreSummary`` (``longattn_spark.score.summary``).
 
 - The windows table is read as a Structured Streaming source with ``availableNow``: each
   micro-batch is scored and committed (MERGE) before the next, and the stream's checkpoint
@@ -21,17 +21,17 @@ LongAttn) and folds what each micro-batch did into a ``ScoreSummary``
   (``TaskContext.resources()["gpu"]``), else CUDA if present, else the CPU; a task given a GPU
   that finds no usable CUDA fails (it never falls back to the CPU with a dtype chosen for GPUs).
 - The model is read from shared storage (``longattn_spark.score.model_files``): the driver
-  reads config.json, the index and the safetensors headers and hashes the layer-0 tensor bytes as
-  they stream past (the scorer_id), copying nothing; executors fetch only the needed files
-  into a per-executor cache, or read a local / mounted folder in place.
+  reads config.json, the index and the safetensors headers and hashes the tensor bytes the
+  method reads as they stream past (the scorer_id), copying nothing; executors fetch only the
+  needed files into a per-executor cache, or read a local / mounted folder in place.
 - Before any task: the model folder's tokenizer (when it has one) must be the windows'
   tokenizer (``--allow-tokenizer-mismatch`` overrides); without one, the windows' tokenizer is
   recorded with the scorer.
 - Each row the UDF returns says what the executor ran (device type, kernel, dtype, and a note
-  when the Triton kernel fell back to torch). The driver counts it per micro-batch, prints
-  fallbacks, shows both in the summary, and records every combination seen in the scorer's
-  table property ``longattn.scorer.<scorer_id>`` (``executors``) before the commit that holds
-  its rows.
+  when the method fell back, e.g. the Triton kernel to torch). The driver counts it per
+  micro-batch, prints fallbacks, shows both in the summary, and records every combination
+  seen in the scorer's table property ``longattn.scorer.<scorer_id>`` (``executors``) before
+  the commit that holds its rows.
 - The scores table is partitioned by ``scorer_id`` and each MERGE is restricted to its own
   partition, so runs with different models can write one table at the same time.
 - The stream checkpoint lives beside a path scores table, or under ``--checkpoint-location``
@@ -51,17 +51,17 @@ from pyspark.sql import functions as F
 from longattn_spark import paths
 from longattn_spark.config import LongAttnConfig, ScoreConfig, default_rejects_table
 from longattn_spark.errors import ConfigError, TableError
-from longattn_spark.score import prolong_udf
-from longattn_spark.score.model_files import ModelLocation, describe_model, locate_model
+from longattn_spark.score.model_files import ModelLocation
 from longattn_spark.score.plan import (
+    check_tokenizer,
     needs_classic_session,
-    plan_longattn,
+    unscored_tokenizers,
     validate_score_config,
     windows_facts,
 )
-from longattn_spark.score.schema import RUN_FIELDS
 from longattn_spark.score.summary import Progress, ScoreSummary, count_runs, print_summary
-from longattn_spark.score.udf import ArrowFn
+from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
+from longattn_spark.scorers.runtime import RUN_FIELDS, ArrowFn, score_batches, udf_schema
 from longattn_spark.session import arrow_batch_rows, get_spark, on_cluster, remote_url
 from longattn_spark.tables import (
     SCORE_REJECTS,
@@ -93,37 +93,40 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
 
     ``udf_wrapper`` (tests): applied to the mapInArrow function of every micro-batch, in
     micro-batch order, e.g. to make a task fail."""
-    validate_score_config(cfg)
+    method = validate_score_config(cfg)
     if paths.is_connect(spark):
         raise ConfigError(needs_classic_session("this session"))
     windows_ref = TableRef(cfg.windows)
     scores_ref = TableRef(cfg.table)
     rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
     # The model first: its errors (no folder, no config.json, bad headers, not a causal LM,
-    # pickled weights) come before any Spark job, and nothing but small files and a streamed
-    # hash of weight bytes is read here (layer 0 for LongAttn, every tensor for ProLong).
-    prolong = cfg.method == "prolong"
-    location = locate_model(spark, cfg.model, whole=prolong)
-    if prolong:
-        described = prolong_udf.describe_prolong_model(spark, location,
-                                                       allow_pickle=cfg.allow_pickle)
-    else:
-        checkpoint = describe_model(spark, location, allow_pickle=cfg.allow_pickle)
+    # pickled weights, --layer outside it) come before any Spark job, and nothing but small
+    # files and a streamed hash of the weight bytes the method reads is read here.
+    location = method.locate(spark, cfg)
+    model = method.inspect(spark, cfg, location)
     if not windows_ref.exists(spark):
         raise TableError(f"--windows {cfg.windows}: no such table (run ingest first)")
     sizes, window_tokenizers = windows_facts(spark, windows_ref, cfg)
-    if prolong:
-        plan = prolong_udf.plan_prolong(spark, cfg, location, described, sizes,
-                                        window_tokenizers, windows_ref, scores_ref, rejects_ref)
-    else:
-        plan = plan_longattn(spark, cfg, location, checkpoint, sizes, window_tokenizers,
-                              windows_ref, scores_ref, rejects_ref)
+    summary = ScoreSummary(seq_len=sizes[0] if len(sizes) == 1 else 0)
+
+    def checked_tokenizer(scorer_id: str) -> dict:
+        record = check_tokenizer(spark, cfg, window_tokenizers, summary, lambda: (
+            unscored_tokenizers(spark, windows_ref, scores_ref, rejects_ref, scorer_id, cfg)))
+        context.tokenizer_check = summary.tokenizer_check
+        return record
+
+    context = PlanContext(spark=spark, cfg=cfg, location=location, model=model, sizes=sizes,
+                          window_tokenizers=window_tokenizers,
+                          check_tokenizer=checked_tokenizer)
+    plan = method.plan(context)
     scorer_id, seq_len, min_distance = plan.scorer_id, plan.seq_len, plan.min_distance
-    summary, settings = plan.summary, plan.settings
+    summary.scorer_id, summary.tokenizer_check = scorer_id, context.tokenizer_check
+    summary.seq_len = seq_len or summary.seq_len
+    summary.min_distance = min_distance or 0
+    out_schema = udf_schema(method.out_fields)
     ensure_table(spark, scores_ref, SCORES)
     ensure_table(spark, rejects_ref, SCORE_REJECTS)
-    record = _scorer_record(spark, scores_ref, plan.describe, cfg, settings, location,
-                            scorer_id, seq_len, min_distance, plan.tokenizer_record)
+    record = _scorer_record(spark, scores_ref, method, plan, cfg, location)
     property_key = f"longattn.scorer.{scorer_id}"
     set_properties(spark, scores_ref, {property_key: json.dumps(record, sort_keys=True)})
     executors_seen = {_run_key(e) for e in record["executors"]}
@@ -134,15 +137,14 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
     reporter = Progress(progress and not on_cluster())
 
     def commit(batch: DataFrame, batch_id: int) -> None:
-        udf = plan.make_udf()
+        udf = score_batches(cfg.method, plan.settings, cfg.batch_size)
         if udf_wrapper is not None:
             udf = udf_wrapper(udf)
         todo = _unscored(spark, batch, scores_ref, rejects_ref, scorer_id)
         # Materialized, not cached: the plan reads the two tables written below, and Spark
         # drops cached data depending on a table when it is written (scoring twice); on a
         # cluster it goes to reliable storage, so losing an executor loses no scored rows.
-        out, release = materialize(spark, todo.mapInArrow(udf, plan.out_schema,
-                                                          profile=profile),
+        out, release = materialize(spark, todo.mapInArrow(udf, out_schema, profile=profile),
                                    scores_ref, staging_root=cfg.checkpoint_location or None)
         try:
             groups = (out.groupBy("reason", *RUN_FIELDS).agg(F.count(F.lit(1)).alias("n"))
@@ -162,7 +164,7 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
                 set_properties(spark, scores_ref,
                                {property_key: json.dumps(record, sort_keys=True)})
             now = F.current_timestamp()
-            scores = (plan.score_columns(out.filter(F.col("reason").isNull()))
+            scores = (scores_rows(out.filter(F.col("reason").isNull()), method, plan)
                       .withColumn("scorer_id", F.lit(scorer_id))
                       .withColumn("model", F.lit(cfg.model)).withColumn("scored_at", now))
             rejects = (out.filter(F.col("reason").isNotNull())
@@ -200,15 +202,27 @@ def _run_key(run: dict) -> tuple:
     return tuple(run.get(f) for f in RUN_FIELDS)
 
 
-def _scorer_record(spark: SparkSession, scores_ref: TableRef, described: dict,
-                   cfg: ScoreConfig, settings, location: ModelLocation,
-                   scorer_id: str, seq_len: int | None, min_distance: int | None,
-                   tokenizer: dict) -> dict:
+def scores_rows(out: DataFrame, method: ScorerMethod, plan: MethodPlan) -> DataFrame:
+    """The UDF's scored rows as scores-table rows: the method's columns as they are, the
+    plan's constants, ``method``, and null in every other column of ``tables.SCORES``."""
+    frame = out.withColumn("method", F.lit(method.name))
+    for name, value in plan.constants.items():
+        frame = frame.withColumn(name, F.lit(value).cast(SCORES.schema[name].dataType))
+    present = set(frame.columns)
+    for field in SCORES.schema.fields:
+        if field.name not in present:
+            frame = frame.withColumn(field.name, F.lit(None).cast(field.dataType))
+    return frame
+
+
+def _scorer_record(spark: SparkSession, scores_ref: TableRef, method: ScorerMethod,
+                   plan: MethodPlan, cfg: ScoreConfig, location: ModelLocation) -> dict:
     """The ``longattn.scorer.<id>`` property: the scorer's configuration (``described``: from
     config.json and the headers), what was asked for, the tokenizers, and what the executors
     ran so far (kept from earlier runs; the windows' tokenizers are merged with earlier runs'
     too)."""
-    summary = dict(described)
+    scorer_id, tokenizer = plan.scorer_id, plan.tokenizer
+    summary = dict(plan.describe)
     for driver_only in ("device", "kernel", "kernel_note", "block_size"):
         summary.pop(driver_only, None)  # the driver scores nothing: executors say what ran
     earlier = {}
@@ -224,10 +238,12 @@ def _scorer_record(spark: SparkSession, scores_ref: TableRef, described: dict,
     if before.get("check") == "mismatch_allowed":
         tokenizer["check"] = "mismatch_allowed"
     executors = earlier.get("executors") if isinstance(earlier.get("executors"), list) else []
-    return {**summary, "method": cfg.method, "scorer_id": scorer_id, "seq_len": seq_len,
-            "min_distance": min_distance, "model": cfg.model, "model_folder": location.folder,
+    plugin = {"method_plugin": cfg.method} if cfg.method != method.name else {}
+    return {**summary, **plugin, "method": method.name, "scorer_id": scorer_id,
+            "seq_len": plan.seq_len, "min_distance": plan.min_distance, "model": cfg.model,
+            "model_folder": location.folder,
             "requested": {"device": cfg.device, "kernel": cfg.kernel, "dtype": cfg.dtype},
-            "dtype": settings.dtype, "tokenizer": tokenizer, "executors": executors}
+            "dtype": plan.dtype, "tokenizer": tokenizer, "executors": executors}
 
 
 def gpu_resource_profile(spark: SparkSession, task_gpus: float):

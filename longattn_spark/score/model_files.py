@@ -1,4 +1,4 @@
-"""Getting a model's layer-0 files to the executors, straight from shared storage.
+"""Getting the model files a scorer needs to the executors, straight from shared storage.
 
 - **Driver** (``locate_model``): reads only small files through ``longattn_spark.paths`` (the
   Hadoop FileSystem the job reads; a scheme-less path is the cluster's default filesystem):
@@ -40,11 +40,9 @@ from pathlib import Path
 from longattn_spark import paths
 from longattn_spark.paths.shell import ShellFS, shell_error_line
 from longattn_spark.errors import InputError
-from longattn_spark.scoring.checkpoint import (
-    NAME_PREFIXES,
+from longattn_spark.scorers.models import (
     PICKLE_INDEX,
     PICKLE_SINGLE,
-    ROLE_NAMES,
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
 )
@@ -87,12 +85,23 @@ class ModelLocation:
 
 # --- pure parts --------------------------------------------------------------------------------
 
-def files_needed(file_names: Sequence[str], index: dict | None) -> list[str]:
-    """The files of a checkpoint folder that scoring reads (pure: names in, names out)."""
+def files_needed(file_names: Sequence[str], index: dict | None, layer: int = 0) -> list[str]:
+    """The files of a checkpoint folder that LongAttn at ``layer`` reads: the small configs,
+    and the shards holding layer ``layer``'s attention tensors and every tensor of the layers
+    below it (pure: names in, names out)."""
+    from longattn_spark.scorers.longattn.checkpoint import (
+        NAME_PREFIXES,
+        layer_role_names,
+        lower_layer_names,
+    )
+
     needed = [name for name in SMALL_FILES if name in file_names]
     if index is not None:
         weight_map = index.get("weight_map", {})
-        wanted = {prefix + name for prefix in NAME_PREFIXES for name in ROLE_NAMES.values()}
+        wanted = {prefix + name for prefix in NAME_PREFIXES
+                  for name in layer_role_names(layer).values()}
+        wanted.update(name for prefix in NAME_PREFIXES
+                      for name in lower_layer_names(weight_map, prefix, layer))
         shards = sorted({file for tensor, file in weight_map.items() if tensor in wanted})
         index_name = SAFETENSORS_INDEX if SAFETENSORS_INDEX in file_names else PICKLE_INDEX
         return needed + [index_name] + shards
@@ -142,11 +151,11 @@ def is_remote(spark, model: str) -> bool:
 
 # --- driver ------------------------------------------------------------------------------------
 
-def locate_model(spark, model: str, option: str = "--model", *, whole: bool = False
-                 ) -> ModelLocation:
+def locate_model(spark, model: str, option: str = "--model", *, whole: bool = False,
+                 layer: int = 0) -> ModelLocation:
     """Check the model folder and list what scoring needs, reading small files only:
-    LongAttn's layer-0 files (``files_needed``), or with ``whole`` every file a causal LM
-    needs (``files_needed_whole``: ProLong runs the whole model).
+    LongAttn's files for ``layer`` (``files_needed``), or with ``whole`` every file a causal
+    LM needs (``files_needed_whole``: ProLong and lossgain run the whole model).
 
     One-line ``InputError`` naming the path and its filesystem when the folder is missing, is
     not a folder, has no config.json, or lacks a shard its index lists."""
@@ -171,7 +180,8 @@ def locate_model(spark, model: str, option: str = "--model", *, whole: bool = Fa
                 raise InputError(f"{option} {paths.where(spark, entries[index_name].path)}: "
                                  f"not a valid checkpoint index ({exc})") from None
             break
-    needed = (files_needed_whole if whole else files_needed)(sorted(entries), index)
+    needed = files_needed_whole(sorted(entries), index) if whole else \
+        files_needed(sorted(entries), index, layer)
     missing = [name for name in needed if name not in entries]
     if missing:
         raise InputError(f"{option} {paths.where(spark, model)}: {', '.join(missing)} listed in "
@@ -196,12 +206,14 @@ def _qualified(path: str) -> str:
 hadoop_settings = paths.hadoop_settings
 
 
-def describe_model(spark, location: ModelLocation, *, allow_pickle: bool = False):
-    """The model's ``Layer0Checkpoint`` as the driver sees it, without copying weights:
-    tensors on the meta device, fingerprint hashed from the streamed tensor bytes (see
-    ``scoring.checkpoint.describe_layer0_checkpoint``). A local pickled checkpoint, which has
-    no header to read, is loaded in place (only with ``allow_pickle``)."""
-    from longattn_spark.scoring.checkpoint import (
+def describe_model(spark, location: ModelLocation, *, allow_pickle: bool = False,
+                   layer: int = 0):
+    """The model's ``Layer0Checkpoint`` (for scoring ``layer``) as the driver sees it,
+    without copying weights: tensors on the meta device, fingerprint hashed from the
+    streamed tensor bytes (see ``scorers.longattn.checkpoint.describe_layer0_checkpoint``). A
+    local pickled checkpoint, which has no header to read, is loaded in place (only with
+    ``allow_pickle``)."""
+    from longattn_spark.scorers.longattn.checkpoint import (
         describe_layer0_checkpoint,
         load_layer0_checkpoint,
     )
@@ -210,9 +222,9 @@ def describe_model(spark, location: ModelLocation, *, allow_pickle: bool = False
     is_pickle = not any(n in (SAFETENSORS_INDEX, SAFETENSORS_SINGLE) for n in names) and \
         any(n in (PICKLE_INDEX, PICKLE_SINGLE) for n in names)
     if location.in_place and is_pickle and allow_pickle:
-        return load_layer0_checkpoint(location.folder, allow_pickle=True)
+        return load_layer0_checkpoint(location.folder, allow_pickle=True, layer=layer)
     return describe_layer0_checkpoint(location.folder, _Reader(spark, location),
-                                      allow_pickle=allow_pickle)
+                                      allow_pickle=allow_pickle, layer=layer)
 
 
 class _Reader:

@@ -22,6 +22,13 @@ Method, within each category of the windows (paper §4.2), over the *usable* win
   the selection table with ``selected = false``, NULL z/lds and an ``excluded_reason``, and
   counted in the summary, so every score of the scorer is accounted for.
 
+``--heads 0,3,5`` (LongAttn scorers): DS and variance are the means over those query heads of
+the stored per-head ``ds_heads`` / ``var_heads`` instead of the all-head ``ds`` / ``variance``
+(no re-scoring); everything below then applies to them, the selection table's ``ds`` and
+``variance`` hold them, and its ``params`` record the heads. The heads are checked against the
+scorer's head count (its record in the scores table, else the stored arrays) before the
+selection runs.
+
 Cuts, within each category (``--min-lds`` may be combined with either of the first two):
 
 - ``--keep-fraction f``: the top ``floor(f * n + 1e-9)`` windows by LDS (``int(n * f)`` as in
@@ -99,6 +106,9 @@ _NAMES = {
     "narrowed_bracket": "longattn_spark.select.cut",
     "params_json": "longattn_spark.select.cut",
     "parse_mix": "longattn_spark.select.cut",
+    "parse_heads": "longattn_spark.select.cut",
+    "check_heads_in_range": "longattn_spark.select.cut",
+    "check_heads": "longattn_spark.select.job",
     "pinned_version": "longattn_spark.inputs",
     "random_cuts": "longattn_spark.select.queries",
     "read_summary": "longattn_spark.select.queries",

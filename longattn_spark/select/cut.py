@@ -43,6 +43,8 @@ class SelectOptions:
     seed: int = 0
     exact: bool = False
     accuracy: int = 10000
+    #: query heads whose mean DS and variance replace the all-head ones (sorted; empty: all)
+    heads: tuple[int, ...] = ()
 
     @property
     def uses_approx_cut(self) -> bool:
@@ -51,7 +53,9 @@ class SelectOptions:
     def params(self) -> dict[str, Any]:
         """JSON-ready parameters; options that do not change the result are recorded as None
         (the seed of an LDS selection, the accuracy of an exact cut)."""
+        heads = {"heads": list(self.heads)} if self.heads else {}  # older ids stay as they were
         return {
+            **heads,
             "method": self.method,
             "normalize": self.normalize,
             "alpha": self.alpha,
@@ -89,6 +93,29 @@ def parse_mix(text: str) -> dict[str, float]:
     return shares
 
 
+def parse_heads(text: str) -> tuple[int, ...]:
+    """``"0,3,5"`` -> the query heads (sorted, each once); ``""`` -> () (all heads)."""
+    if not text.strip():
+        return ()
+    heads: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item.isdigit():
+            raise ConfigError(f"--heads {text!r}: {item!r} is not a head index; expected "
+                              "comma-separated head numbers from 0, e.g. 0,3,5")
+        if int(item) in heads:
+            raise ConfigError(f"--heads {text!r}: head {int(item)} is named twice")
+        heads.append(int(item))
+    return tuple(sorted(heads))
+
+
+def check_heads_in_range(heads: tuple[int, ...], n_heads: int, where: str) -> None:
+    """Every head must index the stored per-head arrays of ``n_heads`` entries."""
+    outside = [h for h in heads if h >= n_heads]
+    if outside:
+        raise ConfigError(f"--heads {','.join(map(str, heads))}: head {outside[0]} is outside "
+                          f"{where}, which has {n_heads} heads (0..{n_heads - 1})")
+
+
 def select_options(cfg: SelectConfig) -> SelectOptions:
     """Validate the select section of the configuration."""
     if cfg.method not in ("lds", "random"):
@@ -118,7 +145,8 @@ def select_options(cfg: SelectConfig) -> SelectOptions:
     return SelectOptions(method=cfg.method, normalize=cfg.normalize, alpha=alpha,
                          keep_fraction=fraction, token_budget=int(cfg.token_budget),
                          mix=tuple(sorted(mix.items())), min_lds=min_lds, seed=int(cfg.seed),
-                         exact=bool(cfg.exact), accuracy=int(cfg.accuracy))
+                         exact=bool(cfg.exact), accuracy=int(cfg.accuracy),
+                         heads=parse_heads(cfg.heads))
 
 
 def params_json(options: SelectOptions, windows_table: str, scores_table: str) -> str:

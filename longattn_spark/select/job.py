@@ -6,10 +6,12 @@ from __future__ import annotations
 from longattn_spark.console import StageRun, StepTimer, print_run
 from longattn_spark.config import LongAttnConfig
 from longattn_spark.inputs import chosen_scorer_id, pinned_version, scorer_counts, table_ref
+from longattn_spark.errors import ConfigError
 from longattn_spark.select.cut import (
     DEFAULT_BUCKETS,
     DEFAULT_CANDIDATE_LIMIT,
     SelectOptions,
+    check_heads_in_range,
     params_json,
     select_options,
     selection_id_for,
@@ -19,6 +21,7 @@ from longattn_spark.select.queries import (
     read_summary,
     selection_present,
     selection_rows,
+    stored_heads,
     write_selection,
 )
 from longattn_spark.select.summary import SelectionResult, format_summary, summary_notes
@@ -43,6 +46,46 @@ def resolve_inputs(spark, windows, scores, scorer_id: str = "",
     return SelectionInputs(windows, scores, wv, sv, chosen)
 
 
+def scorer_record(spark, scores, scorer_id: str) -> dict:
+    """The scorer's record written by the score job (the scores table's
+    ``longattn.scorer.<scorer_id>`` property), or {} when the table has none."""
+    import json
+
+    from longattn_spark.tables import table_properties
+
+    text = table_properties(spark, scores).get(f"longattn.scorer.{scorer_id}")
+    try:
+        record = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_heads(spark, inputs: SelectionInputs, heads: tuple[int, ...]) -> None:
+    """``--heads`` against what the scorer stores, before the selection runs: from the
+    scorer's record when it names the method and head count, else from one aggregate over the
+    scorer's rows (the shortest per-head arrays, named by a window)."""
+    if not heads:
+        return
+    sid = inputs.scorer_id
+    record = scorer_record(spark, inputs.scores, sid)
+    method = record.get("method")
+    if method not in (None, "longattn"):
+        raise ConfigError(f"--heads: scorer {sid} is a {method} scorer, which stores no "
+                          "per-head scores; --heads needs a longattn scorer")
+    n_heads = record.get("n_query_heads")
+    if isinstance(n_heads, int) and n_heads > 0:
+        check_heads_in_range(heads, n_heads, f"the per-head scores of scorer {sid}")
+        return
+    stored = stored_heads(spark, inputs)
+    if stored.max_heads is None:
+        kind = " (its rows are of another method)" if stored.other_method else ""
+        raise ConfigError(f"--heads: scorer {sid} stores no per-head scores (ds_heads, "
+                          f"var_heads){kind}; --heads needs a longattn scorer")
+    check_heads_in_range(heads, stored.min_heads,
+                         f"the per-head scores of window {stored.short_window} (scorer {sid})")
+
+
 def select_windows(spark, options: SelectOptions, windows, scores, table, *,
                    scorer_id: str = "", windows_version: int | None = None,
                    scores_version: int | None = None, buckets: int = DEFAULT_BUCKETS,
@@ -54,6 +97,7 @@ def select_windows(spark, options: SelectOptions, windows, scores, table, *,
     if isinstance(inputs, str):
         return SelectionResult(None, str(table), None, None, None, options, written=False,
                                message=inputs)
+    check_heads(spark, inputs, options.heads)
     params = params_json(options, str(windows), str(scores))
     selection_id = selection_id_for(params, inputs.scorer_id, inputs.windows_version,
                                     inputs.scores_version)

@@ -93,6 +93,39 @@ def _scores_view(views: _Views, inputs: SelectionInputs) -> str:
     return views.add("scores", frame)
 
 
+def heads_literal(heads: tuple[int, ...]):
+    """The ``:heads`` parameter of select_scored.sql: an ``array(...)`` of int literals (empty:
+    all heads). A Column, not a Python list: Spark Connect cannot type an empty list."""
+    from pyspark.sql import functions as F
+
+    return F.array(*[F.lit(int(h)) for h in heads])
+
+
+@dataclass(frozen=True)
+class StoredHeads:
+    """What the rows of one scorer hold per head (``select_heads_stored.sql``)."""
+
+    n_rows: int
+    other_method: int  # rows of a method without per-head scores
+    min_heads: int | None  # fewest heads a row stores (None: no row stores them)
+    max_heads: int | None
+    short_window: str | None  # a window storing ``min_heads``
+
+
+def stored_heads(spark, inputs: SelectionInputs) -> StoredHeads:
+    """How many per-head scores the scorer's rows store (one aggregate over its rows)."""
+    views = _Views(spark)
+    try:
+        row = spark.sql(load_sql("select_heads_stored"), args={
+            "scores": _scores_view(views, inputs), "scorer_id": inputs.scorer_id}).collect()[0]
+        return StoredHeads(int(row["n_rows"]), int(row["other_method"]),
+                           None if row["min_heads"] is None else int(row["min_heads"]),
+                           None if row["max_heads"] is None else int(row["max_heads"]),
+                           row["short_window"])
+    finally:
+        views.drop()
+
+
 def _rows_view(views: _Views, name: str, rows: list[dict[str, Any]], schema: str) -> str:
     return views.add(name, views.spark.createDataFrame(rows, schema=schema))
 
@@ -248,7 +281,8 @@ def selection_rows(spark, inputs: SelectionInputs, options: SelectOptions, selec
         scored_df = spark.sql(load_sql("select_scored"), args={
             "scores": _scores_view(views, inputs),
             "windows": inputs.windows.sql_name(spark, inputs.windows_version),
-            "scorer_id": inputs.scorer_id}).persist(StorageLevel.MEMORY_AND_DISK)
+            "scorer_id": inputs.scorer_id,
+            "heads": heads_literal(options.heads)}).persist(StorageLevel.MEMORY_AND_DISK)
         scored = views.add("scored", scored_df)
         stats_df = category_stats_frame(spark, scored)
         stats_rows = [r for r in stats_df.collect() if not r["is_total"]]

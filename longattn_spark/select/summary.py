@@ -87,7 +87,8 @@ def format_summary(result: SelectionResult) -> str:
     if opts.min_lds is not None:
         cut = f"{cut}, min-lds {opts.min_lds:g}" if cut else f"min-lds {opts.min_lds:g}"
     state = "written to" if result.written else "already in"
-    inputs = (f"  scorer {result.scorer_id}, windows v{result.windows_version}, scores "
+    heads = f", heads {','.join(map(str, opts.heads))}" if opts.heads else ""
+    inputs = (f"  scorer {result.scorer_id}{heads}, windows v{result.windows_version}, scores "
               f"v{result.scores_version}; {opts.method}, {opts.normalize}, "
               f"alpha {opts.alpha:g}, {cut}")
     lines = [f"selection {result.selection_id} {state} {result.table}", inputs]

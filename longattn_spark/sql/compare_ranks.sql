@@ -1,5 +1,6 @@
--- Two scorers on the same windows, per category: each scorer's value (ProLong: its `score`;
--- LongAttn: LDS = z(ds) + :alpha * z(-variance) within the category, as `select` ranks it),
+-- Two scorers on the same windows, per category: each scorer's value (any method but
+-- LongAttn: its `score`; LongAttn: LDS = z(ds) + :alpha * z(-variance) within the category,
+-- as `select` ranks it),
 -- and both values' average ranks within the category (ties share the mean of their ranks,
 -- as Spearman's rank correlation defines them).
 WITH s AS (
@@ -17,7 +18,7 @@ stats AS (
 ),
 v AS (
   SELECT s.window_id, s.category, s.scorer_id,
-         CASE WHEN s.method = 'prolong' THEN s.score
+         CASE WHEN s.method <> 'longattn' THEN s.score
               -- a category without spread in a score (one window, or all equal) gets z = 0
               -- for it, as in select; a missing score stays missing (the window is left out)
               ELSE CASE WHEN coalesce(st.s_ds, 0D) = 0D THEN 0D * s.ds

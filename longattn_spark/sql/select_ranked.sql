@@ -9,8 +9,8 @@
 --
 -- zscore: z_ds = z(ds), z_du = z(DU) = (mean_var - variance) / sd_var, lds = z_ds + alpha*z_du.
 -- minmax: z_ds = minmax(ds), z_du = minmax(variance),        lds = z_ds - alpha*z_du.
--- A ProLong scorer's rows carry its score as ds and variance 0 (select_scored.sql): z_du = 0
--- and lds = z_ds = the score normalized within the category.
+-- Any other method's rows (ProLong, lossgain, ...) carry its score as ds and variance 0
+-- (select_scored.sql): z_du = 0 and lds = z_ds = the score normalized within the category.
 -- A category with one usable window (stddev_samp is NULL) or zero spread (stddev or range 0)
 -- gets z = 0 for that score: it carries no information to rank by.
 -- sort_key: larger ranks first; tiebreak orders windows with equal sort_key (larger first),

@@ -1,5 +1,6 @@
--- LongAttn selection, step 5: the rows of the selection table. For a ProLong scorer ds and
--- variance are NULL, z_ds = lds = its score normalized within the category, z_du = 0.
+-- LongAttn selection, step 5: the rows of the selection table. For any other method's scorer
+-- (ProLong, lossgain, ...) ds and variance are NULL, z_ds = lds = its score normalized within
+-- the category, z_du = 0.
 --   :flagged          output of select_flagged.sql
 --   :selection_id     hash of the parameters, scorer and input table versions
 --   :scorer_id, :params (JSON), :windows_version, :scores_version
@@ -8,8 +9,8 @@ SELECT
   window_id,
   category,
   n_tokens,
-  CASE WHEN method = 'prolong' THEN NULL ELSE ds END       AS ds,
-  CASE WHEN method = 'prolong' THEN NULL ELSE variance END AS variance,
+  CASE WHEN method = 'longattn' THEN ds END        AS ds,
+  CASE WHEN method = 'longattn' THEN variance END AS variance,
   z_ds,
   z_du,
   lds,

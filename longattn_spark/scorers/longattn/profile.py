@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from longattn_spark.scoring.attention_sums import check_qk_shapes
+from longattn_spark.scorers.longattn.attention_sums import check_qk_shapes
 
 SPACINGS = ("log", "linear")
 BLOCK_ELEMENTS = 1 << 24

@@ -1,14 +1,17 @@
-"""Layer0Scorer: DS and variance of windows from a model's layer-0 attention.
+"""Layer0Scorer: DS and variance of windows from a model's attention at layer N (0: the
+paper's layer 0).
 
-Per window (DESIGN.md, "The method, exactly"): token embedding -> input RMSNorm (the model's
-eps) -> q_proj, k_proj (+ bias) -> heads -> RoPE as the config says -> per query head the
-tail sums of the causal softmax (``tail_attention_sums``, or the Triton kernel on CUDA) ->
-proportion and variance per head -> their means over heads. Nothing else of the model is
-read or run.
+Per window (DESIGN.md, "The method, exactly"): token embedding -> (at layer N > 0: layers
+0 .. N-1 in full, transformers' own decoder-layer modules with SDPA attention, built from the
+checkpoint's tensors) -> layer N's input RMSNorm (the model's eps) -> q_proj, k_proj (+ bias)
+-> heads -> RoPE as the config says -> per query head the tail sums of the causal softmax
+(``tail_attention_sums``, or the Triton kernel on CUDA) -> proportion and variance per head ->
+their means over heads. Nothing else of the model is read or run.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -24,28 +27,28 @@ import torch
 import torch.nn.functional as F
 
 from longattn_spark.errors import InputError
-from longattn_spark.scoring.attention_sums import (
+from longattn_spark.scorers.models import dtype_name as _dtype_name
+from longattn_spark.scorers.models import resolve_device, resolve_dtype
+from longattn_spark.scorers.longattn.attention_sums import (
     DEFAULT_BLOCK_SIZE,
     MATH_VERSION,
     ds_and_variance,
     tail_attention_sums,
 )
-from longattn_spark.scoring.checkpoint import (
+from longattn_spark.scorers.longattn.checkpoint import (
     SUPPORTED_MODEL_TYPES,
     Layer0Checkpoint,
     config_head_dim,
     load_layer0_checkpoint,
 )
-from longattn_spark.scoring.rope import (
+from longattn_spark.scorers.longattn.rope import (
     RotaryEmbedding,
     config_with_rope_theta,
     modeling_module,
 )
 
 MIN_SEQ_LEN = 8
-LAYER = 0
 KERNELS = ("auto", "torch", "triton")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PROJECTION_CHUNK_ELEMENTS = 1 << 24
 """Hidden-state elements per projection chunk: embedding, norm, q/k projection and RoPE run
 over chunks of positions, so their temporaries stay ~64 MiB whatever the window length."""
@@ -113,11 +116,11 @@ def _windows_as_rows(window_ids: Any) -> list[torch.Tensor]:
 
 
 class Layer0Scorer:
-    """Scores windows with one model's layer-0 attention (see the module docstring).
+    """Scores windows with one model's attention at layer N (see the module docstring).
 
     ``scorer_id`` identifies what this scorer computes with the sequence length left to the
-    caller: it covers the model identity (a hash of the layer-0 tensors read), the config
-    fields that shape layer 0's attention, the layer, the min_distance policy, the dtype,
+    caller: it covers the model identity (a hash of the tensors read), the config
+    fields that shape the layer's attention, the layer, the min_distance policy, the dtype,
     the RoPE settings after any override and ``MATH_VERSION``. Two scores with the same
     ``scorer_id`` *and* the same seq_len are comparable. ``scorer_id_for(seq_len)`` puts
     that seq_len and the min_distance it implies in the hash as well; the score job keys its
@@ -130,6 +133,7 @@ class Layer0Scorer:
                  rope_theta: float | None = None, kernel: str = "auto",
                  block_size: int | None = None) -> None:
         self.checkpoint = checkpoint
+        self.layer = int(checkpoint.layer)
         self.device = torch.device("meta") if checkpoint.described_only else \
             resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -156,9 +160,10 @@ class Layer0Scorer:
                         dtype: torch.dtype | str = torch.float32,
                         min_distance: int | None = None, rope_theta: float | None = None,
                         allow_pickle: bool = False, kernel: str = "auto",
-                        block_size: int | None = None) -> Layer0Scorer:
-        """A scorer for the checkpoint in folder ``path`` (config.json + safetensors)."""
-        checkpoint = load_layer0_checkpoint(path, allow_pickle=allow_pickle)
+                        block_size: int | None = None, layer: int = 0) -> Layer0Scorer:
+        """A scorer of layer ``layer``'s attention for the checkpoint in folder ``path``
+        (config.json + safetensors)."""
+        checkpoint = load_layer0_checkpoint(path, allow_pickle=allow_pickle, layer=layer)
         return cls(checkpoint, device=device, dtype=dtype, min_distance=min_distance,
                    rope_theta=rope_theta, kernel=kernel, block_size=block_size)
 
@@ -195,6 +200,33 @@ class Layer0Scorer:
             else None
         self._k_bias = tensors["k_proj.bias"].to(**on_device) if "k_proj.bias" in tensors \
             else None
+        self._lower_layers = [] if self.device.type == "meta" else self._build_lower_layers()
+
+    def _build_lower_layers(self) -> list[torch.nn.Module]:
+        """Layers 0 .. N-1: transformers' decoder-layer modules of the model type, SDPA
+        attention, weights from the checkpoint (every tensor of those layers, strictly)."""
+        if self.layer == 0:
+            return []
+        model_type = self.checkpoint.model_type
+        layer_class = getattr(modeling_module(model_type),
+                              f"{SUPPORTED_MODEL_TYPES[model_type]}DecoderLayer")
+        config = copy.deepcopy(self.config)
+        config._attn_implementation = "sdpa"
+        layers = []
+        for index in range(self.layer):
+            prefix = f"layers.{index}."
+            state = {role[len(prefix):]: tensor for role, tensor in
+                     self.checkpoint.tensors.items() if role.startswith(prefix)}
+            with torch.device("meta"):
+                module = layer_class(config, layer_idx=index)
+            try:
+                module.load_state_dict(state, strict=True, assign=True)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise InputError(f"{self.checkpoint.path}: layer {index}'s tensors do not fit "
+                                 f"{layer_class.__name__} ({first})") from None
+            layers.append(module.to(device=self.device, dtype=self.dtype).eval())
+        return layers
 
     @property
     def bos_id(self) -> int:
@@ -230,7 +262,7 @@ class Layer0Scorer:
         config = self.config
         return {
             "math_version": MATH_VERSION,
-            "layer": LAYER,
+            "layer": self.layer,
             "model": self.checkpoint.fingerprint(),
             "model_type": self.checkpoint.model_type,
             "hidden_size": int(config.hidden_size),
@@ -251,7 +283,7 @@ class Layer0Scorer:
             "model_path": str(self.checkpoint.path),
             "model_type": self.checkpoint.model_type,
             "model_fingerprint": self.checkpoint.fingerprint(),
-            "layer": LAYER,
+            "layer": self.layer,
             "tensors_read": list(self.checkpoint.tensor_names_read),
             "files_read": list(self.checkpoint.files_read),
             "vocab_size": self.vocab_size,
@@ -310,10 +342,11 @@ class Layer0Scorer:
         return tail_attention_sums(q, k, min_distance, scale=scale, block_size=self.block_size)
 
     def rotated_query_key(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer 0's queries ``[B, Hq, L, D]`` and keys ``[B, Hkv, L, D]`` after RoPE, in the
-        compute dtype, for already checked ids on this scorer's device."""
+        """The scored layer's queries ``[B, Hq, L, D]`` and keys ``[B, Hkv, L, D]`` after
+        RoPE, in the compute dtype, for already checked ids on this scorer's device."""
         batch, seq_len = ids.shape
         cos, sin = self.rope.cos_sin(seq_len, self.dtype, self.device)
+        below = self._hidden_below(ids, cos, sin) if self._lower_layers else None
         q = torch.empty(batch, self.n_query_heads, seq_len, self.head_dim, dtype=self.dtype,
                         device=self.device)
         k = torch.empty(batch, self.n_kv_heads, seq_len, self.head_dim, dtype=self.dtype,
@@ -321,7 +354,9 @@ class Layer0Scorer:
         chunk = max(128, _PROJECTION_CHUNK_ELEMENTS // (batch * int(self.config.hidden_size)))
         for c0 in range(0, seq_len, chunk):
             c1 = min(c0 + chunk, seq_len)
-            hidden = self._norm(F.embedding(ids[:, c0:c1], self._embed).to(self.dtype))
+            inputs = F.embedding(ids[:, c0:c1], self._embed).to(self.dtype) if below is None \
+                else below[:, c0:c1]
+            hidden = self._norm(inputs)
             q_chunk = self._heads(F.linear(hidden, self._q_weight, self._q_bias),
                                   self.n_query_heads)
             k_chunk = self._heads(F.linear(hidden, self._k_weight, self._k_bias),
@@ -329,6 +364,19 @@ class Layer0Scorer:
             q[:, :, c0:c1], k[:, :, c0:c1] = self.rope.apply(
                 q_chunk, k_chunk, cos[:, c0:c1], sin[:, c0:c1])
         return q, k
+
+    def _hidden_below(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                      ) -> torch.Tensor:
+        """The hidden states entering the scored layer: the embedding through layers
+        0 .. N-1 (causal SDPA attention over the whole sequence)."""
+        batch, seq_len = ids.shape
+        hidden = F.embedding(ids, self._embed).to(self.dtype)
+        positions = torch.arange(seq_len, device=self.device).unsqueeze(0).expand(batch, -1)
+        for module in self._lower_layers:
+            out = module(hidden, attention_mask=None, position_ids=positions,
+                         position_embeddings=(cos, sin))
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
 
     def _heads(self, projected: torch.Tensor, n_heads: int) -> torch.Tensor:
         batch, positions, _ = projected.shape
@@ -356,7 +404,7 @@ class Layer0Scorer:
 
     def check_seq_len(self, seq_len: int) -> None:
         """InputError when sequences of ``seq_len`` tokens cannot be scored (too short, no
-        pair at distance >= k, longer than layer 0's sliding window): for callers that
+        pair at distance >= k, longer than a sliding window up to layer N): for callers that
         want to fail before scoring anything."""
         if seq_len < MIN_SEQ_LEN:
             raise InputError(f"seq_len {seq_len} is too short; the scorer needs L >= "
@@ -372,60 +420,37 @@ class Layer0Scorer:
         return min_distance
 
     def _check_sliding_window(self, seq_len: int) -> None:
-        window = layer0_sliding_window(self.config, self.checkpoint.model_type)
-        if window is not None and seq_len > window:
-            raise InputError(f"{self.checkpoint.path}/config.json: layer 0 uses sliding-"
-                             f"window attention ({window} tokens), which the scorer does not "
-                             f"implement; use seq_len <= {window} (got {seq_len})")
+        for layer in range(self.layer + 1):
+            window = layer_sliding_window(self.config, self.checkpoint.model_type, layer)
+            if window is not None and seq_len > window:
+                raise InputError(f"{self.checkpoint.path}/config.json: layer {layer} uses "
+                                 f"sliding-window attention ({window} tokens), which the "
+                                 f"scorer does not implement; use seq_len <= {window} (got "
+                                 f"{seq_len})")
 
 
-def layer0_sliding_window(config: Any, model_type: str) -> int | None:
-    """The sliding window of layer 0's attention, or None when it attends to all of the
-    past (as transformers decides it for these model types)."""
+def layer_sliding_window(config: Any, model_type: str, layer: int = 0) -> int | None:
+    """The sliding window of layer ``layer``'s attention, or None when it attends to all of
+    the past (as transformers decides it for these model types)."""
     window = getattr(config, "sliding_window", None)
     if window is None:
         return None
     if model_type == "mistral":
         return int(window)
     layer_types = getattr(config, "layer_types", None)
-    if model_type == "qwen2" and layer_types and layer_types[0] == "sliding_attention":
+    if model_type == "qwen2" and layer_types and len(layer_types) > layer and \
+            layer_types[layer] == "sliding_attention":
         return int(window)
     return None
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; a CUDA device must exist."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N, "
-                         f"auto)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was requested but CUDA is not available")
-    if resolved.type not in ("cpu", "cuda"):
-        raise InputError(f"device {device!r} is not supported (cpu, cuda, cuda:N, auto)")
-    return resolved
-
-
-def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on CUDA, float32 on the CPU (the CPU also runs bfloat16 and
-    float16, slower and less exact; float32 is what it is measured and tuned for)."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolved = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype
-    if resolved not in _DTYPES.values():
-        raise InputError(f"dtype {dtype!r} is not supported; use one of "
-                         f"{', '.join(_DTYPES)} or auto")
-    return resolved
 
 
 def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | None, str]:
     """(the Triton sums function or None for the torch kernel, a note on the choice).
 
-    ``torch``: never Triton. ``auto``: Triton on CUDA when ``longattn_spark.scoring.
-    triton_sums`` imports and says it can run, else torch (the reason goes in the note).
+    ``torch``: never Triton. ``auto``: Triton on CUDA when
+    ``longattn_spark.scorers.longattn.triton_sums`` imports and says it can run, else torch
+    (the reason goes in the note).
     ``triton``: Triton or an error; on the CPU only under ``TRITON_INTERPRET=1``."""
     if kernel not in KERNELS:
         raise InputError(f"kernel {kernel!r} is not one of {', '.join(KERNELS)}")
@@ -436,7 +461,7 @@ def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | N
         raise InputError("kernel 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run "
                          "it slowly on the CPU)")
     try:
-        module = importlib.import_module("longattn_spark.scoring.triton_sums")
+        module = importlib.import_module("longattn_spark.scorers.longattn.triton_sums")
         function = module.tail_attention_sums_triton
         if kernel == "auto":
             usable = getattr(module, "triton_available", lambda: True)()
@@ -444,8 +469,8 @@ def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | N
             usable = getattr(module, "triton", True) is not None
     except Exception as exc:  # noqa: BLE001 - a broken triton install fails in many ways
         if kernel == "triton":
-            raise InputError(f"kernel 'triton' was requested but longattn_spark.scoring."
-                             f"triton_sums cannot be imported ({type(exc).__name__}: "
+            raise InputError(f"kernel 'triton' was requested but longattn_spark.scorers."
+                             f"longattn.triton_sums cannot be imported ({type(exc).__name__}: "
                              f"{exc})") from None
         return None, f"triton unavailable ({type(exc).__name__}: {exc}); torch kernel used"
     if not usable:
@@ -463,10 +488,6 @@ def _bos_token_id(checkpoint: Layer0Checkpoint) -> int | None:
     if isinstance(bos, Sequence) and not isinstance(bos, str):
         bos = bos[0] if bos else None
     return None if bos is None else int(bos)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _stable_id(payload: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ released code computes (``October2001/ProLong`` at 9cf2f20, ``prolong/run.py``; 
 ``../shared/PROLONG.md``), applied to one window of the windows table instead of one whole
 document, with the adaptations listed below. No Spark and no torch here: the model side
 (``ProLongScorer``: loading, batched forward passes, KV reuse) is
-:mod:`longattn_spark.scoring.prolong`, which re-exports the names of this module.
+:mod:`longattn_spark.scorers.prolong.scorer`, which re-exports the names of this module.
 
 >>> scorer = ProLongScorer.from_pretrained("/models/opt-350m-safetensors")
 >>> result = scorer.score_window(window_ids, window_id)     # result.score, result.reason, ...

@@ -1,5 +1,5 @@
 """ProLong's scorer: a frozen causal LM run over a window's segments and segment pairs, its
-perplexities turned into the LDS by :mod:`longattn_spark.scoring.prolong_lds` (the method,
+perplexities turned into the LDS by :mod:`longattn_spark.scorers.prolong.lds` (the method,
 what is computed and how it differs from the released code). No Spark here.
 
 >>> scorer = ProLongScorer.from_pretrained("/models/opt-350m-safetensors")
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from longattn_spark.errors import ConfigError, InputError
-from longattn_spark.scoring.prolong_lds import (
+from longattn_spark.scorers.models import dtype_name, load_causal_lm, weights_sha256
+from longattn_spark.scorers.prolong.lds import (
     DEFAULT_SEED_RULE,
     MAX_BATCH,
     PROLONG_MATH_VERSION,
@@ -49,9 +50,6 @@ __all__ = [
     "identity_fields", "lds_from_perplexities", "plan_window", "scorer_id_of", "window_rng",
 ]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SAFETENSORS = ("model.safetensors.index.json", "model.safetensors")
-_PICKLES = ("pytorch_model.bin.index.json", "pytorch_model.bin")
 _GIB = 1 << 30
 
 
@@ -124,23 +122,15 @@ class ProLongScorer:
         ``memory_budget_bytes`` (default 1 GiB on the CPU, 8 GiB on CUDA) bounds the logits
         of one call and the KV caches held for the pairs.
         """
-        from longattn_spark.scoring.scorer import resolve_device
-
         segment_size, pairs, threshold, window_size = _checked_settings(
             segment_size, pairs, threshold, window_size)
         seed_rule = check_seed_rule(seed_rule)
         if batch_size is not None and int(batch_size) < 1:
             raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
-        resolved_device = resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, resolved_device)
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise InputError(f"model folder {folder} does not exist or is not a folder")
-        raw_config, config = _causal_lm_config(folder)
-        use_safetensors = _check_weight_files(folder, allow_pickle)
-        model = _load_model(folder, config, torch_dtype, use_safetensors)
-        model.to(resolved_device).eval()
-        model.requires_grad_(False)
+        lm = load_causal_lm(path, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                            method="ProLong")
+        model, folder, raw_config = lm.model, lm.folder, lm.raw_config
+        resolved_device, torch_dtype = lm.device, lm.dtype
         return cls(model, path=folder, raw_config=raw_config, device=resolved_device,
                    dtype=torch_dtype, segment_size=segment_size, pairs=pairs,
                    threshold=threshold, seed_rule=seed_rule, window_size=window_size,
@@ -152,7 +142,7 @@ class ProLongScorer:
 
     def identity_fields(self) -> dict[str, Any]:
         """Everything that changes a score (JSON-able); ``scorer_id`` hashes it."""
-        return identity_fields(self.raw_config, dtype=_dtype_name(self.dtype),
+        return identity_fields(self.raw_config, dtype=dtype_name(self.dtype),
                                segment_size=self.segment_size, pairs=self.pairs,
                                threshold=self.threshold, window_size=self.window_size,
                                seed_rule=self.seed_rule, weights_sha256=self.weights_sha256(),
@@ -167,7 +157,7 @@ class ProLongScorer:
         (independent of sharding and file names). Reads the whole checkpoint once (cached):
         about 10 s for 16 GB."""
         if self._weights_sha256 is None:
-            self._weights_sha256 = _weights_fingerprint(self.path, self.allow_pickle)
+            self._weights_sha256 = weights_sha256(self.path, self.allow_pickle)
         return self._weights_sha256
 
     def config_summary(self) -> dict[str, Any]:
@@ -433,130 +423,6 @@ class ProLongScorer:
             self.kv_reuse = False
             self.kv_note = f"KV reuse differs from full recomputation on a probe (mean NLL " \
                            f"off by {worst:.2e}); pairs recompute seg_j"
-
-
-# --------------------------------------------------------------------------------------
-# Loading helpers
-# --------------------------------------------------------------------------------------
-
-def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolved = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype
-    if resolved not in _DTYPES.values():
-        raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(_DTYPES)} or auto")
-    return resolved
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _causal_lm_config(folder: Path) -> tuple[dict[str, Any], Any]:
-    """config.json (raw) and its transformers config; it must be a causal LM that
-    transformers knows without remote code."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING,
-        MODEL_FOR_MASKED_LM_MAPPING,
-    )
-
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{config_path}: no config.json in the model folder")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{config_path}: cannot read it as JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{config_path}: expected a JSON object")
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False,
-                                            local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises ValueError/KeyError/OSError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{folder}: model_type {raw.get('model_type')!r} is not a model "
-                         f"transformers knows without remote code ({first})") from None
-    config_class = type(config)
-    encoder = config_class in MODEL_FOR_MASKED_LM_MAPPING and not getattr(config, "is_decoder",
-                                                                          False)
-    if config_class not in MODEL_FOR_CAUSAL_LM_MAPPING or encoder:
-        raise InputError(f"{folder}: model_type {config.model_type!r} is not a causal language "
-                         f"model (ProLong needs one AutoModelForCausalLM can load)")
-    return raw, config
-
-
-def _check_weight_files(folder: Path, allow_pickle: bool) -> bool:
-    """True: load safetensors; False: load pickled .bin (only with allow_pickle)."""
-    if any((folder / name).is_file() for name in _SAFETENSORS):
-        return True
-    pickles = [name for name in _PICKLES if (folder / name).is_file()]
-    if not pickles:
-        raise InputError(f"{folder}: no model.safetensors or model.safetensors.index.json in "
-                         f"the model folder")
-    if not allow_pickle:
-        raise InputError(f"{folder / pickles[0]}: pickled .bin weights can run arbitrary code "
-                         f"when loaded and are refused; convert the model to safetensors, or "
-                         f"pass --allow-pickle if you trust this file")
-    return False
-
-
-def _load_model(folder: Path, config: Any, dtype: torch.dtype,
-                use_safetensors: bool) -> torch.nn.Module:
-    import transformers
-    from packaging.version import Version
-    from transformers import AutoModelForCausalLM
-
-    dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else \
-        "torch_dtype"
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            folder, config=config, trust_remote_code=False, local_files_only=True,
-            use_safetensors=use_safetensors, **{dtype_key: dtype})
-    except Exception as exc:  # noqa: BLE001 - loading fails in many ways; say where
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputError(f"{folder}: cannot load the causal LM ({type(exc).__name__}: "
-                         f"{first})") from None
-
-
-def _weights_fingerprint(folder: Path, allow_pickle: bool) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every stored tensor, in name order."""
-    from safetensors import safe_open
-
-    use_safetensors = _check_weight_files(folder, allow_pickle)
-    names = _SAFETENSORS if use_safetensors else _PICKLES
-    index, single = folder / names[0], folder / names[1]
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = [single.name]
-    tensors: dict[str, tuple[str, Any]] = {}
-    for file_name in files:
-        if use_safetensors:
-            with safe_open(str(folder / file_name), framework="pt", device="cpu") as handle:
-                for name in handle.keys():
-                    tensors[name] = (file_name, None)
-        else:
-            state = torch.load(folder / file_name, map_location="cpu", weights_only=True,
-                               mmap=True)
-            for name, tensor in state.items():
-                tensors[name] = (file_name, tensor)
-    digest = hashlib.sha256()
-    handles: dict[str, Any] = {}
-    try:
-        for name in sorted(tensors):
-            file_name, tensor = tensors[name]
-            if tensor is None:
-                if file_name not in handles:
-                    handles[file_name] = safe_open(str(folder / file_name), framework="pt",
-                                                   device="cpu")
-                tensor = handles[file_name].get_tensor(name)
-            tensor = tensor.contiguous()
-            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
-    finally:
-        handles.clear()
-    return digest.hexdigest()
 
 
 def _ids_array(ids: Any, window_id: str) -> np.ndarray:

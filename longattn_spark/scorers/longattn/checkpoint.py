@@ -1,10 +1,12 @@
-"""Read only what layer 0's attention scores need from a local checkpoint folder.
+"""Read only what layer N's attention scores need from a local checkpoint folder.
 
 The folder holds ``config.json`` and either ``model.safetensors`` or a sharded
-``model.safetensors.index.json``. Only five or six tensors are read: the token embedding,
-layer 0's input RMSNorm weight, and layer 0's ``q_proj`` / ``k_proj`` weights (plus their
-biases where the architecture has them). No model is instantiated and no other tensor is
-touched.
+``model.safetensors.index.json``. At layer 0 (the paper) only five or six tensors are read:
+the token embedding, layer 0's input RMSNorm weight, and layer 0's ``q_proj`` / ``k_proj``
+weights (plus their biases where the architecture has them). At layer N > 0, every tensor of
+the layers below N as well (they run in full to give layer N its input), and still only
+layer N's norm and q/k projections; nothing of the layers above N. No model is instantiated
+and no other tensor is touched.
 
 Memory: safetensors memory-maps the file, so a tensor read here occupies memory only for
 its own pages once used (about 1× its size); tensors are kept in their stored dtype and
@@ -33,7 +35,15 @@ from typing import Any, Protocol
 import torch
 from safetensors import SafetensorError, safe_open
 
-from longattn_spark.errors import InputError
+from longattn_spark.errors import ConfigError, InputError
+from longattn_spark.scorers.models import (
+    PICKLE_INDEX,
+    PICKLE_SINGLE,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    pickle_not_in_place,
+    pickle_refused,
+)
 
 SUPPORTED_MODEL_TYPES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral",
                                           "qwen2": "Qwen2"}
@@ -47,15 +57,39 @@ ROLE_NAMES: dict[str, str] = {
     "k_proj.weight": "layers.0.self_attn.k_proj.weight",
     "k_proj.bias": "layers.0.self_attn.k_proj.bias",
 }
-"""What the scorer needs (its role) -> the tensor name below the model's prefix."""
+"""What the scorer needs at layer 0 (its role) -> the tensor name below the model's prefix;
+at layer N the same roles name layer N's tensors (``layer_role_names``)."""
 
 OPTIONAL_ROLES = frozenset({"q_proj.bias", "k_proj.bias"})
 NAME_PREFIXES = ("model.", "")  # *ForCausalLM checkpoints, then bare *Model checkpoints
 
-SAFETENSORS_SINGLE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_SINGLE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+def layer_role_names(layer: int) -> dict[str, str]:
+    """``ROLE_NAMES`` for the attention of layer ``layer``."""
+    return {role: name.replace("layers.0.", f"layers.{layer}.", 1)
+            for role, name in ROLE_NAMES.items()}
+
+
+def lower_layer_names(names, prefix: str, layer: int) -> list[str]:
+    """The tensors of ``names`` that belong to layers ``0 .. layer - 1`` under ``prefix``
+    (what runs in full before layer ``layer``)."""
+    start = prefix + "layers."
+    found = []
+    for name in names:
+        if name.startswith(start):
+            index = name[len(start):].split(".", 1)[0]
+            if index.isdigit() and int(index) < layer:
+                found.append(name)
+    return sorted(found)
+
+
+def check_layer(layer: int, config: Any, where: str) -> None:
+    """``ConfigError`` (one line) when the model has no layer ``layer``."""
+    count = int(getattr(config, "num_hidden_layers", 0) or 0)
+    if not 0 <= layer < count:
+        raise ConfigError(f"--layer {layer}: {where} has {count} layers "
+                          f"(0..{count - 1})")
+
 GENERATION_CONFIG = "generation_config.json"
 
 #: safetensors dtype codes -> torch dtypes (those a layer-0 tensor can have).
@@ -67,7 +101,8 @@ _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 
 @dataclass
 class Layer0Checkpoint:
-    """The layer-0 tensors of one checkpoint, in their stored dtype, on the CPU.
+    """The tensors of one checkpoint that scoring layer ``layer`` needs (layer 0: the paper's),
+    in their stored dtype, on the CPU.
 
     ``tensors`` is keyed by role (see ``ROLE_NAMES``); ``tensor_names_read`` lists the names
     exactly as read from the checkpoint files, and ``files_read`` the files opened for them.
@@ -81,6 +116,9 @@ class Layer0Checkpoint:
     files_read: tuple[str, ...]
     generation_config: dict[str, Any] | None = None  # generation_config.json, when present
     _fingerprint: str | None = field(default=None, repr=False)
+    #: the layer whose attention is scored; the roles ``layers.<i>.*`` (i < layer) hold the
+    #: layers run in full before it
+    layer: int = 0
 
     @property
     def model_type(self) -> str:
@@ -120,23 +158,27 @@ def _in_folder(folder: Path | str, name: str) -> str:
     return f"{str(folder).rstrip('/')}/{name}"
 
 
-def load_layer0_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Layer0Checkpoint:
-    """Read config.json and only the layer-0 tensors of the checkpoint in folder ``path``."""
+def load_layer0_checkpoint(path: str | Path, *, allow_pickle: bool = False,
+                           layer: int = 0) -> Layer0Checkpoint:
+    """Read config.json and only the tensors that scoring layer ``layer``'s attention needs
+    (module docstring) from the checkpoint in folder ``path``."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise InputError(f"model folder {folder} does not exist or is not a folder")
     raw_config = read_config_json(folder)
     config = transformers_config(raw_config, folder)
+    check_layer(layer, config, _in_folder(folder, "config.json"))
     names_by_file, preloaded = _tensor_names_by_file(folder, allow_pickle)
     found = {name for names in names_by_file.values() for name in names}
-    role_names = _resolve_role_names(found, folder)
+    role_names = _resolve_role_names(found, folder, layer)
     tensors, read = _read_tensors(folder, names_by_file, role_names, preloaded)
     generation = folder / GENERATION_CONFIG
     checkpoint = Layer0Checkpoint(path=folder, raw_config=raw_config, config=config,
                                   tensors=tensors, tensor_names_read=tuple(sorted(read)),
                                   files_read=tuple(sorted(set(read.values()))),
                                   generation_config=_optional_json(
-                                      generation.read_bytes() if generation.is_file() else None))
+                                      generation.read_bytes() if generation.is_file() else None),
+                                  layer=layer)
     _check_shapes(checkpoint)
     return checkpoint
 
@@ -159,7 +201,7 @@ class CheckpointReader(Protocol):
 
 
 def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
-                               allow_pickle: bool = False) -> Layer0Checkpoint:
+                               allow_pickle: bool = False, layer: int = 0) -> Layer0Checkpoint:
     """The ``Layer0Checkpoint`` of the safetensors checkpoint that ``reader`` reads, from
     config.json and the safetensors headers only: tensors on the ``meta`` device (dtype and
     shape), the same checks as ``load_layer0_checkpoint``, and the same fingerprint, hashed
@@ -173,6 +215,7 @@ def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
                          f"folder")
     raw_config = parse_config_json(reader.read("config.json"), _in_folder(where, "config.json"))
     config = transformers_config(raw_config, where)
+    check_layer(layer, config, _in_folder(where, "config.json"))
     if SAFETENSORS_INDEX in names:
         names_by_file = _weight_map_by_file(reader.read(SAFETENSORS_INDEX),
                                             _in_folder(where, SAFETENSORS_INDEX))
@@ -182,18 +225,13 @@ def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
     else:
         pickles = [n for n in (PICKLE_INDEX, PICKLE_SINGLE) if n in names]
         if pickles and not allow_pickle:
-            raise InputError(
-                f"{_in_folder(where, pickles[0])}: pickled .bin checkpoints can run arbitrary "
-                f"code when loaded and are refused; convert the model to safetensors, or opt "
-                f"in with allow_pickle=True (--allow-pickle) if you trust this file")
+            raise pickle_refused(_in_folder(where, pickles[0]))
         if pickles:
-            raise InputError(f"{_in_folder(where, pickles[0])}: a pickled .bin checkpoint can "
-                             f"only be scored from a local or mounted folder; convert it to "
-                             f"safetensors to read it from {where}")
+            raise pickle_not_in_place(_in_folder(where, pickles[0]), where)
         raise InputError(f"{where}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} in the "
                          f"model folder")
     found = {name for file_names in names_by_file.values() for name in file_names}
-    role_names = _resolve_role_names(found, where)
+    role_names = _resolve_role_names(found, where, layer)
     file_of = {name: file for file, file_names in names_by_file.items() for name in file_names}
     headers: dict[str, tuple[int, dict[str, Any]]] = {}
     tensors: dict[str, torch.Tensor] = {}
@@ -218,7 +256,7 @@ def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
     checkpoint = Layer0Checkpoint(path=where, raw_config=raw_config, config=config,
                                   tensors=tensors, tensor_names_read=tuple(sorted(read)),
                                   files_read=tuple(sorted(set(read.values()))),
-                                  generation_config=_optional_json(generation))
+                                  generation_config=_optional_json(generation), layer=layer)
     _check_shapes(checkpoint)
     parts: list[bytes | tuple[str, int, int]] = []
     for role in sorted(tensors):
@@ -249,15 +287,22 @@ def _safetensors_header(reader: CheckpointReader, file: str, where: str) -> dict
     return _safetensors_header_with_start(reader, file, where)[1]
 
 
-def _header_entry(entry: dict[str, Any], name: str, path: str
-                  ) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+def header_fields(entry: dict[str, Any], name: str, path: str, dtypes: dict[str, Any]
+                  ) -> tuple[Any, tuple[int, ...], int, int]:
+    """(``dtypes[entry's dtype code]``, shape, data begin, data end) of one safetensors header
+    entry; one-line ``InputError`` naming the file and tensor when it is malformed or its
+    dtype is not in ``dtypes``."""
     try:
-        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-        shape = tuple(int(n) for n in entry["shape"])
-        begin, end = (int(n) for n in entry["data_offsets"])
+        return (dtypes[entry["dtype"]], tuple(int(n) for n in entry["shape"]),
+                *(int(n) for n in entry["data_offsets"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: tensor {name} has an unsupported or malformed header entry "
                          f"({type(exc).__name__}: {exc})") from None
+
+
+def _header_entry(entry: dict[str, Any], name: str, path: str
+                  ) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    dtype, shape, begin, end = header_fields(entry, name, path, SAFETENSORS_DTYPES)
     expected = dtype.itemsize
     for n in shape:
         expected *= n
@@ -328,10 +373,7 @@ def _tensor_names_by_file(folder: Path, allow_pickle: bool
         return {SAFETENSORS_SINGLE: _safetensors_keys(folder / SAFETENSORS_SINGLE)}, {}
     pickles = [n for n in (PICKLE_INDEX, PICKLE_SINGLE) if (folder / n).is_file()]
     if pickles and not allow_pickle:
-        raise InputError(
-            f"{folder / pickles[0]}: pickled .bin checkpoints can run arbitrary code when "
-            f"loaded and are refused; convert the model to safetensors, or opt in with "
-            f"allow_pickle=True (--allow-pickle) if you trust this file")
+        raise pickle_refused(str(folder / pickles[0]))
     if PICKLE_INDEX in pickles:
         return _names_from_index(folder / PICKLE_INDEX), {}
     if PICKLE_SINGLE in pickles:
@@ -369,16 +411,23 @@ def _safetensors_keys(file_path: Path) -> list[str]:
         raise InputError(f"{file_path}: cannot read the safetensors header ({exc})") from None
 
 
-def _resolve_role_names(found: set[str], folder: Path | str) -> dict[str, str]:
-    """role -> full tensor name, for the first prefix that has every required tensor."""
-    required = [role for role in ROLE_NAMES if role not in OPTIONAL_ROLES]
+def _resolve_role_names(found: set[str], folder: Path | str, layer: int = 0) -> dict[str, str]:
+    """role -> full tensor name, for the first prefix that has every required tensor: layer
+    ``layer``'s attention roles, and at layer > 0 every tensor of the layers below it (role:
+    its name without the prefix)."""
+    roles = layer_role_names(layer)
+    required = [role for role in roles if role not in OPTIONAL_ROLES]
     for prefix in NAME_PREFIXES:
-        if all(prefix + ROLE_NAMES[role] in found for role in required):
-            return {role: prefix + suffix for role, suffix in ROLE_NAMES.items()
-                    if prefix + suffix in found}
-    missing = [NAME_PREFIXES[0] + ROLE_NAMES[r] for r in required
-               if NAME_PREFIXES[0] + ROLE_NAMES[r] not in found]
-    raise InputError(f"{folder}: the checkpoint lacks layer-0 tensor(s) {', '.join(missing)}")
+        if all(prefix + roles[role] in found for role in required):
+            resolved = {role: prefix + suffix for role, suffix in roles.items()
+                        if prefix + suffix in found}
+            for name in lower_layer_names(found, prefix, layer):
+                resolved[name[len(prefix):]] = name
+            return resolved
+    missing = [NAME_PREFIXES[0] + roles[r] for r in required
+               if NAME_PREFIXES[0] + roles[r] not in found]
+    raise InputError(f"{folder}: the checkpoint lacks layer-{layer} tensor(s) "
+                     f"{', '.join(missing)}")
 
 
 def _read_tensors(folder: Path, names_by_file: dict[str, list[str]], role_names: dict[str, str],
@@ -453,17 +502,19 @@ def _check_shapes(checkpoint: Layer0Checkpoint) -> None:
     for role, shape in expected.items():
         tensor = checkpoint.tensors.get(role)
         if tensor is not None and tuple(tensor.shape) != shape:
-            raise InputError(f"{checkpoint.path}: {ROLE_NAMES[role]} has shape "
-                             f"{tuple(tensor.shape)}, expected {shape} from config.json")
+            name = layer_role_names(checkpoint.layer)[role]
+            raise InputError(f"{checkpoint.path}: {name} has shape {tuple(tensor.shape)}, "
+                             f"expected {shape} from config.json")
     if config.num_attention_heads % config.num_key_value_heads:
         raise InputError(f"{_in_folder(checkpoint.path, 'config.json')}: num_attention_heads "
                          f"{config.num_attention_heads} is not a multiple of "
                          f"num_key_value_heads {config.num_key_value_heads}")
     if ("q_proj.bias" in checkpoint.tensors) != ("k_proj.bias" in checkpoint.tensors):
-        raise InputError(f"{checkpoint.path}: layer 0 has a bias on only one of q_proj/k_proj")
+        raise InputError(f"{checkpoint.path}: layer {checkpoint.layer} has a bias on only one "
+                         f"of q_proj/k_proj")
     if _architecture_has_qk_bias(checkpoint.model_type, config) and not checkpoint.has_qk_bias:
-        raise InputError(f"{checkpoint.path}: {checkpoint.model_type} layer 0 needs q_proj/"
-                         f"k_proj biases, but the checkpoint has none")
+        raise InputError(f"{checkpoint.path}: {checkpoint.model_type} layer {checkpoint.layer} "
+                         f"needs q_proj/k_proj biases, but the checkpoint has none")
 
 
 def config_head_dim(config: Any) -> int:

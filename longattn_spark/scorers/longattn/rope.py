@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from longattn_spark.errors import InputError
-from longattn_spark.scoring.checkpoint import SUPPORTED_MODEL_TYPES
+from longattn_spark.scorers.longattn.checkpoint import SUPPORTED_MODEL_TYPES
 
 
 def modeling_module(model_type: str) -> ModuleType:

@@ -1,7 +1,7 @@
 """Per-head sums of layer-0 attention over the tail region, without an L×L matrix.
 
 This module is the contract shared with the Triton kernel
-(``longattn_spark.scoring.triton_sums.tail_attention_sums_triton``): both return, for every
+(``longattn_spark.scorers.longattn.triton_sums.tail_attention_sums_triton``): both return, for every
 query head, the sum of ``P[n, j]`` and of ``P[n, j]²`` over the region
 ``R = {(n, j) : j <= n - k}`` (0-based), where ``P`` is the row-wise causal softmax of
 ``q·kᵀ·scale``. ``ds_and_variance`` turns those two sums into the paper's per-head dependency

@@ -5,13 +5,13 @@
 >>> out = scorer.score(ids)          # out.ds, out.variance, out.ds_heads, out.var_heads
 """
 
-from longattn_spark.scoring.attention_sums import (
+from longattn_spark.scorers.longattn.attention_sums import (
     MATH_VERSION,
     ds_and_variance,
     tail_attention_sums,
 )
-from longattn_spark.scoring.checkpoint import Layer0Checkpoint, load_layer0_checkpoint
-from longattn_spark.scoring.scorer import Layer0Scorer, ScoreOutput, build_model_input
+from longattn_spark.scorers.longattn.checkpoint import Layer0Checkpoint, load_layer0_checkpoint
+from longattn_spark.scorers.longattn.scorer import Layer0Scorer, ScoreOutput, build_model_input
 
 __all__ = [
     "MATH_VERSION",

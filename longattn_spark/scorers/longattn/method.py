@@ -1,0 +1,125 @@
+"""``--method longattn`` (the default): DS and variance of each window from the attention of
+layer ``--layer`` (0: the paper), as a ``ScorerMethod`` (``longattn_spark.scorers.base``).
+
+Driver: only the files holding the tensors of layers <= N are located (``files_needed``);
+config.json and the safetensors headers are read and the tensors read are hashed as they
+stream past (the model fingerprint in the scorer_id); the window length L and k follow from
+``--seq-len`` / the windows table and ``--min-distance``. Executors: ``Layer0Scorer`` per
+worker; a window is scored when it has exactly the table's window size of ids (``n_tokens``)
+and at least L - 1 of them, all inside the vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from longattn_spark.errors import ConfigError, TableError
+from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
+from longattn_spark.scorers.runtime import RunSettings, WindowBatch
+from longattn_spark.tables import SCORES
+
+
+@dataclass(frozen=True)
+class LongAttnSettings:
+    """Everything an executor needs to build (and cache) the scorer and check windows."""
+
+    run: RunSettings
+    min_distance: int | None
+    rope_theta: float | None
+    kernel: str
+    layer: int
+    seq_len: int
+    expected_tokens: int | None  # the ids every window must have, or None (--seq-len given)
+
+
+class LongAttnMethod(ScorerMethod):
+    name = "longattn"
+    summary = "attention of layer --layer (0: the paper): DS and variance"
+    out_fields = tuple(SCORES.schema[name] for name in ("ds", "variance", "ds_heads",
+                                                        "var_heads"))
+    finite_columns = ("ds", "variance")
+    whole_model = False
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        if cfg.layer < 0:
+            raise ConfigError(f"--layer {cfg.layer}: must be >= 0")
+
+    def locate(self, spark, cfg):
+        from longattn_spark.score.model_files import locate_model
+
+        return locate_model(spark, cfg.model, layer=cfg.layer)
+
+    def inspect(self, spark, cfg, location):
+        """The ``Layer0Checkpoint`` from config.json and the headers (``--layer`` outside
+        the model: one-line ``ConfigError``)."""
+        from longattn_spark.score.model_files import describe_model
+
+        return describe_model(spark, location, allow_pickle=cfg.allow_pickle, layer=cfg.layer)
+
+    def plan(self, ctx: PlanContext) -> MethodPlan:
+        from longattn_spark.scorers.longattn.scorer import Layer0Scorer
+
+        cfg = ctx.cfg
+        seq_len, expected_tokens = sequence_length(cfg, ctx.sizes)
+        run = ctx.run_settings()
+        settings = LongAttnSettings(run=run, min_distance=cfg.min_distance or None,
+                                    rope_theta=cfg.rope_theta or None, kernel=cfg.kernel,
+                                    layer=cfg.layer, seq_len=seq_len,
+                                    expected_tokens=expected_tokens)
+        # The scorer as the driver knows it, from config.json and the headers (no weights):
+        # its scorer_id, summary, BOS id and limits; it fails here on a bad model.
+        driver_scorer = Layer0Scorer.describing(ctx.model, dtype=run.dtype,
+                                                min_distance=settings.min_distance,
+                                                rope_theta=settings.rope_theta)
+        driver_scorer.bos_id  # noqa: B018 - fails here, before any task, without a BOS id
+        driver_scorer.check_seq_len(seq_len)
+        scorer_id = driver_scorer.scorer_id_for(seq_len)
+        min_distance = driver_scorer.min_distance_for(seq_len)
+        return MethodPlan(scorer_id=scorer_id, settings=settings,
+                          describe=driver_scorer.config_summary(),
+                          tokenizer=ctx.check_tokenizer(scorer_id), seq_len=seq_len,
+                          min_distance=min_distance,
+                          constants={"seq_len": seq_len, "min_distance": min_distance})
+
+    def load(self, settings: LongAttnSettings, device: str):
+        from longattn_spark.scorers.longattn.scorer import Layer0Scorer
+
+        run = settings.run
+        return Layer0Scorer.from_pretrained(
+            run.location.executor_path(), device=device, dtype=run.dtype,
+            min_distance=settings.min_distance, rope_theta=settings.rope_theta,
+            allow_pickle=run.allow_pickle, kernel=settings.kernel, layer=settings.layer)
+
+    def prepare(self, batch: WindowBatch, scorer, settings: LongAttnSettings) -> np.ndarray:
+        """Reject wrong lengths and ids outside the vocabulary; the ``[N, L]`` model inputs
+        (BOS + the first L - 1 ids), one row per window (unused rows for short ones)."""
+        return batch.model_inputs(settings.seq_len, settings.expected_tokens, scorer.bos_id,
+                                  scorer.vocab_size)
+
+    def score_rows(self, prepared: np.ndarray, rows: list[int], scorer,
+                   settings: LongAttnSettings) -> list[dict]:
+        import torch
+
+        out = scorer.score(torch.from_numpy(prepared[rows]))
+        return [{"ds": float(out.ds[k]), "variance": float(out.variance[k]),
+                 "ds_heads": out.ds_heads[k].tolist(), "var_heads": out.var_heads[k].tolist()}
+                for k in range(len(rows))]
+
+
+def sequence_length(cfg, sizes: list[int]) -> tuple[int, int | None]:
+    """(L, the window length every window must have or None): --seq-len, else the table's
+    window size (L = W scores BOS + the first W - 1 tokens)."""
+    if cfg.seq_len:
+        return cfg.seq_len, None
+    if not sizes:
+        raise TableError(f"--windows {cfg.windows} holds no windows")
+    if len(sizes) > 1:
+        raise ConfigError(f"--windows {cfg.windows} holds windows of several sizes "
+                          f"({', '.join(map(str, sorted(sizes)))}); pass --seq-len")
+    return sizes[0], sizes[0]
+
+
+METHOD = LongAttnMethod()

@@ -1,0 +1,147 @@
+"""Loss gain, the pure part: which short passes a window needs, and the score from the
+per-token losses. No torch and no Spark here (``scorer.py`` runs the model).
+
+For a window, the model input is x = BOS + the window's first L-1 tokens (as LongAttn).
+
+- ``l_full[t] = -log p(x[t] | x[0..t-1])`` from one pass over x, t = 1..L-1.
+- Targets are grouped in blocks of S: block j holds t in [jS, (j+1)S) ∩ [1, L). For j >= 2,
+  ``l_short[t]`` comes from a fresh pass (positions from 0) over BOS + x[(j-1)S .. (j+1)S-1]
+  (cut at L): target t sees BOS and the previous S to 2S-1 tokens only.
+- ``gain[t] = l_short[t] - l_full[t]`` for t in [2S, L).
+- ``score`` = mean gain; ``key_share`` = share of those t with gain > 2 and l_full < 2
+  (LongPPL's key-token thresholds, arXiv 2410.23771), ``full_loss`` = mean l_full,
+  ``short_loss`` = mean l_short, over the same t.
+
+S defaults to the min distance k = L // 4 and must satisfy 1 <= S < L/2 (otherwise no target
+has a short pass).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from longattn_spark.errors import ConfigError
+
+#: Bump when a change to the definition or the computation changes scores.
+LOSSGAIN_MATH_VERSION = "lossgain-1"
+#: LongPPL's key-token thresholds (nats): gain > KEY_GAIN and l_full < KEY_LOSS.
+KEY_GAIN = 2.0
+KEY_LOSS = 2.0
+
+
+@dataclass(frozen=True)
+class ShortBlock:
+    """One short pass of a window: its input is ``x[start:stop]`` after BOS; its targets are
+    ``x[first_target:stop_target]``, read from the pass's logits at positions
+    ``first_target - start .. stop_target - start - 1`` (BOS is position 0)."""
+
+    j: int
+    start: int
+    stop: int
+    first_target: int
+    stop_target: int
+
+    @property
+    def length(self) -> int:
+        """Tokens in the pass, BOS included."""
+        return 1 + self.stop - self.start
+
+    @property
+    def first_position(self) -> int:
+        """Position in the pass whose logits predict ``first_target``."""
+        return self.first_target - self.start
+
+
+@dataclass(frozen=True)
+class LossGainResult:
+    """One window's loss gain. ``reason`` is set (and the numbers are None) when a loss the
+    score uses is not finite; such a window is a scores_rejects row, never a NaN score."""
+
+    score: float | None
+    key_share: float | None
+    full_loss: float | None
+    short_loss: float | None
+    short_context: int
+    targets: int
+    reason: str | None = None
+    detail: str | None = None
+
+
+def checked_short_context(short_context: Any, seq_len: int) -> int:
+    """S for sequences of L = ``seq_len`` tokens: ``short_context``, or L // 4 when 0.
+    One-line ``ConfigError`` unless 1 <= S < L/2."""
+    if isinstance(short_context, bool) or not isinstance(short_context, (int, np.integer)):
+        raise ConfigError(f"--short-context {short_context!r}: must be an integer")
+    value = int(short_context) or int(seq_len) // 4
+    if value < 1 or 2 * value >= int(seq_len):
+        shown = int(short_context) if short_context else f"0 (L // 4 = {value})"
+        raise ConfigError(f"--short-context {shown}: must be >= 1 and < L/2 = {seq_len / 2:g} "
+                          f"(L = {seq_len} tokens scored); with S >= L/2 no target has a short "
+                          f"pass")
+    return value
+
+
+def short_blocks(seq_len: int, short_context: int) -> list[ShortBlock]:
+    """The short passes of one window, in block order (the last may be shorter)."""
+    length, s = int(seq_len), int(short_context)
+    blocks = []
+    j = 2
+    while j * s < length:
+        stop = min((j + 1) * s, length)
+        blocks.append(ShortBlock(j=j, start=(j - 1) * s, stop=stop, first_target=j * s,
+                                 stop_target=stop))
+        j += 1
+    return blocks
+
+
+def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int
+                         ) -> LossGainResult:
+    """The score from one window's losses, both indexed by target t (length L; entries
+    before 2S are not read). Means are taken in float64."""
+    from longattn_spark.tables import NON_FINITE_LOSS
+
+    s = int(short_context)
+    full_t = np.asarray(full, dtype=np.float64)[2 * s:]
+    short_t = np.asarray(short, dtype=np.float64)[2 * s:]
+    targets = int(full_t.size)
+    if targets == 0 or short_t.size != targets:
+        raise ValueError(f"lossgain_from_losses: {targets} full and {short_t.size} short "
+                         f"losses after 2S = {2 * s}")
+    bad = ~(np.isfinite(full_t) & np.isfinite(short_t))
+    if bad.any():
+        first = int(np.argmax(bad)) + 2 * s
+        return LossGainResult(score=None, key_share=None, full_loss=None, short_loss=None,
+                              short_context=s, targets=targets, reason=NON_FINITE_LOSS,
+                              detail=f"{int(bad.sum())} of {targets} targets have a non-finite "
+                                     f"loss, first at t = {first} (full "
+                                     f"{float(full[first])!r}, short {float(short[first])!r})")
+    gain = short_t - full_t
+    key = (gain > KEY_GAIN) & (full_t < KEY_LOSS)
+    return LossGainResult(score=float(gain.mean()), key_share=float(key.mean()),
+                          full_loss=float(full_t.mean()), short_loss=float(short_t.mean()),
+                          short_context=s, targets=targets)
+
+
+def lm_tokens_per_window(seq_len: int, short_context: int) -> int:
+    """Tokens the model runs per window: the full pass plus every short pass."""
+    return int(seq_len) + sum(b.length for b in short_blocks(seq_len, short_context))
+
+
+def identity_fields(raw_config: dict[str, Any], *, weights_sha256: str, seq_len: int,
+                    short_context: int, dtype: str, bos_id: int) -> dict[str, Any]:
+    """Everything that changes a loss-gain score (JSON-able)."""
+    return {"method": "lossgain", "math_version": LOSSGAIN_MATH_VERSION,
+            "model_config": raw_config, "weights_sha256": weights_sha256,
+            "seq_len": int(seq_len), "short_context": int(short_context), "dtype": dtype,
+            "bos_id": int(bos_id), "key_gain": KEY_GAIN, "key_loss": KEY_LOSS}
+
+
+def scorer_id_of(fields: dict[str, Any]) -> str:
+    """``lg-`` + 24 hex digits of sha256 over the canonical JSON of ``fields``."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return "lg-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]

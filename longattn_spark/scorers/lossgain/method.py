@@ -1,0 +1,177 @@
+"""``--method lossgain``: how much a causal LM's loss on a window's later tokens drops when it
+sees the whole window instead of a short context, as a ``ScorerMethod``
+(``longattn_spark.scorers.base``; the definition: ``losses.py``, the model passes:
+``scorer.py``).
+
+Driver, before any Spark job: ``--short-context`` below 1 (and, with ``--seq-len``, not
+below L/2) is refused; the model folder must be a causal LM transformers knows without remote
+code, with safetensors weights (pickled ``.bin`` only with ``--allow-pickle``), and a BOS id
+in config.json or generation_config.json; every weight is fingerprinted as it streams past
+(``scorers.runtime.describe_causal_lm``). Before any task: L (``--seq-len`` or the windows'
+size) and S (``--short-context``, 0: L // 4) are checked, and the scorer_id (``lg-...``)
+hashes the model's config and weights, L, S, BOS, the compute dtype and the math version.
+
+Executors: the whole model folder, ``LossGainScorer`` per worker. A window is scored when it
+has exactly its ``n_tokens`` ids, at least L - 1 of them (and the table's window size when L
+came from it), all inside the vocabulary; a window whose losses are not all finite is a
+``non_finite_loss`` reject.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from longattn_spark.errors import ConfigError, InputError
+from longattn_spark.scorers.base import MethodPlan, PlanContext, Reject, ScorerMethod
+from longattn_spark.scorers.runtime import (
+    CausalLMDescription,
+    RunSettings,
+    WindowBatch,
+    describe_causal_lm,
+    model_input_matrix,
+)
+from longattn_spark.tables import (
+    IDS_OUT_OF_VOCAB,
+    LOSSGAIN_COMPONENTS,
+    NON_FINITE_LOSS,
+    SCORES,
+    WRONG_LENGTH,
+)
+
+
+@dataclass(frozen=True)
+class LossGainModel:
+    """The model as the driver knows it: the causal LM's description and its BOS id."""
+
+    described: CausalLMDescription
+    bos_id: int
+
+
+@dataclass(frozen=True)
+class LossGainSettings:
+    """Everything an executor needs to build (and cache) the scorer and check windows."""
+
+    run: RunSettings
+    seq_len: int
+    short_context: int
+    bos_id: int
+    expected_tokens: int | None  # the ids every window must have, or None (--seq-len given)
+
+
+class LossGainMethod(ScorerMethod):
+    name = "lossgain"
+    summary = ("loss gain with the whole causal LM: mean drop of the per-token loss with the "
+               "whole window against a short context (--short-context)")
+    out_fields = (SCORES.schema["score"], SCORES.schema["lossgain"])
+    finite_columns = ("score",)
+    whole_model = True
+
+    def validate(self, cfg) -> None:
+        from longattn_spark.scorers.lossgain.losses import checked_short_context
+
+        super().validate(cfg)
+        if cfg.layer:
+            raise ConfigError(f"--layer {cfg.layer} is for --method longattn; lossgain runs "
+                              f"the whole model")
+        if cfg.short_context < 0:
+            raise ConfigError(f"--short-context {cfg.short_context}: must be >= 1 (0: L // 4)")
+        if cfg.seq_len:
+            checked_short_context(cfg.short_context, cfg.seq_len)
+
+    def inspect(self, spark, cfg, location) -> LossGainModel:
+        """The causal LM checked and fingerprinted (``describe_causal_lm``) and its BOS id
+        (config.json, else generation_config.json); one-line ``InputError`` otherwise."""
+        from longattn_spark.score.model_files import _Reader
+        from longattn_spark.scorers.lossgain.scorer import bos_token_id
+
+        described = describe_causal_lm(spark, location, allow_pickle=cfg.allow_pickle,
+                                       method="lossgain")
+        generation = None
+        reader = _Reader(spark, location)
+        if "generation_config.json" in set(reader.names()):
+            try:
+                generation = json.loads(reader.read("generation_config.json"))
+            except ValueError:
+                generation = None
+        bos = bos_token_id(described.raw_config,
+                           generation if isinstance(generation, dict) else None)
+        if bos is None:
+            raise InputError(f"--model {location.model}: neither config.json nor "
+                             f"generation_config.json sets bos_token_id (lossgain scores BOS + "
+                             f"the window)")
+        if not 0 <= bos < described.vocab_size:
+            raise InputError(f"--model {location.model}: bos_token_id {bos} is outside the "
+                             f"vocabulary (0..{described.vocab_size - 1})")
+        return LossGainModel(described=described, bos_id=bos)
+
+    def plan(self, ctx: PlanContext) -> MethodPlan:
+        from longattn_spark.scorers.longattn.method import sequence_length
+        from longattn_spark.scorers.lossgain.losses import (
+            checked_short_context,
+            identity_fields,
+            lm_tokens_per_window,
+            scorer_id_of,
+        )
+
+        cfg, model = ctx.cfg, ctx.model
+        seq_len, expected_tokens = sequence_length(cfg, ctx.sizes)
+        short_context = checked_short_context(cfg.short_context, seq_len)
+        settings = LossGainSettings(run=ctx.run_settings(), seq_len=seq_len,
+                                    short_context=short_context, bos_id=model.bos_id,
+                                    expected_tokens=expected_tokens)
+        fields = identity_fields(model.described.raw_config,
+                                 weights_sha256=model.described.weights_sha256,
+                                 seq_len=seq_len, short_context=short_context,
+                                 dtype=settings.run.dtype, bos_id=model.bos_id)
+        scorer_id = scorer_id_of(fields)
+        describe = {**fields, "vocab_size": model.described.vocab_size,
+                    "lm_tokens_per_window": lm_tokens_per_window(seq_len, short_context)}
+        return MethodPlan(scorer_id=scorer_id, settings=settings, describe=describe,
+                          tokenizer=ctx.check_tokenizer(scorer_id), seq_len=seq_len,
+                          constants={"seq_len": seq_len})
+
+    def load(self, settings: LossGainSettings, device: str):
+        from longattn_spark.scorers.lossgain.scorer import LossGainScorer
+
+        run = settings.run
+        return LossGainScorer.from_pretrained(run.location.executor_path(), device=device,
+                                              dtype=run.dtype, allow_pickle=run.allow_pickle,
+                                              bos_id=settings.bos_id)
+
+    def prepare(self, batch: WindowBatch, scorer, settings: LossGainSettings) -> np.ndarray:
+        """Reject wrong lengths and ids outside the vocabulary; the ``[N, L]`` model inputs
+        (BOS + the first L - 1 ids), one row per window (unused rows for rejected ones)."""
+        seq_len, expected = settings.seq_len, settings.expected_tokens
+        ids, long_enough = model_input_matrix(batch.input_ids, seq_len, settings.bos_id)
+        wrong = ~long_enough | (batch.lengths != batch.n_tokens) | batch.nulls
+        if expected:
+            wrong |= batch.lengths != expected
+        for i in np.flatnonzero(wrong):
+            batch.reject(i, WRONG_LENGTH, f"{batch.lengths[i]} token ids (n_tokens column "
+                                          f"{batch.n_tokens[i]}); scoring needs "
+                                          f"{expected or seq_len - 1}")
+        batch.reject_ids_outside(scorer.vocab_size, IDS_OUT_OF_VOCAB, "the model's")
+        matrix = np.full((len(batch), seq_len), settings.bos_id, dtype=np.int64)
+        matrix[long_enough] = ids
+        return matrix
+
+    def score_rows(self, prepared: np.ndarray, rows: list[int], scorer,
+                   settings: LossGainSettings) -> list[dict | Reject]:
+        import torch
+
+        results = scorer.score(torch.from_numpy(prepared[rows]), settings.short_context)
+        out: list[dict | Reject] = []
+        for result in results:
+            if result.reason is not None:
+                out.append(Reject(NON_FINITE_LOSS, result.detail or ""))
+                continue
+            out.append({"score": result.score,
+                        "lossgain": {name: getattr(result, name)
+                                     for name in LOSSGAIN_COMPONENTS.fieldNames()}})
+        return out
+
+
+METHOD = LossGainMethod()

