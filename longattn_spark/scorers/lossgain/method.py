@@ -31,14 +31,11 @@ from longattn_spark.scorers.runtime import (
     RunSettings,
     WindowBatch,
     describe_causal_lm,
-    model_input_matrix,
 )
 from longattn_spark.tables import (
-    IDS_OUT_OF_VOCAB,
     LOSSGAIN_COMPONENTS,
     NON_FINITE_LOSS,
     SCORES,
-    WRONG_LENGTH,
 )
 
 
@@ -144,19 +141,8 @@ class LossGainMethod(ScorerMethod):
     def prepare(self, batch: WindowBatch, scorer, settings: LossGainSettings) -> np.ndarray:
         """Reject wrong lengths and ids outside the vocabulary; the ``[N, L]`` model inputs
         (BOS + the first L - 1 ids), one row per window (unused rows for rejected ones)."""
-        seq_len, expected = settings.seq_len, settings.expected_tokens
-        ids, long_enough = model_input_matrix(batch.input_ids, seq_len, settings.bos_id)
-        wrong = ~long_enough | (batch.lengths != batch.n_tokens) | batch.nulls
-        if expected:
-            wrong |= batch.lengths != expected
-        for i in np.flatnonzero(wrong):
-            batch.reject(i, WRONG_LENGTH, f"{batch.lengths[i]} token ids (n_tokens column "
-                                          f"{batch.n_tokens[i]}); scoring needs "
-                                          f"{expected or seq_len - 1}")
-        batch.reject_ids_outside(scorer.vocab_size, IDS_OUT_OF_VOCAB, "the model's")
-        matrix = np.full((len(batch), seq_len), settings.bos_id, dtype=np.int64)
-        matrix[long_enough] = ids
-        return matrix
+        return batch.model_inputs(settings.seq_len, settings.expected_tokens, settings.bos_id,
+                                  scorer.vocab_size, "the model's")
 
     def score_rows(self, prepared: np.ndarray, rows: list[int], scorer,
                    settings: LossGainSettings) -> list[dict | Reject]:
