@@ -96,6 +96,9 @@ def test_auc_and_interval_equal_a_plain_computation():
     assert auc_mod.auc_with_interval(y, x, 11, 200).auc == pytest.approx(1 - got.auc)
     assert "does not separate natural text from splice controls" in auc_mod.verdict(
         "splice", auc_mod.AucResult(0.55, 0.4, 0.7, 3, 3))
+    assert "only weakly" in auc_mod.verdict("splice", auc_mod.AucResult(0.61, 0.47, 0.75, 3, 3))
+    assert auc_mod.verdict("splice", auc_mod.AucResult(0.9, 0.8, 0.97, 3, 3)) == (
+        "separates natural text from splice controls (AUC 0.900 [0.800, 0.970])")
 
 
 def test_uniform_head_ds_is_the_definition_and_tends_to_0_403():

@@ -85,6 +85,9 @@ def verdict(kind: str, result: AucResult | None, skipped: str | None = None) -> 
         if result.hi < 0.5:
             line += f"; it scores the {kind} controls higher"
         return line
+    if result.lo <= 0.5:
+        return (f"separates natural text from {kind} controls only weakly ({where}): the 95% "
+                f"interval includes 0.5, so more windows are needed to tell it from chance")
     return f"separates natural text from {kind} controls ({where})"
 
 
