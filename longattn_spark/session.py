@@ -10,6 +10,7 @@ metastore under a project-local folder, and Python workers running this interpre
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -151,15 +152,38 @@ def quiet_default_logging(level: str = "WARN") -> str | None:
         return None
 
 
+def spark_master(spark: SparkSession) -> str:
+    """The session's master URL (``local[2]``, ``spark://...``, ``yarn``), on a classic
+    session and over Spark Connect (which has no SparkContext); "" when the server hides it
+    (Databricks serverless)."""
+    if getattr(spark, "_jsc", None) is not None:
+        return spark.sparkContext.master
+    try:
+        return spark.conf.get("spark.master", "") or ""
+    except Exception:  # noqa: BLE001 - a server that does not expose the key
+        return ""
+
+
+def is_local_master(spark: SparkSession) -> bool:
+    """Whether the session's executors are the driver's own threads (``local[...]``)."""
+    return spark_master(spark).startswith("local")
+
+
 def default_parallelism(spark: SparkSession) -> int:
-    """The cluster's default parallelism (tasks per stage when nothing else decides)."""
+    """The cluster's default parallelism (tasks per stage when nothing else decides): the
+    SparkContext's on a classic session; over Spark Connect ``spark.default.parallelism``,
+    else the core count of a ``local[N]`` master, else 8."""
     jsc = getattr(spark, "_jsc", None)
     if jsc is not None:
         return int(spark.sparkContext.defaultParallelism)
     try:
-        return int(spark.conf.get("spark.default.parallelism", "8"))
+        configured = spark.conf.get("spark.default.parallelism", None)
     except Exception:  # noqa: BLE001
-        return 8
+        configured = None
+    if configured:
+        return int(configured)
+    cores = re.fullmatch(r"local\[(\d+)(,\d+)?\]", spark_master(spark))
+    return int(cores.group(1)) if cores else 8
 
 
 @contextmanager

@@ -700,10 +700,9 @@ def _with_non_null_elements(staged: DataFrame, schema: T.StructType) -> DataFram
 
 
 def _is_local_master(spark: SparkSession) -> bool:
-    try:
-        return spark.conf.get("spark.master", "").startswith("local")
-    except Exception:  # noqa: BLE001 - Spark Connect may not expose it
-        return False
+    from longattn_spark.session import is_local_master
+
+    return is_local_master(spark)
 
 
 def _checkpoint_dir(spark: SparkSession) -> str | None:

@@ -1,7 +1,9 @@
 """Spark Connect (issue 14): ingest, select, export and report run over a real Spark Connect
 server (tests/connect_server.py, Delta without any Delta Connect plugin) and give the same
-tables and files as the classic session on the same input; score refuses Connect with one
-line before any work; a --remote that does not answer gets one line naming the URL. The
+tables and files as the classic session on the same input; a --remote that does not answer
+gets one line naming the URL. Score runs over Connect too (issue 20: DataFrame API and SQL
+only): killed after its first commit and run again, it ends with the classic run's scores,
+one row per window, having scored only what the killed run had not committed. The
 server's Python has no longattn_spark (issue 20): every job above works because the client
 ships the package with the session; a package missing there is named in one line.
 
@@ -72,13 +74,13 @@ def run(tmp_path_factory, llama3_tokenizer_dir, spark, connect_server):
                              "--window-size", str(WINDOW), "--table", t["windows"],
                              "--rejects-table", t["rejects"]],
         "select": lambda t: ["select", "--windows", t["windows"], "--scores",
-                             out["classic"]["scores"], "--keep-fraction", "0.5",
+                             t["scores"], "--keep-fraction", "0.5",
                              "--alpha", "0.5", "--table", t["selection"]],
         "export": lambda t: ["export", "--selection", t["selection"], "--windows",
                              t["windows"], "--tokenizer", tokenizer, "--shards", "2",
                              "--output", t["export"]],
         "report": lambda t: ["report", "--windows", t["windows"], "--scores",
-                             out["classic"]["scores"], "--selection", t["selection"],
+                             t["scores"], "--selection", t["selection"],
                              "--output", t["report.html"]],
     }
     for name, args in steps.items():
@@ -90,7 +92,61 @@ def run(tmp_path_factory, llama3_tokenizer_dir, spark, connect_server):
         done = connect_cli(connect_server.url, args(out["connect"]), cwd=base)
         out["logs"][name] = done.stdout + done.stderr
         assert done.returncode == 0, f"connect {name} failed:\n{done.stderr[-3000:]}"
+        if name == "ingest":
+            score = ["score", "--windows", out["connect"]["windows"], "--model", str(model),
+                     "--table", out["connect"]["scores"], "--batch-size", "4",
+                     "--files-per-batch", "1"]
+            out["kill"] = kill_after_first_commit(connect_server.url, score, base, spark,
+                                                  out["connect"])
+            done = connect_cli(connect_server.url, score, cwd=base)
+            out["logs"]["score"] = done.stdout + done.stderr
+            assert done.returncode == 0, f"connect score failed:\n{done.stderr[-3000:]}"
     return out
+
+
+def merge_commits(table: str) -> int:
+    log = Path(table) / "_delta_log"
+    return sum('"operation":"MERGE"' in p.read_text(encoding="utf-8")
+               for p in log.glob("*.json")) if log.is_dir() else 0
+
+
+def kill_after_first_commit(url: str, args: list[str], cwd: Path, spark, tables: dict
+                            ) -> dict:
+    """Runs ``score`` over Connect and SIGKILLs the client (its process group) as soon as its
+    first MERGE is in the scores table; fails unless the kill landed before the last
+    micro-batch. Returns what the table held then."""
+    import signal
+    import time
+
+    batches = len(TableRef(tables["windows"]).read(spark).inputFiles())  # --files-per-batch 1
+    assert batches >= 2, f"the windows table has {batches} data file(s): no micro-batch to kill"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK_GATEWAY", "SPARK_CONNECT", "SPARK_REMOTE"))}
+    env["SPARK_REMOTE"] = url
+    proc = subprocess.Popen([CLI, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            merges = merge_commits(tables["scores"])
+            if merges:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(0.05)
+        else:
+            err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
+            raise AssertionError(f"score over Connect ended (rc {proc.returncode}) or timed "
+                                 f"out before its first commit:\n{err[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
+    assert merges < batches, f"killed after {merges} of {batches} commits: too late"
+    rows = TableRef(tables["scores"]).read(spark).count()
+    assert rows > 0
+    return {"merges": merges, "batches": batches, "rows": rows}
 
 
 def connect_cli(url: str, args: list[str], cwd: Path, timeout: float = 600
@@ -173,7 +229,13 @@ def test_report_on_connect_shows_the_same_numbers(spark, run):
     connect = _visible_text(Path(run["connect"]["report.html"]).read_text(encoding="utf-8"))
     # paths, the selection ids (they hash the input tables' locations) and the time of
     # writing differ; everything else is the same
+    # the Connect scores table has more versions (its killed run committed too)
     for side in ("classic", "connect"):
+        scores = re.escape(run[side]["scores"])
+        classic, connect = (re.sub(rf"{scores} version \d+", run[side]["scores"], text)
+                            for text in (classic, connect))
+        classic, connect = (re.sub(r"scores v\d+\)", "scores)", text)
+                            for text in (classic, connect))
         for path in run[side].values():
             classic = classic.replace(path, "<path>")
             connect = connect.replace(path, "<path>")
@@ -186,16 +248,41 @@ def test_report_on_connect_shows_the_same_numbers(spark, run):
         assert category in connect
 
 
-def test_score_on_connect_is_refused_before_any_work(run, connect_server, tmp_path):
-    scores = str(tmp_path / "scores")
-    done = connect_cli(connect_server.url, ["score", "--windows", run["connect"]["windows"],
-                                            "--model", run["model"], "--table", scores],
-                       cwd=tmp_path)
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and "Spark Connect" in errors[0] and connect_server.url in errors[0]
-    assert "Traceback" not in done.stderr
-    assert not Path(scores).exists()
+def _summary_number(log: str, label: str) -> int:
+    found = re.search(rf"│ {re.escape(label)}\s*│\s*([\d,]+)", log)
+    assert found, f"no '{label}' in the score summary:\n{log[-3000:]}"
+    return int(found.group(1).replace(",", ""))
+
+
+def test_score_on_connect_resumes_to_the_classic_scores(spark, run):
+    """Killed after its first commit, then run again: the classic scores (same window_ids and
+    scorer_id, values within 1e-6 relative), one row per window, no rejects, and the second
+    run scored only the windows the killed one had not committed."""
+    columns = ("seq_len", "min_distance", "ds", "variance", "ds_heads", "var_heads")
+
+    def scores(side: str) -> dict[tuple, tuple]:
+        rows = _rows(spark, run[side]["scores"])
+        keyed = {(r["window_id"], r["scorer_id"]): tuple(r[c] for c in columns) for r in rows}
+        assert len(keyed) == len(rows), f"{side}: duplicate rows"
+        return keyed
+
+    classic, connect = scores("classic"), scores("connect")
+    assert sorted(connect) == sorted(classic) and len(classic) >= 12
+    for key, theirs in classic.items():
+        mine = connect[key]
+        assert mine[:2] == theirs[:2]
+        flat = [(a, b) for a, b in zip([mine[2], mine[3], *mine[4], *mine[5]],
+                                       [theirs[2], theirs[3], *theirs[4], *theirs[5]],
+                                       strict=True)]
+        assert all(abs(a - b) <= 1e-6 * abs(b) for a, b in flat), (key, mine, theirs)
+    rejects = run["connect"]["scores"] + "_rejects"
+    assert TableRef(rejects).read(spark).count() == 0
+    kill, log = run["kill"], run["logs"]["score"]
+    assert 1 <= kill["merges"] < kill["batches"]
+    skipped = _summary_number(log, "already scored (skipped)")
+    scored = _summary_number(log, "scored now")
+    assert skipped >= kill["rows"] and skipped + scored == len(classic)
+    assert scored > 0
 
 
 def test_remote_that_does_not_answer_is_one_line(tmp_path):

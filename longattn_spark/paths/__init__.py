@@ -37,7 +37,7 @@ from longattn_spark.paths.uri import (
 )
 
 __all__ = [
-    "HIDDEN_PREFIXES", "FileStatus", "default_fs", "delete", "for_spark", "has_scheme",
+    "HIDDEN_PREFIXES", "FileStatus", "client_sees", "default_fs", "delete", "for_spark", "has_scheme",
     "is_connect", "is_local", "is_uri", "join", "list_dir", "list_files_recursively",
     "local_path", "mkdirs", "parent", "qualified", "read_bytes", "read_text", "rename",
     "replace", "require", "scheme_of", "status", "where", "write_bytes", "checksum",
@@ -119,7 +119,9 @@ def where(spark, path: str) -> str:
 DATABRICKS_FUSE = ("/Volumes/", "/Workspace/", "/dbfs/")
 
 
-def _client_sees(path: str) -> bool:
+def client_sees(path: str) -> bool:
+    """Whether this process reads ``path`` itself even on Spark Connect: a Databricks FUSE
+    mount (``DATABRICKS_FUSE``) seen from a Databricks client."""
     import os
 
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION")) and scheme_of(path) in (
@@ -128,7 +130,7 @@ def _client_sees(path: str) -> bool:
 
 def _backend(spark, path: str):
     """The filesystem operations for ``path`` in this session (see the module's table)."""
-    if is_connect(spark) and not _client_sees(path):
+    if is_connect(spark) and not client_sees(path):
         from longattn_spark.paths.tasks import TaskFS
 
         return TaskFS(spark, local=is_local(spark, path), settings=hadoop_settings(spark),

@@ -8,12 +8,20 @@ module runs the common streaming / MERGE / rejects machinery with the one mapInA
 (``scorers.runtime.score_batches``) and folds what each micro-batch did into a
 ``ScoreSummary`` (``longattn_spark.score.summary``).
 
-- The windows table is read as a Structured Streaming source with ``availableNow``: each
-  micro-batch is scored and committed (MERGE) before the next, and the stream's checkpoint
-  (per scores table, scorer and windows table) records what is done, so a killed job resumes
-  after the last committed micro-batch. Each micro-batch is also anti-joined with the scores
-  already written for this scorer, so a lost checkpoint or a retried batch never duplicates a
-  row and only windows without a score for this ``scorer_id`` are scored.
+- On a classic session the windows table is read as a Structured Streaming source with
+  ``availableNow``: each micro-batch is scored and committed (MERGE) before the next, and the
+  stream's checkpoint (per scores table, scorer and windows table) records what is done, so a
+  killed job resumes after the last committed micro-batch. Each micro-batch is also
+  anti-joined with the scores already written for this scorer, so a lost checkpoint or a
+  retried batch never duplicates a row and only windows without a score for this
+  ``scorer_id`` are scored.
+- Over Spark Connect (Databricks standard access mode, serverless) everything goes through
+  the DataFrame API and SQL: no JVM, no DeltaTable API, no SparkContext. The client cuts the
+  windows table (at its current version) into the same micro-batches of
+  ``--files-per-batch`` data files and commits them in turn; the resume state is the tables
+  themselves (the anti-join above), the model is read on an executor
+  (``score.model_files``), and ``--checkpoint-location`` (required for table names) holds
+  the staged rows of a micro-batch on a cluster.
 - Scoring is a ``mapInArrow`` UDF. The scorer is cached per Python worker, keyed by its
   settings (the pattern of ``pyspark.ml.functions.predict_batch_udf``): a model loads once per
   executor process, not per task or batch. Token ids go from Arrow to an ``[N, L]`` array by
@@ -43,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -54,7 +62,6 @@ from longattn_spark.errors import ConfigError, TableError
 from longattn_spark.score.model_files import ModelLocation
 from longattn_spark.score.plan import (
     check_tokenizer,
-    needs_classic_session,
     unscored_tokenizers,
     validate_score_config,
     windows_facts,
@@ -62,7 +69,13 @@ from longattn_spark.score.plan import (
 from longattn_spark.score.summary import Progress, ScoreSummary, count_runs, print_summary
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
 from longattn_spark.scorers.runtime import RUN_FIELDS, ArrowFn, score_batches, udf_schema
-from longattn_spark.session import arrow_batch_rows, get_spark, on_cluster, remote_url
+from longattn_spark.session import (
+    arrow_batch_rows,
+    default_parallelism,
+    get_spark,
+    is_local_master,
+    on_cluster,
+)
 from longattn_spark.tables import (
     SCORE_REJECTS,
     SCORES,
@@ -78,9 +91,6 @@ from longattn_spark.tables import (
 def run_score_job(cfg: LongAttnConfig) -> ScoreSummary:
     """``longattn-spark score``."""
     validate_score_config(cfg.score)
-    remote = remote_url(cfg.spark)
-    if remote:
-        raise ConfigError(needs_classic_session(remote))
     spark = get_spark(cfg.spark, app_name="longattn-spark score")
     summary = score_windows(spark, cfg.score)
     print_summary(summary, cfg.score)
@@ -94,8 +104,6 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
     ``udf_wrapper`` (tests): applied to the mapInArrow function of every micro-batch, in
     micro-batch order, e.g. to make a task fail."""
     method = validate_score_config(cfg)
-    if paths.is_connect(spark):
-        raise ConfigError(needs_classic_session("this session"))
     windows_ref = TableRef(cfg.windows)
     scores_ref = TableRef(cfg.table)
     rejects_ref = TableRef(cfg.rejects_table or default_rejects_table(cfg.table))
@@ -180,18 +188,15 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
         count_runs(summary, ran, batch_id)
         reporter.update(summary)
 
-    stream = _windows_stream(spark, windows_ref, cfg)
-    checkpoint_dir = _checkpoint(spark, cfg, scores_ref, windows_ref, scorer_id)
     with arrow_batch_rows(spark, max(cfg.batch_size, 16)):
-        query = (stream.writeStream.foreachBatch(commit)
-                 .option("checkpointLocation", checkpoint_dir)
-                 .trigger(availableNow=True).start())
         try:
-            query.awaitTermination()
+            if paths.is_connect(spark):
+                for batch_id, batch in enumerate(_file_batches(spark, windows_ref, cfg)):
+                    commit(batch, batch_id)
+            else:
+                _stream_batches(spark, windows_ref, cfg, scores_ref, scorer_id, commit)
         finally:
             reporter.close()
-            if query.isActive:
-                query.stop()
     summary.seconds = time.perf_counter() - started
     summary.windows_total = _windows_count(spark, windows_ref, cfg)
     summary.already_scored = done_before
@@ -253,7 +258,7 @@ def gpu_resource_profile(spark: SparkSession, task_gpus: float):
     not asked for, or locally, where Spark has no stage-level scheduling."""
     if task_gpus <= 0:
         return None
-    if spark.sparkContext.master.startswith("local"):
+    if is_local_master(spark):
         print("--task-gpus is ignored by a local master (no stage-level scheduling)")
         return None
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
@@ -262,13 +267,47 @@ def gpu_resource_profile(spark: SparkSession, task_gpus: float):
     return ResourceProfileBuilder().require(requests.resource("gpu", task_gpus)).build
 
 
-def _windows_stream(spark: SparkSession, ref: TableRef, cfg: ScoreConfig) -> DataFrame:
+def _stream_batches(spark: SparkSession, windows_ref: TableRef, cfg: ScoreConfig,
+                    scores_ref: TableRef, scorer_id: str,
+                    commit: Callable[[DataFrame, int], None]) -> None:
+    """Classic sessions: the windows table as a Structured Streaming source with
+    ``availableNow``, ``--files-per-batch`` files per micro-batch, ``commit`` in
+    ``foreachBatch``; the stream's checkpoint records the micro-batches done."""
     reader = spark.readStream.format("delta").option("maxFilesPerTrigger",
                                                      str(cfg.files_per_batch))
-    stream = reader.load(ref.location) if ref.is_path else reader.table(ref.text)
+    stream = reader.load(windows_ref.location) if windows_ref.is_path else \
+        reader.table(windows_ref.text)
+    query = (_windows_to_score(stream, cfg).writeStream.foreachBatch(commit)
+             .option("checkpointLocation",
+                     _checkpoint(spark, cfg, scores_ref, windows_ref, scorer_id))
+             .trigger(availableNow=True).start())
+    try:
+        query.awaitTermination()
+    finally:
+        if query.isActive:
+            query.stop()
+
+
+def _file_batches(spark: SparkSession, ref: TableRef, cfg: ScoreConfig) -> Iterator[DataFrame]:
+    """Spark Connect: the micro-batches, without a stream (a ``foreachBatch`` function runs
+    on the server there, away from this client's summary): the windows table at its current
+    version, ``--files-per-batch`` of its data files at a time (``_metadata.file_name``; a
+    Delta data file's name is unique in its table), in name order. What is done is read back
+    from the tables themselves: each batch is anti-joined with the scores and rejects already
+    written for this scorer (``_unscored``), so a killed run resumes where it stopped and a
+    batch scored before is skipped."""
+    version = ref.version(spark)
+    frame = ref.read(spark, version)
+    names = sorted({path.rstrip("/").rsplit("/", 1)[-1] for path in frame.inputFiles()})
+    for start in range(0, len(names), cfg.files_per_batch):
+        chunk = names[start:start + cfg.files_per_batch]
+        yield _windows_to_score(frame.filter(F.col("_metadata.file_name").isin(chunk)), cfg)
+
+
+def _windows_to_score(frame: DataFrame, cfg: ScoreConfig) -> DataFrame:
     if cfg.category:
-        stream = stream.filter(F.col("category") == F.lit(cfg.category))
-    return stream.select("window_id", "category", "n_tokens", "input_ids")
+        frame = frame.filter(F.col("category") == F.lit(cfg.category))
+    return frame.select("window_id", "category", "n_tokens", "input_ids")
 
 
 def _unscored(spark: SparkSession, batch: DataFrame, scores_ref: TableRef,
@@ -278,7 +317,7 @@ def _unscored(spark: SparkSession, batch: DataFrame, scores_ref: TableRef,
             .unionByName(rejects_ref.read(spark).filter(F.col("scorer_id") == F.lit(scorer_id))
                          .select("window_id")))
     todo = batch.join(done, "window_id", "left_anti")
-    partitions = max(1, spark.sparkContext.defaultParallelism)
+    partitions = max(1, default_parallelism(spark))
     return todo.repartition(partitions)
 
 

@@ -222,20 +222,63 @@ def describe_model(spark, location: ModelLocation, *, allow_pickle: bool = False
     is_pickle = not any(n in (SAFETENSORS_INDEX, SAFETENSORS_SINGLE) for n in names) and \
         any(n in (PICKLE_INDEX, PICKLE_SINGLE) for n in names)
     if location.in_place and is_pickle and allow_pickle:
+        if paths.is_connect(spark) and not paths.client_sees(location.folder):
+            raise InputError(f"--model {location.model}: a pickled checkpoint is loaded by the "
+                             f"driver itself, which a Spark Connect client cannot do; convert "
+                             f"it to safetensors (or score on a classic session)")
         return load_layer0_checkpoint(location.folder, allow_pickle=True, layer=layer)
     return describe_layer0_checkpoint(location.folder, _Reader(spark, location),
                                       allow_pickle=allow_pickle, layer=layer)
 
 
+def executor_file(location: ModelLocation, name: str) -> Path:
+    """On an executor: the local file ``name`` of ``location`` (fetched when remote)."""
+    return Path(location.executor_path(), name)
+
+
+def local_range(path: str | Path, start: int, length: int) -> bytes:
+    """``length`` bytes of a local file from ``start`` (fewer at its end)."""
+    with Path(path).open("rb") as f:
+        f.seek(start)
+        return f.read(length)
+
+
+def local_sha256(files: dict[str, str | Path],
+                 parts: Sequence[bytes | tuple[str, int, int]]) -> str:
+    """Hex SHA-256 of ``parts`` in order: bytes as they are, ``(name, start, length)`` as that
+    byte range of the local file ``files[name]``, read in chunks."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bytes):
+            digest.update(part)
+            continue
+        name, start, length = part
+        with Path(files[name]).open("rb") as f:
+            f.seek(start)
+            while length > 0:
+                chunk = f.read(min(_CHUNK, length))
+                if not chunk:
+                    raise InputError(f"{files[name]}: ends before the tensor data its header "
+                                     f"describes")
+                digest.update(chunk)
+                length -= len(chunk)
+    return digest.hexdigest()
+
+
 class _Reader:
     """``CheckpointReader`` over the files of a ``ModelLocation``: Python's own file access on
     the local disk, the driver JVM's Hadoop FileSystem elsewhere (ranges and hashes are done
-    in the JVM, so tensor bytes never cross into Python)."""
+    in the JVM, so tensor bytes never cross into Python). Over Spark Connect, which has no
+    driver JVM and whose client may not see the server's disks, each read and the hash run in
+    a one-task Spark job on an executor, over the folder scoring will read there
+    (``ModelLocation.executor_path``: in place, or fetched into the executor's cache)."""
 
     def __init__(self, spark, location: ModelLocation) -> None:
         self._spark = spark
+        self._location = location
         self._files = {f.name: f for f in location.files}
         self._local = paths.is_local(spark, location.folder)
+        self._on_executor = paths.is_connect(spark) and not paths.client_sees(location.folder)
 
     def names(self) -> list[str]:
         return list(self._files)
@@ -245,10 +288,12 @@ class _Reader:
 
     def read_range(self, name: str, start: int, length: int) -> bytes:
         path = self._files[name].path
+        if self._on_executor:
+            location = self._location
+            return self._executor_call(path, lambda: local_range(
+                executor_file(location, name), start, length))
         if self._local:
-            with paths.local_path(path).open("rb") as f:
-                f.seek(start)
-                return f.read(length)
+            return local_range(paths.local_path(path), start, length)
         fs, hpath = paths._hadoop_fs(self._spark, path)
         stream = fs.open(hpath)
         try:
@@ -264,24 +309,25 @@ class _Reader:
         return data
 
     def sha256(self, parts: Sequence[bytes | tuple[str, int, int]]) -> str:
+        if self._on_executor:
+            location, names = self._location, sorted({p[0] for p in parts
+                                                      if not isinstance(p, bytes)})
+            return self._executor_call(location.folder, lambda: local_sha256(
+                {n: executor_file(location, n) for n in names}, parts))
         if self._local:
-            digest = hashlib.sha256()
-            for part in parts:
-                if isinstance(part, bytes):
-                    digest.update(part)
-                    continue
-                name, start, length = part
-                with paths.local_path(self._files[name].path).open("rb") as f:
-                    f.seek(start)
-                    while length > 0:
-                        chunk = f.read(min(_CHUNK, length))
-                        if not chunk:
-                            raise InputError(f"{self._files[name].path}: ends before the "
-                                             f"tensor data its header describes")
-                        digest.update(chunk)
-                        length -= len(chunk)
-            return digest.hexdigest()
+            return local_sha256({n: paths.local_path(f.path) for n, f in self._files.items()},
+                                parts)
         return self._jvm_sha256(parts)
+
+    def _executor_call(self, path: str, call):
+        from longattn_spark.paths.tasks import run_on_executor
+
+        try:
+            return run_on_executor(self._spark, call)
+        except RuntimeError as exc:
+            text = str(exc).removeprefix("InputError: ")
+            raise InputError(f"{paths.where(self._spark, path)}: reading the model on an "
+                             f"executor failed ({text})") from None
 
     def _jvm_sha256(self, parts: Sequence[bytes | tuple[str, int, int]]) -> str:
         """The hash computed in the driver's JVM: each byte range is copied from the Hadoop

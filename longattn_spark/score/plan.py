@@ -52,14 +52,6 @@ def validate_score_config(cfg: ScoreConfig) -> ScorerMethod:
     return method
 
 
-def needs_classic_session(remote: str) -> str:
-    """The one line a score run on Spark Connect gets, before any work."""
-    return (f"score needs a classic Spark session (a dedicated GPU cluster: spark-submit, or "
-            f"Databricks dedicated access mode), not Spark Connect ({remote}): it reads the "
-            f"model through the driver's JVM and takes GPUs through a stage-level "
-            f"ResourceProfile; run ingest, select, export and report on Spark Connect")
-
-
 def check_tokenizer(spark: SparkSession, cfg: ScoreConfig, window_tokenizers: list[str],
                     summary: ScoreSummary, still_to_score: Callable[[], list[str]]
                     ) -> dict:

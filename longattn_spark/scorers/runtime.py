@@ -36,6 +36,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from longattn_spark.errors import InputError
 from longattn_spark.score.model_files import ModelLocation
 from longattn_spark.scorers.models import dtype_name
+from longattn_spark.session import default_parallelism, is_local_master
 from longattn_spark.tables import IDS_OUT_OF_VOCAB, NON_FINITE_SCORE, WRONG_LENGTH
 
 if TYPE_CHECKING:
@@ -98,14 +99,14 @@ def _executors_have_gpus(spark, device: str) -> bool:
         return True
     import torch
 
-    return spark.sparkContext.master.startswith("local") and torch.cuda.is_available()
+    return is_local_master(spark) and torch.cuda.is_available()
 
 
 def _threads_per_task(spark) -> int:
     """Torch threads per task: locally the cores shared by the concurrent tasks."""
-    if not spark.sparkContext.master.startswith("local"):
+    if not is_local_master(spark):
         return int(spark.conf.get("spark.task.cpus", "1"))
-    return max(1, (os.cpu_count() or 1) // max(1, spark.sparkContext.defaultParallelism))
+    return max(1, (os.cpu_count() or 1) // max(1, default_parallelism(spark)))
 
 
 # --- driver: a whole causal LM, described without loading it ------------------------------------
