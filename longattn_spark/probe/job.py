@@ -167,8 +167,9 @@ def run_probe_job(cfg: LongAttnConfig) -> ProbeRun:
 
     validate_probe_config(cfg.probe, cfg.score)
     if remote_url(cfg.spark):
-        raise ConfigError("probe scores windows and needs a classic Spark session, not Spark "
-                          "Connect")
+        raise ConfigError(f"probe runs on a classic Spark session only (not yet tested over "
+                          f"Spark Connect, {remote_url(cfg.spark)}); score, select and the "
+                          f"other jobs run over Connect")
     spark = get_spark(cfg.spark, app_name="longattn-spark probe")
     run = probe(spark, cfg.probe, cfg.score)
     print_probe(run)
