@@ -125,3 +125,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# Every local Spark driver the tests start (this session's, the CLI subprocesses', the notebook
+# kernel's) is a JVM that lives seconds to minutes on 2 cores, where C2 compilation took a third
+# to a half of a driver's CPU: C1 only and the serial collector, as tests/cluster.py's JVM_OPTS
+# for the cluster's JVMs (spark-submit adds SPARK_SUBMIT_OPTS to a client-mode driver's JVM;
+# tests/test_crash_consistency.py: 377 s of CPU instead of 583 s).
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")

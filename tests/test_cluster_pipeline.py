@@ -20,8 +20,9 @@ runs them, checked against the embedded run of the same input (issue 11):
 
 Every spark-submit costs a JVM, executors and Python workers (tens of seconds on 2 cores), so
 the module runs as few as the checks allow and shares them between tests: the pipeline (5
-submits; the embedded run goes on meanwhile in the test process), the URI run with the two
-worker losses (3), one probe for bad input and GPU addresses (1).
+submits; the embedded run goes on meanwhile in the test process), the URI run's ingest and
+score with the two worker losses (2), one probe for bad input, the URI run's select (its
+entry point in the probe's driver) and GPU addresses (1).
 """
 
 from __future__ import annotations
@@ -533,9 +534,10 @@ def after_first_commit_while_staging(cluster: TestCluster, table: str):
 
 
 @pytest.fixture(scope="module")
-def uri_run(on_hdfs: TestCluster, work: Path, tmp_path_factory) -> UriRun:
-    """ingest -> score -> select once more, every path an ``hdfs://host:port/...`` URI, into
-    another folder; and, in the same jobs (spark-submits are what costs here):
+def uri_jobs(on_hdfs: TestCluster, work: Path, tmp_path_factory) -> UriRun:
+    """ingest -> score once more, every path an ``hdfs://host:port/...`` URI, into another
+    folder (its select runs in the probe's driver, see ``uri_run``); and, in the same jobs
+    (spark-submits are what costs here):
 
     - the ingest ships a Python environment (``--archives env.tar.gz#environment``, the
       executors' Python ``./environment/bin/python``): its ``bin/python`` is a wrapper that
@@ -592,15 +594,35 @@ def uri_run(on_hdfs: TestCluster, work: Path, tmp_path_factory) -> UriRun:
                                       "--files-per-batch", str(max(1, files // 3))],
             work, worker=1, ready=after_first_commit_while_staging(c, paths["scores"]))
         kills["score"]["windows_files"] = files
-    if steps.get("score") is not None and steps["score"].ok:
-        steps["select"] = submit(c, "uri-select", "select", [
-            "--windows", tables["windows"], "--scores", tables["scores"], "--alpha", "0.5",
-            "--keep-fraction", "0.5", "--table", tables["selection"]], work)
-    for name in ("score", "select"):
-        steps.setdefault(name, Step(f"uri-{name}", [], None, 0.0, work / "events" / name))
+    steps.setdefault("score", Step("uri-score", [], None, 0.0, work / "events" / "uri-score"))
     print_times("explicit URIs (+ worker losses)", steps)
     print(f"kills: {kills}", flush=True)
     return UriRun(steps, tables, marker, kills)
+
+
+def uri_select_argv(tables: dict[str, str]) -> list[str]:
+    return ["--windows", tables["windows"], "--scores", tables["scores"], "--alpha", "0.5",
+            "--keep-fraction", "0.5", "--table", tables["selection"]]
+
+
+@pytest.fixture(scope="module")
+def uri_run(uri_jobs: UriRun, probe) -> UriRun:
+    """The URI run's ingest and score (``uri_jobs``) and its select: ``jobs/select.py`` with
+    the same explicit URIs, run through its entry point in the probe's spark-submit driver
+    (one spark-submit less; its exit code, stdout and stderr are captured as a submit's)."""
+    steps = dict(uri_jobs.steps)
+    found = probe.cases.get("uri_select")
+    if found is None:
+        steps["select"] = Step("uri-select", [], None, 0.0, probe.step.events)
+    else:
+        argv = ["select", *uri_select_argv(uri_jobs.tables)]
+        code = found["code"] if isinstance(found["code"], int) else 1
+        steps["select"] = Step("uri-select (in the probe's driver)", argv,
+                               subprocess.CompletedProcess(argv, code, found["stdout"],
+                                                           found["stderr"]),
+                               (found["ended_ms"] - found["started_ms"]) / 1000,
+                               probe.step.events)
+    return UriRun(steps, uri_jobs.tables, uri_jobs.marker, uri_jobs.kills)
 
 
 def test_explicit_hdfs_uris_give_the_same_ids(uri_run, pipeline, spark, on_hdfs):
@@ -797,12 +819,16 @@ def bad_input_cases(cluster: TestCluster) -> list[tuple[str, str, list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def probe(on_hdfs: TestCluster, work: Path) -> Probe:
+def probe(on_hdfs: TestCluster, work: Path, uri_jobs: UriRun) -> Probe:
+    """One spark-submit: the bad-input cases, then (when the URI run's score succeeded) the
+    URI run's select (case ``uri_select``), then the GPU probe stage."""
     script = work / "probe.py"
     script.write_text(PROBE)
     events = work / "events" / "probe"
-    argv = [*GPU_CLUSTER, *event_log_conf(events), str(script), str(JOBS),
-            json.dumps(bad_input_cases(on_hdfs))]
+    cases = bad_input_cases(on_hdfs)
+    if uri_jobs.steps["score"].ok:
+        cases.append(("uri_select", "select", uri_select_argv(uri_jobs.tables)))
+    argv = [*GPU_CLUSTER, *event_log_conf(events), str(script), str(JOBS), json.dumps(cases)]
     started = time.monotonic()
     done = on_hdfs.spark_submit(argv, cwd=work, env=default_logging_env(work),
                                 timeout=SUBMIT_TIMEOUT)
