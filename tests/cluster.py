@@ -67,6 +67,20 @@ DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
 JVM_OPTS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+TEST_SPARK_CONF_DIR = REPO / "tests" / "spark-conf"
+
+
+def spark_defaults_for_tests() -> dict[str, str]:
+    """tests/spark-conf/spark-defaults.conf as a dict: the settings every Spark the tests
+    start shares (kilobyte tables: no code generation)."""
+    out = {}
+    for line in (TEST_SPARK_CONF_DIR / "spark-defaults.conf").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = line.split(None, 1)
+            out[key] = value.strip()
+    return out
+
+
 DAEMON_JAVA_OPTS = JVM_OPTS
 WORKER_CORES = 2
 WORKER_MEMORY = "3g"
@@ -546,6 +560,7 @@ class TestCluster:
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.shuffle.partitions": "4",
             "spark.databricks.delta.snapshotPartitions": "2",
+            **spark_defaults_for_tests(),
             # short-lived JVMs on 2 cores: C1 only and the serial collector cut CPU per test
             "spark.driver.extraJavaOptions": JVM_OPTS,
             "spark.executor.extraJavaOptions": JVM_OPTS,

@@ -21,12 +21,14 @@ def lakehouse(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def spark(lakehouse):
+    from cluster import spark_defaults_for_tests
+
     from longattn_spark.session import get_spark
 
     settings = SparkSettings(
         master="local[2]", lakehouse=str(lakehouse), catalog="hive",
         spark_conf={"spark.sql.shuffle.partitions": "4",
-                    "spark.default.parallelism": "2"})
+                    "spark.default.parallelism": "2", **spark_defaults_for_tests()})
     session = get_spark(settings, app_name="longattn-spark-tests")
     yield session
     session.stop()
@@ -113,9 +115,34 @@ def connect_server(tmp_path_factory):
         assert not left, f"Spark Connect server processes survived the teardown: {left}"
 
 
+# pytest-xdist (`-n 2 --dist loadgroup` in pyproject.toml) hands out whole groups: a module, or
+# the modules that share the one test cluster, so that each session fixture starts once. The
+# longest groups go first (measured in a fresh-clone run), and a worker takes the next group only
+# when its own is nearly done, so the two workers end close together.
+SHARED_FIXTURE_GROUPS = {"test_cluster_pipeline": "cluster", "test_cluster_smoke": "cluster",
+                         "test_paths_hdfs": "cluster", "test_table_race": "cluster"}
+LONGEST_GROUPS_FIRST = ["cluster", "test_connect", "test_crash_consistency", "test_prolong_job",
+                        "test_score_job", "test_real_model", "test_export", "test_probe",
+                        "test_notebook", "test_demo", "test_report", "test_integrity"]
+
+
+def xdist_group_of(item) -> str:
+    module = item.path.stem
+    return SHARED_FIXTURE_GROUPS.get(module, module)
+
+
+def _group_rank(group: str) -> int:
+    return (LONGEST_GROUPS_FIRST.index(group) if group in LONGEST_GROUPS_FIRST
+            else len(LONGEST_GROUPS_FIRST))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
+    items.sort(key=lambda item: _group_rank(xdist_group_of(item)))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -131,3 +158,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 # for the cluster's JVMs (spark-submit adds SPARK_SUBMIT_OPTS to a client-mode driver's JVM;
 # tests/test_crash_consistency.py: 377 s of CPU instead of 583 s).
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# ... and every local Spark a test starts in a subprocess (CLI, notebook kernel) reads the tests'
+# spark-defaults.conf (kilobyte tables: no code generation; see that file).
+os.environ.setdefault("SPARK_CONF_DIR", str(REPO / "tests" / "spark-conf"))

@@ -34,6 +34,7 @@ from cluster import (
     _tail,
     delta_version,
     pyspark_home,
+    spark_defaults_for_tests,
     venv_python,
 )
 
@@ -102,6 +103,7 @@ class ConnectServer:
             "spark.ui.enabled": "false",
             "spark.sql.shuffle.partitions": "4",
             "spark.databricks.delta.snapshotPartitions": "2",
+            **spark_defaults_for_tests(),
             "spark.driver.memory": "2g",
             "spark.driver.extraJavaOptions":
                 f"{JVM_OPTS} -Dderby.system.home={self.base / 'metastore'}",
