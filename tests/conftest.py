@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cluster import TEST_SPARK_CONF_DIR, spark_defaults_for_tests
 
 from longattn_spark.config import SparkSettings
 
@@ -21,8 +22,6 @@ def lakehouse(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def spark(lakehouse):
-    from cluster import spark_defaults_for_tests
-
     from longattn_spark.session import get_spark
 
     settings = SparkSettings(
@@ -160,4 +159,4 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 # ... and every local Spark a test starts in a subprocess (CLI, notebook kernel) reads the tests'
 # spark-defaults.conf (kilobyte tables: no code generation; see that file).
-os.environ.setdefault("SPARK_CONF_DIR", str(REPO / "tests" / "spark-conf"))
+os.environ.setdefault("SPARK_CONF_DIR", str(TEST_SPARK_CONF_DIR))
