@@ -26,6 +26,12 @@ from pyspark.sql import types as T
 
 from longattn_spark.errors import TableError
 from longattn_spark.paths.uri import has_scheme
+from longattn_spark.reasons import (  # noqa: F401 - the scores_rejects reasons
+    IDS_OUT_OF_VOCAB,
+    NON_FINITE_LOSS,
+    NON_FINITE_SCORE,
+    WRONG_LENGTH,
+)
 
 R = TypeVar("R")
 
@@ -99,13 +105,6 @@ REJECTS = TableSpec(
     comment="Input documents that produced no window, each with its reason",
 )
 
-#: Reasons of the scores_rejects table, shared by every scoring method.
-WRONG_LENGTH = "wrong_length"
-IDS_OUT_OF_VOCAB = "ids_out_of_vocab"
-#: the method's value for the window is NaN or infinite (``ScorerMethod.finite_columns``)
-NON_FINITE_SCORE = "non_finite_score"
-#: lossgain: a loss the window's score uses is NaN or infinite (never a NaN score).
-NON_FINITE_LOSS = "non_finite_loss"
 
 PROLONG_COMPONENTS = T.StructType([
     T.StructField("mean_strength", T.DoubleType()),

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from longattn_spark.errors import ConfigError
+from longattn_spark.reasons import NON_FINITE_LOSS
 
 #: Bump when a change to the definition or the computation changes scores.
 LOSSGAIN_MATH_VERSION = "lossgain-1"
@@ -103,8 +104,6 @@ def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int
                          ) -> LossGainResult:
     """The score from one window's losses, both indexed by target t (length L; entries
     before 2S are not read). Means are taken in float64."""
-    from longattn_spark.tables import NON_FINITE_LOSS
-
     s = int(short_context)
     full_t = np.asarray(full, dtype=np.float64)[2 * s:]
     short_t = np.asarray(short, dtype=np.float64)[2 * s:]

@@ -120,9 +120,10 @@ class LossGainScorer:
         for block_length in sorted({b.length for b in blocks}, reverse=True):
             group = [b for b in blocks if b.length == block_length]
             count = group[0].stop_target - group[0].first_target
-            index = torch.stack([torch.arange(b.start, b.stop) for b in group])  # [G, len-1]
+            index = torch.stack([torch.arange(b.start, b.stop, device=inputs.device)
+                                 for b in group])  # [G, len-1]
             passes = torch.cat([torch.full((batch, len(group), 1), self.bos_id,
-                                           dtype=torch.long),
+                                           dtype=torch.long, device=inputs.device),
                                 inputs[:, index]], dim=2).reshape(-1, block_length)
             out = np.empty((passes.shape[0], count), dtype=np.float32)
             rows = max(1, budget // block_length)
