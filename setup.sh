@@ -51,4 +51,9 @@ if ! minihdfs_built; then
   echo "$MINIHDFS_STAMP" > "$MINIHDFS_OUT/stamp"
 fi
 
+# The tests' local Spark drivers map Spark's and Delta's classes from a class-data-sharing archive
+# (tests/jvm_archive.py) in ~/.cache/longattn-spark/cds; built once here (about 1.5 minutes),
+# skipped when the archive for this JDK, pyspark and delta-spark is there.
+"$VPY" tests/jvm_archive.py --build
+
 echo "setup done: $("$VPY" -c 'import torch, pyspark, delta, transformers; print("torch", torch.__version__, "| pyspark", pyspark.__version__, "| transformers", transformers.__version__)')"

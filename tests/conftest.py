@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from cluster import TEST_SPARK_CONF_DIR, spark_defaults_for_tests
+from cluster import spark_defaults_for_tests
+from jvm_archive import local_driver_opts
 
 from longattn_spark.config import SparkSettings
 
@@ -155,8 +156,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 # kernel's) is a JVM that lives seconds to minutes on 2 cores, where C2 compilation took a third
 # to a half of a driver's CPU: C1 only and the serial collector, as tests/cluster.py's JVM_OPTS
 # for the cluster's JVMs (spark-submit adds SPARK_SUBMIT_OPTS to a client-mode driver's JVM;
-# tests/test_crash_consistency.py: 377 s of CPU instead of 583 s).
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-# ... and every local Spark a test starts in a subprocess (CLI, notebook kernel) reads the tests'
-# spark-defaults.conf (kilobyte tables: no code generation; see that file).
-os.environ.setdefault("SPARK_CONF_DIR", str(TEST_SPARK_CONF_DIR))
+# tests/test_crash_consistency.py: 377 s of CPU instead of 583 s). They also map Spark's and
+# Delta's classes from one class-data-sharing archive instead of loading them each time, and
+# read the tests' spark-defaults.conf (kilobyte tables: no code generation) as -D options,
+# because an archive cannot be used with a non-empty SPARK_CONF_DIR on the class path
+# (tests/jvm_archive.py).
+os.environ["SPARK_SUBMIT_OPTS"], os.environ["SPARK_CONF_DIR"] = local_driver_opts()
