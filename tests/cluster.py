@@ -63,11 +63,23 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path("~/.cache/longattn-spark").expanduser()
 MINIHDFS_DIR = CACHE / "minihdfs"
 IVY_CACHE = CACHE / "ivy"
+#: the tests' class-data-sharing archives (tests/jvm_archive.py), and the empty SPARK_CONF_DIR
+#: of every Spark JVM that maps one (CDS refuses a class path with a non-empty folder on it)
+CDS_DIR = CACHE / "cds"
+EMPTY_CONF_DIR = CDS_DIR / "empty-spark-conf"
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
 JVM_OPTS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 TEST_SPARK_CONF_DIR = REPO / "tests" / "spark-conf"
+
+
+def spark_jvm_options() -> str:
+    """JVM_OPTS and, once it is built, the options that map the tests' CDS archive: for Spark
+    JVMs whose SPARK_CONF_DIR is EMPTY_CONF_DIR."""
+    from jvm_archive import spark_jvm_opts
+
+    return f"{JVM_OPTS} {spark_jvm_opts()}".strip()
 
 
 def spark_defaults_for_tests() -> dict[str, str]:
@@ -311,7 +323,6 @@ class TestCluster:
         self._stopped = False
         self._seq = 0
         self.logs = self.base / "logs"
-        self.daemon_conf = self.base / "conf-daemons"
         self.submit_conf = self.base / "conf-submit"
         self.hadoop_conf = self.base / "conf-hadoop"
 
@@ -320,7 +331,7 @@ class TestCluster:
     def start(self) -> TestCluster:
         t0 = time.monotonic()
         classpath = minihdfs_classpath()
-        for folder in (self.logs, self.daemon_conf, self.submit_conf, self.base / "hdfs"):
+        for folder in (self.logs, self.submit_conf, self.base / "hdfs"):
             folder.mkdir(parents=True, exist_ok=True)
         (self.submit_conf / "log4j2.properties").write_text(_DRIVER_LOG4J2)
         atexit.register(self.stop)
@@ -415,9 +426,10 @@ class TestCluster:
     def _daemon_env(self) -> dict[str, str]:
         env = self._base_env()
         env.update({
-            "SPARK_CONF_DIR": str(self.daemon_conf),
+            # the empty folder the CDS archive was dumped with; executors inherit it
+            "SPARK_CONF_DIR": str(EMPTY_CONF_DIR),
             "SPARK_DAEMON_MEMORY": "512m",
-            "SPARK_DAEMON_JAVA_OPTS": DAEMON_JAVA_OPTS,
+            "SPARK_DAEMON_JAVA_OPTS": spark_jvm_options(),
         })
         return env
 
@@ -561,9 +573,10 @@ class TestCluster:
             "spark.sql.shuffle.partitions": "4",
             "spark.databricks.delta.snapshotPartitions": "2",
             **spark_defaults_for_tests(),
-            # short-lived JVMs on 2 cores: C1 only and the serial collector cut CPU per test
-            "spark.driver.extraJavaOptions": JVM_OPTS,
-            "spark.executor.extraJavaOptions": JVM_OPTS,
+            # short-lived JVMs on 2 cores: C1 only and the serial collector cut CPU per test,
+            # and Spark's classes mapped from the tests' CDS archive (tests/jvm_archive.py)
+            "spark.driver.extraJavaOptions": spark_jvm_options(),
+            "spark.executor.extraJavaOptions": spark_jvm_options(),
         }
         args = ["--master", self.master_url,
                 "--packages", f"io.delta:delta-spark_2.13:{self.delta_version}"]

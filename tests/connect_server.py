@@ -25,8 +25,8 @@ from pathlib import Path
 from cluster import (
     DELTA_CATALOG,
     DELTA_EXTENSION,
+    EMPTY_CONF_DIR,
     IVY_CACHE,
-    JVM_OPTS,
     ClusterError,
     _descendants,
     _pdeathsig,
@@ -35,6 +35,7 @@ from cluster import (
     delta_version,
     pyspark_home,
     spark_defaults_for_tests,
+    spark_jvm_options,
     venv_python,
 )
 
@@ -106,7 +107,7 @@ class ConnectServer:
             **spark_defaults_for_tests(),
             "spark.driver.memory": "2g",
             "spark.driver.extraJavaOptions":
-                f"{JVM_OPTS} -Dderby.system.home={self.base / 'metastore'}",
+                f"{spark_jvm_options()} -Dderby.system.home={self.base / 'metastore'}",
         }
         cmd = [str(pyspark_home() / "bin" / "spark-submit"), "--master", "local[2]",
                "--class", CONNECT_SERVER_CLASS,
@@ -120,7 +121,8 @@ class ConnectServer:
         (self.base / "tmp").mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PYSPARK_GATEWAY", "SPARK_", "PYSPARK_", "PYTHONPATH"))}
-        env.update({"SPARK_HOME": str(pyspark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
+        env.update({"SPARK_HOME": str(pyspark_home()), "SPARK_CONF_DIR": str(EMPTY_CONF_DIR),
+                    "SPARK_LOCAL_IP": "127.0.0.1",
                     "PYSPARK_PYTHON": self.python})
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(self.command(), env=env, cwd=self.base,

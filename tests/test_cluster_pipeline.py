@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import EventLog, TestCluster, delta_operations, event_log_conf
+from cluster import EMPTY_CONF_DIR, EventLog, TestCluster, delta_operations, event_log_conf
 
 pytestmark = pytest.mark.cluster
 
@@ -141,10 +141,10 @@ def _without_info(text: str) -> str:
 
 def default_logging_env(work: Path) -> dict[str, str]:
     """SPARK_CONF_DIR without a log4j2 file: Spark's built-in default profile (INFO on the
-    console), as on a cluster without a custom logging setup."""
-    conf = work / "spark-conf-default"
-    conf.mkdir(exist_ok=True)
-    return {"SPARK_CONF_DIR": str(conf)}
+    console), as on a cluster without a custom logging setup. It is the empty folder the
+    tests' CDS archive was dumped with (tests/jvm_archive.py), so the driver maps it."""
+    EMPTY_CONF_DIR.mkdir(parents=True, exist_ok=True)
+    return {"SPARK_CONF_DIR": str(EMPTY_CONF_DIR)}
 
 
 def job_argv(job: str, args: list[str], events: Path, extra: list[str] = ()) -> list[str]:
