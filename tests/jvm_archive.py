@@ -39,9 +39,8 @@ from pathlib import Path
 
 from cluster import CDS_DIR as ARCHIVES
 from cluster import EMPTY_CONF_DIR, spark_defaults_for_tests
+from cluster import JVM_OPTS as FAST_JVM  # C1 only, serial GC: short-lived JVMs on 2 cores
 
-#: C1 only and the serial collector: short-lived drivers on 2 cores (see conftest.py).
-FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 QUIET_CDS = "-Xlog:cds=off,cds+dynamic=off"
 
 
