@@ -12,11 +12,11 @@ The archive is built once per machine (JDK, pyspark, delta-spark and the options
 its name), under ~/.cache/longattn-spark/cds: by setup.sh (about 1.5 minutes on 2 cores), else
 by the first test session that finds it missing. It is dumped by a driver that runs the
 product's five jobs on a tiny input and then exits normally (an archive is written at a normal
-JVM exit; pyspark kills its JVM). A JVM maps the archive only when its class path is the one the archive was
-dumped with, and CDS refuses a class path with a non-empty folder on it; so the drivers get
-an empty SPARK_CONF_DIR, and the tests' Spark settings as ``-Dspark.…`` system properties
-(SparkConf reads those). A JVM that cannot use the archive runs without it, silently
-(``-Xlog:cds=off``); a machine where the archive cannot be built runs without one.
+JVM exit; pyspark kills its JVM). A JVM maps the archive only when its class path is the one
+the archive was dumped with, and CDS refuses a class path with a non-empty folder on it; so
+the drivers get an empty SPARK_CONF_DIR, and the tests' Spark settings as ``-Dspark.…``
+system properties (SparkConf reads those). A JVM that cannot use the archive runs without it,
+silently (``-Xlog:cds=off``); a machine where the archive cannot be built runs without one.
 
 The test cluster's JVMs (spark-submit drivers, executors, master and workers) and the Connect
 server run on the same Spark jars, so they map the same archive, with the same empty
