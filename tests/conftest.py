@@ -65,7 +65,7 @@ def table_path(tmp_path):
 
 @pytest.fixture(scope="session")
 def llama3_tokenizer_dir() -> Path:
-    from longattn_spark.ingest.tokenize import llama3_tokenizer_dir as installed
+    from longattn_spark.tokenizer import llama3_tokenizer_dir as installed
 
     path = installed()
     assert (path / "tokenizer.json").is_file()

@@ -127,7 +127,7 @@ def _warm_up() -> None:
     from longattn_spark.cli import run
     from longattn_spark.config import SparkSettings
     from longattn_spark.demo.smoke_model import write_smoke_test_model
-    from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
+    from longattn_spark.tokenizer import llama3_tokenizer_dir
     from longattn_spark.session import get_spark
 
     with tempfile.TemporaryDirectory(prefix="longattn-cds-") as tmp:

@@ -24,7 +24,7 @@ from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.ingest import ingest
 from longattn_spark.score.job import score_windows
 from longattn_spark.tables import TableRef
-from longattn_spark.ingest.tokenize import load_tokenizer_spec
+from longattn_spark.tokenizer import load_tokenizer_spec
 
 from documents import long_documents
 

@@ -35,7 +35,7 @@ from longattn_spark.export import (
 )
 from longattn_spark.select import select_options, select_windows
 from longattn_spark.tables import SCORES, WINDOWS, TableRef, ensure_table
-from longattn_spark.ingest.tokenize import get_tokenizer, load_tokenizer_spec
+from longattn_spark.tokenizer import get_tokenizer, load_tokenizer_spec
 
 SIZES = {"book": 16, "arxiv": 14, "code": 10}
 

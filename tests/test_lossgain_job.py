@@ -23,7 +23,7 @@ from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
-from longattn_spark.ingest.tokenize import load_tokenizer_spec
+from longattn_spark.tokenizer import load_tokenizer_spec
 from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.lossgain.scorer import LossGainScorer
 from longattn_spark.select import SelectOptions, select_windows

@@ -373,7 +373,7 @@ def test_probe_with_the_real_smollm2_model(spark, tmp_path, smollm2_dir):
 
     from longattn_spark.config import IngestConfig
     from longattn_spark.ingest import ingest
-    from longattn_spark.ingest.tokenize import load_tokenizer_spec
+    from longattn_spark.tokenizer import load_tokenizer_spec
     from longattn_spark.probe.job import probe
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])

@@ -496,7 +496,7 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def test_tokenizer_dir(model_dirs, tmp_path):
-    from longattn_spark.ingest.tokenize import load_tokenizer_spec
+    from longattn_spark.tokenizer import load_tokenizer_spec
 
     scorer = ProLongScorer.from_pretrained(model_dirs["opt"])
     assert scorer.tokenizer_dir is None and not scorer.has_tokenizer

@@ -28,7 +28,7 @@ from longattn_spark.scorers.prolong.scorer import ProLongScorer
 from longattn_spark.select import SelectOptions, select_windows
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import TableRef, table_properties
-from longattn_spark.ingest.tokenize import get_tokenizer, load_tokenizer_spec
+from longattn_spark.tokenizer import get_tokenizer, load_tokenizer_spec
 
 W = 512
 C = 128

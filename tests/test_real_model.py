@@ -251,7 +251,7 @@ def real_demo(spark, smollm2_dir, tmp_path_factory):
 
 
 def test_demo_scores_with_the_real_model_and_says_so(spark, real_demo, smollm2_dir):
-    from longattn_spark.ingest.tokenize import load_tokenizer_spec
+    from longattn_spark.tokenizer import load_tokenizer_spec
     from longattn_spark.tables import TableRef
 
     paths, printed = real_demo

@@ -51,7 +51,7 @@ from longattn_spark.tables import (
     ensure_table,
     set_properties,
 )
-from longattn_spark.ingest.tokenize import load_tokenizer_spec
+from longattn_spark.tokenizer import load_tokenizer_spec
 
 W = 128
 DOCS = {"arxiv": ["argparse.py", "difflib.py"], "book": ["textwrap.py", "csv.py"],

@@ -27,7 +27,7 @@ from longattn_spark.scorers.runtime import oom_message, task_device
 from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables import WINDOWS, TableRef, ensure_table, table_properties
-from longattn_spark.ingest.tokenize import load_tokenizer_spec
+from longattn_spark.tokenizer import load_tokenizer_spec
 
 W = 64
 CODE = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]

@@ -12,11 +12,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from longattn_spark.errors import InputError
-from longattn_spark.ingest.tokenize import (
-    load_tokenizer_spec,
-    piece_starts,
-    tokenize_documents,
-)
+from longattn_spark.ingest.tokenize import piece_starts, tokenize_documents
+from longattn_spark.tokenizer import load_tokenizer_spec
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ def _real_model_missing() -> str | None:
 
 
 def _user_model(model: Path) -> DemoModel:
-    from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
+    from longattn_spark.tokenizer import llama3_tokenizer_dir
 
     if not (model / "config.json").is_file():
         raise InputError(f"--model {model}: expected a folder with config.json, "
@@ -151,7 +151,7 @@ def _user_model(model: Path) -> DemoModel:
 
 def _smoke_model(paths: DemoPaths, description: str) -> DemoModel:
     from longattn_spark.demo.smoke_model import write_smoke_test_model
-    from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
+    from longattn_spark.tokenizer import llama3_tokenizer_dir
 
     tokenizer = llama3_tokenizer_dir()
     if not (paths.smoke_model / "config.json").is_file():

@@ -7,7 +7,7 @@ Formats (``--format``):
   (``load_dataset("json", data_files=...)``). ``text`` is the window's ``input_ids`` decoded
   with ``--tokenizer`` (special tokens kept): **decoded ids, not the exact source span** of the
   document. Decoding is done on the executors (``mapInArrow``), the tokenizer built once per
-  Python worker from its JSON, which travels with the task (``longattn_spark.ingest.tokenize``), so
+  Python worker from its JSON, which travels with the task (``longattn_spark.tokenizer``), so
   executors need no access to the driver's path. The tokenizer must be the one the windows
   were cut with (checked against the windows' ``tokenizer`` column).
 - ``parquet``: ``id``, ``category``, ``input_ids`` (array<int>), the ids exactly as scored.

@@ -43,7 +43,7 @@ def decode_batches(spec) -> Callable[[Iterator[Any]], Iterator[Any]]:
     def decode(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
 
-        from longattn_spark.ingest.tokenize import get_tokenizer
+        from longattn_spark.tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer(spec)
         for batch in batches:
@@ -113,7 +113,7 @@ def export_selection(spark, options: ExportOptions, selection, windows) -> dict[
     """Write the kept windows of a selection (TableRefs) and return the manifest."""
     spec = None
     if options.format == "jsonl":
-        from longattn_spark.ingest.tokenize import load_tokenizer_spec
+        from longattn_spark.tokenizer import load_tokenizer_spec
 
         spec = load_tokenizer_spec(options.tokenizer, spark)
     if not selection.exists(spark):

@@ -4,8 +4,8 @@ Read top-down:
 
 - :mod:`~longattn_spark.ingest.sources`: the input (JSONL, Parquet, text files, a table) as one
   row per input row, with a reason when it is no document;
-- :mod:`~longattn_spark.ingest.tokenize`: the tokenizer's identity and spec (it travels with
-  the task) and tokenizing long documents in chunks (pure);
+- :mod:`~longattn_spark.ingest.tokenize`: tokenizing long documents in chunks (pure; the
+  tokenizer's identity and spec, which travels with the task: :mod:`longattn_spark.tokenizer`);
 - :mod:`~longattn_spark.ingest.windowing`: Algorithm 1's sliding windows (pure);
 - :mod:`~longattn_spark.ingest.udf`: the executors' mapInArrow function, documents to status
   and window rows (pure);

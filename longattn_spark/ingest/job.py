@@ -25,7 +25,6 @@ from longattn_spark.errors import ConfigError
 from longattn_spark.ingest.sources import count_input_rows, read_documents
 from longattn_spark.console import step
 from longattn_spark.ingest.summary import IngestSummary, check_accounted, print_summary
-from longattn_spark.ingest.tokenize import TokenizerSpec, load_tokenizer_spec
 from longattn_spark.ingest.udf import (
     ALREADY_INGESTED,
     CHANGED_TEXT,
@@ -45,6 +44,7 @@ from longattn_spark.tables import (
     merge_from,
     merge_new_rows,
 )
+from longattn_spark.tokenizer import TokenizerSpec, load_tokenizer_spec
 
 
 def validate_ingest_config(cfg: IngestConfig) -> None:

@@ -37,7 +37,7 @@ def load_snippet_tokenizer(cfg: ReportConfig, spark=None):
     """(tokenizer or None, its identity, where it came from): ``--tokenizer``, else the
     tokenizer.json in the ``--model`` folder, else none (snippets show ids). Both may be on
     any filesystem Spark reads."""
-    from longattn_spark.ingest.tokenize import (
+    from longattn_spark.tokenizer import (
         get_tokenizer,
         load_tokenizer_spec,
         tokenizer_identity,

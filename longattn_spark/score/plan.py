@@ -60,7 +60,7 @@ def check_tokenizer(spark: SparkSession, cfg: ScoreConfig, window_tokenizers: li
     The model folder's tokenizer (when it has a tokenizer.json) must be the one that cut the
     windows still to score, or the job fails naming both identities, unless
     ``--allow-tokenizer-mismatch``. Without a tokenizer in the model folder, a warning."""
-    from longattn_spark.ingest.tokenize import tokenizer_identity
+    from longattn_spark.tokenizer import tokenizer_identity
 
     model_tokenizer = tokenizer_identity(spark, cfg.model)
     record = {"model": model_tokenizer, "windows": sorted(window_tokenizers)}

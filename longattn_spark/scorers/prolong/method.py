@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from longattn_spark.errors import ConfigError, InputError, TableError
-from longattn_spark.ingest.tokenize import TokenizerSpec
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
 from longattn_spark.scorers.runtime import RunSettings, WindowBatch, describe_causal_lm
 from longattn_spark.tables import IDS_OUT_OF_VOCAB, PROLONG_COMPONENTS, SCORES, WRONG_LENGTH
+from longattn_spark.tokenizer import TokenizerSpec
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class ProLongMethod(ScorerMethod):
         """The settings checked against the windows (segment size), the tokenizer decision
         (the window's ids, or its text re-tokenized with the model's tokenizer), the
         scorer_id."""
-        from longattn_spark.ingest.tokenize import load_tokenizer_spec, tokenizer_identity
+        from longattn_spark.tokenizer import load_tokenizer_spec, tokenizer_identity
         from longattn_spark.scorers.prolong.scorer import (
             DEFAULT_SEED_RULE,
             checked_settings,
@@ -199,7 +199,7 @@ def window_tokens(ids: np.ndarray, settings: ProLongSettings) -> np.ndarray:
     windows' tokenizer) re-tokenized with the model's, without special tokens."""
     if settings.retokenize is None:
         return ids
-    from longattn_spark.ingest.tokenize import get_tokenizer
+    from longattn_spark.tokenizer import get_tokenizer
 
     windows_spec, model_spec = settings.retokenize
     text = get_tokenizer(windows_spec).decode([int(i) for i in ids],

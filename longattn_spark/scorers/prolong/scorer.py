@@ -182,7 +182,7 @@ class ProLongScorer:
 
     @property
     def tokenizer_identity(self) -> str | None:
-        """The identity ``longattn_spark.ingest.tokenize`` gives the folder's tokenizer (what the
+        """The identity ``longattn_spark.tokenizer`` gives the folder's tokenizer (what the
         windows table's ``tokenizer`` column stores), or None without a tokenizer.json. Equal
         identities mean the window ids can be scored as they are (PROLONG.md section 9)."""
         spec = self._tokenizer_spec()
@@ -198,7 +198,7 @@ class ProLongScorer:
         if self.tokenizer_dir is None:
             return None
         if self._tokenizer is None:
-            from longattn_spark.ingest.tokenize import load_tokenizer_spec
+            from longattn_spark.tokenizer import load_tokenizer_spec
 
             self._tokenizer = load_tokenizer_spec(str(self.path))
         return self._tokenizer
