@@ -22,7 +22,7 @@ from longattn_spark.config import CompareConfig, LongAttnConfig
 from longattn_spark.errors import ConfigError, TableError
 from longattn_spark.sqlfiles import load_sql
 from longattn_spark.stats import category_order
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 
 
 @dataclass(frozen=True)

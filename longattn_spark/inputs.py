@@ -12,7 +12,7 @@ from longattn_spark.sqlfiles import load_sql
 
 def table_ref(text: str, option: str):
     """A TableRef whose errors name the option it came from."""
-    from longattn_spark.tables import TableRef
+    from longattn_spark.tables.refs import TableRef
 
     try:
         return TableRef(text)
@@ -22,7 +22,7 @@ def table_ref(text: str, option: str):
 
 def existing_table(spark, ref, option: str, spec):
     """``ref``, checked to exist with the schema of a ``spec.kind`` table."""
-    from longattn_spark.tables import check_schema
+    from longattn_spark.tables.writes import check_schema
 
     if not ref.exists(spark):
         raise TableError(f"{option} {ref}: no such Delta table")

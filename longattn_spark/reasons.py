@@ -1,7 +1,7 @@
 """Reasons of the scores_rejects table, shared by every scoring method.
 
 Plain strings in a module without Spark, so the score math (``scorers/*/losses.py``, …) can
-name them on a machine that only has torch; ``longattn_spark.tables`` re-exports them.
+name them on a machine that only has torch.
 """
 
 WRONG_LENGTH = "wrong_length"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from longattn_spark.scorers.base import MethodPlan, RunSettings, ScorerMethod
-from longattn_spark.tables import SCORES
+from longattn_spark.tables.schemas import SCORES
 
 
 def kind_of(window_id: str) -> str:

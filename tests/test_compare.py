@@ -11,7 +11,9 @@ import pytest
 from longattn_spark import cli
 from longattn_spark.compare import compare_scorers, parse_selections, scorer_pair
 from longattn_spark.errors import ConfigError
-from longattn_spark.tables import SCORES, SELECTION, TableRef, ensure_table, merge_new_rows
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.schemas import SCORES, SELECTION
+from longattn_spark.tables.writes import ensure_table, merge_new_rows
 
 A, B = "l0-aaaa", "pl-bbbb"
 

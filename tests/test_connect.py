@@ -25,7 +25,7 @@ import pytest
 
 from longattn_spark import cli
 from longattn_spark.export import export_files
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(REPO / ".venv" / "bin" / "longattn-spark")

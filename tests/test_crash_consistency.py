@@ -23,7 +23,7 @@ import pytest
 from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.ingest import ingest
 from longattn_spark.score.job import score_windows
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 from longattn_spark.tokenizer import load_tokenizer_spec
 
 from documents import long_documents

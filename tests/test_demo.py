@@ -14,7 +14,7 @@ import pytest
 
 from longattn_spark.config import DemoConfig, LongAttnConfig
 from longattn_spark.demo import run_demo
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 from longattn_spark.ingest.windowing import sliding_windows
 
 W = 2048

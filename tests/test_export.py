@@ -34,7 +34,9 @@ from longattn_spark.export import (
     with_files,
 )
 from longattn_spark.select import select_options, select_windows
-from longattn_spark.tables import SCORES, WINDOWS, TableRef, ensure_table
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.schemas import SCORES, WINDOWS
+from longattn_spark.tables.writes import ensure_table
 from longattn_spark.tokenizer import get_tokenizer, load_tokenizer_spec
 
 SIZES = {"book": 16, "arxiv": 14, "code": 10}

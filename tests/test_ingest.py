@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from longattn_spark.config import IngestConfig, LongAttnConfig, SparkSettings
 from longattn_spark.errors import InputError, TableError
 from longattn_spark.ingest import ingest, run_ingest_job, window_id
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 from longattn_spark.tokenizer import load_tokenizer_spec
 from longattn_spark.ingest.windowing import sliding_windows
 

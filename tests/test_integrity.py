@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from longattn_spark.config import IngestConfig
 from longattn_spark.errors import AccountingError
 from longattn_spark.ingest import check_accounted, ingest
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 from longattn_spark.tokenizer import load_tokenizer_spec
 
 from documents import long_documents

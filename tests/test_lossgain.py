@@ -35,7 +35,7 @@ from longattn_spark.scorers.lossgain import (
     short_blocks,
 )
 from longattn_spark.scorers.lossgain.scorer import LossGainScorer
-from longattn_spark.tables import NON_FINITE_LOSS
+from longattn_spark.reasons import NON_FINITE_LOSS
 
 REL_TOL = 1e-4
 VOCAB = 256

@@ -27,7 +27,8 @@ from longattn_spark.tokenizer import load_tokenizer_spec
 from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.lossgain.scorer import LossGainScorer
 from longattn_spark.select import SelectOptions, select_windows
-from longattn_spark.tables import NON_FINITE_LOSS, TableRef, table_properties
+from longattn_spark.reasons import NON_FINITE_LOSS
+from longattn_spark.tables.refs import TableRef, table_properties
 
 W = 256
 MODULES = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]

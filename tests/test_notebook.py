@@ -19,13 +19,9 @@ from nbclient import NotebookClient
 from longattn_spark.config import SelectConfig
 from longattn_spark.select import select_options, select_windows
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.tables import (
-    SCORES,
-    WINDOWS,
-    TableRef,
-    ensure_table,
-    set_properties,
-)
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.schemas import SCORES, WINDOWS
+from longattn_spark.tables.writes import ensure_table, set_properties
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_scores.ipynb"
 KERNEL = "longattn-test"

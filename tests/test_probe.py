@@ -24,7 +24,8 @@ from longattn_spark.probe.controls import (
     parse_kinds,
 )
 from longattn_spark.probe.results import probe_results
-from longattn_spark.tables import PROBE_SCORE_COLUMNS, TableRef
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.schemas import PROBE_SCORE_COLUMNS
 
 W = 64
 
@@ -136,7 +137,8 @@ def write_windows(spark, table: str, documents: dict[str, int], per_doc: int = 3
                   seed: int = 0) -> str:
     """A windows table written directly (no tokenizer needed): ``documents`` is
     {category: number of documents}; every window holds W random token ids."""
-    from longattn_spark.tables import WINDOWS, ensure_table, merge_new_rows
+    from longattn_spark.tables.schemas import WINDOWS
+    from longattn_spark.tables.writes import ensure_table, merge_new_rows
 
     rng = np.random.default_rng(seed)
     rows = []

@@ -27,7 +27,7 @@ from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.prolong.scorer import ProLongScorer
 from longattn_spark.select import SelectOptions, select_windows
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.tables import TableRef, table_properties
+from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tokenizer import get_tokenizer, load_tokenizer_spec
 
 W = 512

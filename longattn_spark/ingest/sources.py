@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 from longattn_spark import paths
 from longattn_spark.config import IngestConfig
 from longattn_spark.errors import InputError
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 
 DOCS_SCHEMA = T.StructType([
     T.StructField("doc_id", T.StringType()),

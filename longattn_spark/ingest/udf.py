@@ -14,7 +14,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from longattn_spark.ingest.tokenize import tokenize_documents
 from longattn_spark.ingest.windowing import sliding_windows
-from longattn_spark.tables import REJECTS, WINDOWS, TableSpec
+from longattn_spark.tables.schemas import REJECTS, WINDOWS, TableSpec
 from longattn_spark.tokenizer import TokenizerSpec
 
 ALREADY_INGESTED = "already_ingested"

@@ -52,16 +52,9 @@ from longattn_spark.probe.results import NATURAL, KindResult, probe_results, res
 from longattn_spark.probe.sample import CategorySample, sample_windows
 from longattn_spark.sqlfiles import load_sql
 from longattn_spark.stats import category_stats_frame
-from longattn_spark.tables import (
-    PROBE,
-    PROBE_SCORE_COLUMNS,
-    WINDOWS,
-    TableRef,
-    ensure_table,
-    merge_new_rows,
-    set_properties,
-    table_properties,
-)
+from longattn_spark.tables.refs import TableRef, table_properties
+from longattn_spark.tables.schemas import PROBE, PROBE_SCORE_COLUMNS, WINDOWS
+from longattn_spark.tables.writes import ensure_table, merge_new_rows, set_properties
 
 PROPERTY = "longattn.probe"
 #: score options that change where or how fast a score is computed, never its value

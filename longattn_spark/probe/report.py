@@ -47,7 +47,8 @@ def probe_section(spark, table: str, model: str = "", device: str = "auto",
     """Read the probe table and compute its section; with ``model``, measure the share of
     far attention that goes to the first tokens on a few of its natural windows."""
     from longattn_spark.probe.job import probe_record, read_probe_rows
-    from longattn_spark.tables import PROBE_SCORE_COLUMNS, TableRef
+    from longattn_spark.tables.refs import TableRef
+    from longattn_spark.tables.schemas import PROBE_SCORE_COLUMNS
 
     ref = TableRef(table)
     record = probe_record(spark, ref)

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from longattn_spark.probe.controls import SourceWindow
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 
 _SCALE = float(2 ** 53)
 

@@ -54,7 +54,8 @@ def resolve_report_inputs(spark, cfg: ReportConfig) -> ReportInputs:
     the scores table. The selection is ``--selection-id`` or the scorer's latest; a missing
     selection table or a scorer without a selection is a note, not an error.
     """
-    from longattn_spark.tables import SCORES, SELECTION, WINDOWS, table_properties
+    from longattn_spark.tables.refs import table_properties
+    from longattn_spark.tables.schemas import SCORES, SELECTION, WINDOWS
 
     windows = existing_table(spark, table_ref(cfg.windows, "--windows"), "--windows", WINDOWS)
     scores = existing_table(spark, table_ref(cfg.scores, "--scores"), "--scores", SCORES)

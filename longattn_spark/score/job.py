@@ -76,16 +76,10 @@ from longattn_spark.session import (
     is_local_master,
     on_cluster,
 )
-from longattn_spark.tables import (
-    SCORE_REJECTS,
-    SCORES,
-    TableRef,
-    ensure_table,
-    materialize,
-    merge_new_rows,
-    set_properties,
-    table_properties,
-)
+from longattn_spark.tables.refs import TableRef, table_properties
+from longattn_spark.tables.schemas import SCORES, SCORE_REJECTS
+from longattn_spark.tables.staging import materialize
+from longattn_spark.tables.writes import ensure_table, merge_new_rows, set_properties
 
 
 def run_score_job(cfg: LongAttnConfig) -> ScoreSummary:
@@ -209,7 +203,7 @@ def _run_key(run: dict) -> tuple:
 
 def scores_rows(out: DataFrame, method: ScorerMethod, plan: MethodPlan) -> DataFrame:
     """The UDF's scored rows as scores-table rows: the method's columns as they are, the
-    plan's constants, ``method``, and null in every other column of ``tables.SCORES``."""
+    plan's constants, ``method``, and null in every other column of ``tables.schemas.SCORES``."""
     frame = out.withColumn("method", F.lit(method.name))
     for name, value in plan.constants.items():
         frame = frame.withColumn(name, F.lit(value).cast(SCORES.schema[name].dataType))

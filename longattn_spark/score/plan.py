@@ -19,7 +19,7 @@ from longattn_spark.config import ScoreConfig
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.score.summary import ScoreSummary
 from longattn_spark.scorers import get_method
-from longattn_spark.tables import TableRef
+from longattn_spark.tables.refs import TableRef
 
 if TYPE_CHECKING:
     from longattn_spark.scorers.base import ScorerMethod

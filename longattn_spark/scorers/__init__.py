@@ -67,7 +67,7 @@ def get_method(spec: str) -> ScorerMethod:
 
 def _check_out_fields(spec: str, method: ScorerMethod) -> None:
     """A method writes only columns of the scores table, with their types."""
-    from longattn_spark.tables import SCORES
+    from longattn_spark.tables.schemas import SCORES
 
     if not method.name:
         raise ConfigError(f"--method {spec}: the method has no name")
@@ -76,4 +76,4 @@ def _check_out_fields(spec: str, method: ScorerMethod) -> None:
         if columns.get(out.name) != out.dataType:
             raise ConfigError(f"--method {spec}: output column {out.name} "
                               f"({out.dataType.simpleString()}) is not a column of the scores "
-                              f"table with that type (longattn_spark/tables.py SCORES)")
+                              f"table with that type (longattn_spark/tables/schemas.py SCORES)")

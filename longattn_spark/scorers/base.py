@@ -26,7 +26,7 @@ Executors (``scorers.runtime``: one mapInArrow function for every method):
    have ``device`` (a ``torch.device``) and ``dtype`` (a ``torch.dtype``): every row records
    them.
 6. ``prepare(batch, scorer, settings)``: mark the windows it cannot score
-   (``batch.reject(i, reason, detail)``, reasons from ``tables.py``) and return whatever
+   (``batch.reject(i, reason, detail)``, reasons from ``longattn_spark.reasons``) and return whatever
    ``score_rows`` needs (e.g. the ``[N, L]`` id matrix).
 7. ``score_rows(prepared, rows, scorer, settings)``: one dict per row of ``rows`` (at most
    ``--batch-size`` of them), keyed by the names of ``out_fields`` (a struct column: a dict),
@@ -35,7 +35,7 @@ Executors (``scorers.runtime``: one mapInArrow function for every method):
    ``finite_columns`` are not finite becomes a ``non_finite_score`` reject.
 8. ``run_info(scorer)``: (kernel, note) of what ran, read after each chunk.
 
-Output columns: ``out_fields`` are columns of the scores table (``tables.SCORES``, same name
+Output columns: ``out_fields`` are columns of the scores table (``tables.schemas.SCORES``, same name
 and type), e.g. ``score`` and a struct of the method's components; ``MethodPlan.constants``
 fills others with one value per run; ``method`` is set to ``name``; every other column is null.
 ``score`` is what ``select``, ``compare`` and ``probe`` rank by, for every method but LongAttn
@@ -104,7 +104,7 @@ class ScorerMethod:
     name: str = ""
     #: one line for ``--help`` and the README
     summary: str = ""
-    #: the method's columns of the scores table (``tables.SCORES`` fields)
+    #: the method's columns of the scores table (``tables.schemas.SCORES`` fields)
     out_fields: Sequence[T.StructField] = ()
     #: columns that must be finite for a row to be kept (else a ``non_finite_score`` reject)
     finite_columns: Sequence[str] = ("score",)

@@ -37,7 +37,7 @@ from longattn_spark.errors import InputError
 from longattn_spark.score.model_files import ModelLocation
 from longattn_spark.scorers.models import dtype_name
 from longattn_spark.session import default_parallelism, is_local_master
-from longattn_spark.tables import IDS_OUT_OF_VOCAB, NON_FINITE_SCORE, WRONG_LENGTH
+from longattn_spark.reasons import IDS_OUT_OF_VOCAB, NON_FINITE_SCORE, WRONG_LENGTH
 
 if TYPE_CHECKING:
     from longattn_spark.scorers.base import ScorerMethod
@@ -352,7 +352,7 @@ class WindowBatch:
 @dataclass(frozen=True)
 class Reject:
     """What ``score_rows`` returns for a window it found it cannot score after all (e.g. a
-    non-finite loss): a scores_rejects row with this reason (from ``tables.py``)."""
+    non-finite loss): a scores_rejects row with this reason (from ``longattn_spark.reasons``)."""
 
     reason: str
     detail: str

@@ -51,7 +51,7 @@ def scorer_record(spark, scores, scorer_id: str) -> dict:
     ``longattn.scorer.<scorer_id>`` property), or {} when the table has none."""
     import json
 
-    from longattn_spark.tables import table_properties
+    from longattn_spark.tables.refs import table_properties
 
     text = table_properties(spark, scores).get(f"longattn.scorer.{scorer_id}")
     try:
@@ -91,7 +91,8 @@ def select_windows(spark, options: SelectOptions, windows, scores, table, *,
                    scores_version: int | None = None, buckets: int = DEFAULT_BUCKETS,
                    candidate_limit: int = DEFAULT_CANDIDATE_LIMIT) -> SelectionResult:
     """Run one selection into ``table`` (TableRefs) and summarize it."""
-    from longattn_spark.tables import SELECTION, ensure_table
+    from longattn_spark.tables.schemas import SELECTION
+    from longattn_spark.tables.writes import ensure_table
 
     inputs = resolve_inputs(spark, windows, scores, scorer_id, windows_version, scores_version)
     if isinstance(inputs, str):

@@ -326,7 +326,8 @@ def read_summary(spark, table, selection_id: str, options: SelectOptions
 
 def write_selection(spark, table, rows, selection_id: str) -> None:
     """Write one selection as its own partition, replacing it if present (idempotent)."""
-    from longattn_spark.tables import SELECTION, retry_on_conflict
+    from longattn_spark.tables.retries import retry_on_conflict
+    from longattn_spark.tables.schemas import SELECTION
 
     if not _SELECTION_ID.match(selection_id):
         raise ValueError(f"not a selection id: {selection_id!r}")

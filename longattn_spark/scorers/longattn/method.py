@@ -18,7 +18,7 @@ import numpy as np
 from longattn_spark.errors import ConfigError, TableError
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
 from longattn_spark.scorers.runtime import RunSettings, WindowBatch
-from longattn_spark.tables import SCORES
+from longattn_spark.tables.schemas import SCORES
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,8 @@ from longattn_spark.scorers.runtime import (
     WindowBatch,
     describe_causal_lm,
 )
-from longattn_spark.tables import (
-    LOSSGAIN_COMPONENTS,
-    NON_FINITE_LOSS,
-    SCORES,
-)
+from longattn_spark.reasons import NON_FINITE_LOSS
+from longattn_spark.tables.schemas import LOSSGAIN_COMPONENTS, SCORES
 
 
 @dataclass(frozen=True)

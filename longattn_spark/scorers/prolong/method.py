@@ -26,7 +26,8 @@ import numpy as np
 from longattn_spark.errors import ConfigError, InputError, TableError
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
 from longattn_spark.scorers.runtime import RunSettings, WindowBatch, describe_causal_lm
-from longattn_spark.tables import IDS_OUT_OF_VOCAB, PROLONG_COMPONENTS, SCORES, WRONG_LENGTH
+from longattn_spark.reasons import IDS_OUT_OF_VOCAB, WRONG_LENGTH
+from longattn_spark.tables.schemas import PROLONG_COMPONENTS, SCORES
 from longattn_spark.tokenizer import TokenizerSpec
 
 
