@@ -1,4 +1,5 @@
-"""Getting the model to the executors from shared storage (longattn_spark.score.model_files).
+"""Getting the model to the executors from shared storage (``longattn_spark.weights``, and
+LongAttn's files of its layers: ``scorers.longattn.locate``).
 
 - the pure parts: which files scoring needs, the cache key;
 - the driver reads small files and headers only, and still gets the same scorer_id as a
@@ -18,20 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from longattn_spark.score import model_files
+from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.errors import InputError
-from longattn_spark.score.model_files import (
-    ModelFile,
-    cache_key,
-    describe_model,
-    fetch_model,
-    files_needed,
-    hadoop_settings,
-    locate_model,
-)
+from longattn_spark.paths import hadoop_settings
 from longattn_spark.scorers.longattn import Layer0Scorer
 from longattn_spark.scorers.longattn.checkpoint import describe_layer0_checkpoint
-from longattn_spark.demo.smoke_model import write_smoke_test_model
+from longattn_spark.scorers.longattn.locate import describe_model, files_needed, locate_layers
+from longattn_spark.weights import location as model_location
+from longattn_spark.weights.location import ModelFile, cache_key, fetch_model
+from longattn_spark.weights.reader import ModelReader
 
 
 def tiny(path: Path, **overrides) -> Path:
@@ -86,10 +82,10 @@ def test_cache_key_is_path_size_and_mtime_of_every_file():
 
 
 def test_local_folders_are_read_in_place_and_uris_are_fetched(sharded):
-    local = locate_model(None, str(sharded))
+    local = locate_layers(None, str(sharded))
     assert local.in_place and local.folder == str(sharded)
     assert local.executor_path() == str(sharded)
-    remote = locate_model(None, f"file://{sharded}")
+    remote = locate_layers(None, f"file://{sharded}")
     assert not remote.in_place
     assert [f.name for f in remote.files] == files_needed(
         sorted(p.name for p in sharded.iterdir()),
@@ -124,7 +120,7 @@ def test_driver_description_gives_the_scorer_id_of_the_loaded_weights(tmp_path, 
         folder = tmp_path / "q"
         Qwen2ForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     loaded = Layer0Scorer.from_pretrained(folder)
-    checkpoint = describe_model(None, locate_model(None, str(folder)))
+    checkpoint = describe_model(None, locate_layers(None, str(folder)))
     assert checkpoint.described_only  # shapes only: no weights were loaded
     described = Layer0Scorer.describing(checkpoint, dtype="float32")
     assert described.scorer_id_for(64) == loaded.scorer_id_for(64)
@@ -139,8 +135,8 @@ def test_driver_description_gives_the_scorer_id_of_the_loaded_weights(tmp_path, 
 
 def test_hadoop_reads_through_the_driver_jvm_give_the_same_fingerprint(spark, sharded):
     """The remote path of the driver: header ranges and the streamed hash in the JVM."""
-    location = locate_model(spark, f"file://{sharded}")
-    reader = model_files._Reader(spark, location)
+    location = locate_layers(spark, f"file://{sharded}")
+    reader = ModelReader(spark, location)
     reader._local = False  # read file: through Hadoop's LocalFileSystem, as hdfs:// would be
     checkpoint = describe_layer0_checkpoint(location.folder, reader)
     loaded = Layer0Scorer.from_pretrained(sharded)
@@ -150,33 +146,33 @@ def test_hadoop_reads_through_the_driver_jvm_give_the_same_fingerprint(spark, sh
 def test_bad_model_folders_fail_in_one_line_naming_path_and_filesystem(tmp_path, sharded):
     with pytest.raises(InputError, match=r"--model .*nowhere \(on the local disk\): no such "
                                          r"folder"):
-        locate_model(None, str(tmp_path / "nowhere"))
+        locate_layers(None, str(tmp_path / "nowhere"))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "model.safetensors").write_bytes(b"")
     with pytest.raises(InputError, match=r"empty \(on the local disk\): no config.json") as info:
-        locate_model(None, f"file://{empty}")
+        locate_layers(None, f"file://{empty}")
     assert "\n" not in str(info.value)
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "model.safetensors.index.json"):
         (broken / name).write_bytes((sharded / name).read_bytes())
     with pytest.raises(InputError, match="listed in the checkpoint index but missing"):
-        locate_model(None, str(broken))
+        locate_layers(None, str(broken))
 
 
 def test_executor_fetch_copies_only_the_needed_files_once_per_version(tmp_path, sharded,
                                                                       monkeypatch):
     copies: list[list[str]] = []
-    real_copy = model_files._copy_to_local
+    real_copy = model_location._copy_to_local
 
     def counting_copy(location, target):
         copies.append([f.name for f in location.files])
         real_copy(location, target)
 
-    monkeypatch.setattr(model_files, "_copy_to_local", counting_copy)
+    monkeypatch.setattr(model_location, "_copy_to_local", counting_copy)
     cache = tmp_path / "cache"
-    location = locate_model(None, f"file://{sharded}")
+    location = locate_layers(None, f"file://{sharded}")
     needed = [f.name for f in location.files]
 
     # Two Python workers of one executor asking at the same time: one copy.
@@ -197,20 +193,20 @@ def test_executor_fetch_copies_only_the_needed_files_once_per_version(tmp_path, 
     assert loaded.scorer_id == Layer0Scorer.from_pretrained(sharded).scorer_id
 
     # Unchanged: no copy at all (the same folder, nothing re-read).
-    assert fetch_model(locate_model(None, f"file://{sharded}"), cache) == str(folder)
+    assert fetch_model(locate_layers(None, f"file://{sharded}"), cache) == str(folder)
     assert len(copies) == 1
 
     # A shard scoring does not read changes: still nothing to fetch.
     unused = sorted(set(shard_names(sharded)) - set(needed))[0]
     os.utime(sharded / unused, ns=(1, 1))
-    assert fetch_model(locate_model(None, f"file://{sharded}"), cache) == str(folder)
+    assert fetch_model(locate_layers(None, f"file://{sharded}"), cache) == str(folder)
     assert len(copies) == 1
 
     # A needed file touched (a new mtime): a new version, fetched again.
     touched = [n for n in needed if n.endswith(".safetensors")][0]
     stat = (sharded / touched).stat()
     os.utime(sharded / touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    updated = locate_model(None, f"file://{sharded}")
+    updated = locate_layers(None, f"file://{sharded}")
     assert updated.key != location.key
     again = fetch_model(updated, cache)
     assert again != str(folder) and len(copies) == 2

@@ -22,13 +22,13 @@ import torch
 from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
-from longattn_spark.score.model_files import files_needed_whole, locate_model
 from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.prolong.scorer import ProLongScorer
 from longattn_spark.select import SelectOptions, select_windows
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tokenizer import get_tokenizer, load_tokenizer_spec
+from longattn_spark.weights.locate import files_needed_whole, locate_model
 
 W = 512
 C = 128
@@ -347,7 +347,7 @@ def test_whole_model_files_and_fetch_from_a_uri(spark, windows_table, lm, tmp_pa
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (lm / name).is_file():
             shutil.copy(lm / name, sharded / name)
-    location = locate_model(spark, sharded.as_uri(), whole=True)
+    location = locate_model(spark, sharded.as_uri())
     shards = [f.name for f in location.files if f.name.endswith(".safetensors")]
     assert len(shards) >= 2 and not location.in_place
     table = str(tmp_path / "scores")

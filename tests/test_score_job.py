@@ -21,10 +21,10 @@ import torch
 from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
-from longattn_spark.score.model_files import files_needed, locate_model
 from longattn_spark.score.job import score_windows
-from longattn_spark.scorers.runtime import oom_message, task_device
+from longattn_spark.scorers.executor import oom_message, task_device
 from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
+from longattn_spark.scorers.longattn.locate import files_needed, locate_layers
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tables.schemas import WINDOWS
@@ -339,7 +339,7 @@ def test_model_at_a_uri_is_fetched_by_the_executors(spark, windows_table, tmp_pa
     remote = {r["window_id"]: r["ds"] for r in rows(spark, table)}
     assert remote == local
     # In the executors' cache (under their SPARK_LOCAL_DIRS): the needed files only.
-    key = locate_model(spark, f"file://{sharded}").key
+    key = locate_layers(spark, f"file://{sharded}").key
     local_dirs = spark.sparkContext.parallelize([0], 1).map(
         lambda _: __import__("os").environ.get("SPARK_LOCAL_DIRS", "")).collect()[0]
     cached = [Path(d) / "longattn-model-cache" / key[:32] for d in local_dirs.split(",")]
@@ -489,7 +489,7 @@ def test_cuda_out_of_memory_is_reported_with_the_settings(spark, windows_table, 
 def test_model_input_matrix_without_python_loops():
     import pyarrow as pa
 
-    from longattn_spark.scorers.runtime import model_input_matrix
+    from longattn_spark.scorers.batch import model_input_matrix
 
     ids = pa.array([[5, 6, 7, 8], [1, 2], [9, 10, 11, 12, 13]], pa.list_(pa.int32()))
     matrix, ok = model_input_matrix(ids, seq_len=4, bos_id=0)

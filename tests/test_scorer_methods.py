@@ -183,7 +183,7 @@ from dataclasses import dataclass
 import torch
 
 from longattn_spark.scorers.base import MethodPlan, RunSettings, ScorerMethod
-from longattn_spark.tables import SCORES
+from longattn_spark.tables.schemas import SCORES
 
 
 @dataclass(frozen=True)

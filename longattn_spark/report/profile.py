@@ -15,9 +15,9 @@ def window_profile(spark, inputs: ReportInputs, cfg: ReportConfig, window_id: st
     at the scorer's L and with k among the bucket edges (so mass at distance >= k is the DS)."""
     import torch
 
+    from longattn_spark.devices import resolve_device
     from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
     from longattn_spark.scorers.longattn.profile import attention_distance_profile, mass_from
-    from longattn_spark.scorers.longattn.scorer import resolve_device
 
     window = spark.sql(load_sql("report_window"), args={
         "windows": inputs.windows_view, "window_id": window_id}).first()

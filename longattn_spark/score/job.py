@@ -5,7 +5,7 @@ the one registry, ``longattn_spark.scorers``, and is used only through its inter
 (``scorers.base.ScorerMethod``): the driver checks the options, the model and the windows
 (``longattn_spark.score.plan`` for what every method shares) and the method plans; then this
 module runs the common streaming / MERGE / rejects machinery with the one mapInArrow function
-(``scorers.runtime.score_batches``) and folds what each micro-batch did into a
+(``scorers.executor.score_batches``) and folds what each micro-batch did into a
 ``ScoreSummary`` (``longattn_spark.score.summary``).
 
 - On a classic session the windows table is read as a Structured Streaming source with
@@ -20,7 +20,7 @@ module runs the common streaming / MERGE / rejects machinery with the one mapInA
   windows table (at its current version) into the same micro-batches of
   ``--files-per-batch`` data files and commits them in turn; the resume state is the tables
   themselves (the anti-join above), the model is read on an executor
-  (``score.model_files``), and ``--checkpoint-location`` (required for table names) holds
+  (``longattn_spark.weights``), and ``--checkpoint-location`` (required for table names) holds
   the staged rows of a micro-batch on a cluster.
 - Scoring is a ``mapInArrow`` UDF. The scorer is cached per Python worker, keyed by its
   settings (the pattern of ``pyspark.ml.functions.predict_batch_udf``): a model loads once per
@@ -28,7 +28,7 @@ module runs the common streaming / MERGE / rejects machinery with the one mapInA
   numpy indexing, without a per-row Python loop. The device is the task's GPU
   (``TaskContext.resources()["gpu"]``), else CUDA if present, else the CPU; a task given a GPU
   that finds no usable CUDA fails (it never falls back to the CPU with a dtype chosen for GPUs).
-- The model is read from shared storage (``longattn_spark.score.model_files``): the driver
+- The model is read from shared storage (``longattn_spark.weights``): the driver
   reads config.json, the index and the safetensors headers and hashes the tensor bytes the
   method reads as they stream past (the scorer_id), copying nothing; executors fetch only the
   needed files into a per-executor cache, or read a local / mounted folder in place.
@@ -59,7 +59,6 @@ from pyspark.sql import functions as F
 from longattn_spark import paths
 from longattn_spark.config import LongAttnConfig, ScoreConfig, default_rejects_table
 from longattn_spark.errors import ConfigError, TableError
-from longattn_spark.score.model_files import ModelLocation
 from longattn_spark.score.plan import (
     check_tokenizer,
     unscored_tokenizers,
@@ -68,7 +67,7 @@ from longattn_spark.score.plan import (
 )
 from longattn_spark.score.summary import Progress, ScoreSummary, count_runs, print_summary
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
-from longattn_spark.scorers.runtime import RUN_FIELDS, ArrowFn, score_batches, udf_schema
+from longattn_spark.scorers.executor import RUN_FIELDS, ArrowFn, score_batches, udf_schema
 from longattn_spark.session import (
     arrow_batch_rows,
     default_parallelism,
@@ -80,6 +79,7 @@ from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tables.schemas import SCORES, SCORE_REJECTS
 from longattn_spark.tables.staging import materialize
 from longattn_spark.tables.writes import ensure_table, merge_new_rows, set_properties
+from longattn_spark.weights.location import ModelLocation
 
 
 def run_score_job(cfg: LongAttnConfig) -> ScoreSummary:

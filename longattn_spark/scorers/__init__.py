@@ -3,10 +3,15 @@ stage dispatches through.
 
 Each method lives in its own sub-package beside its math: ``scorers/longattn/`` (the paper's
 attention at layer N), ``scorers/prolong/`` (ProLong's LDS with a whole causal LM), ... The
-interface a method implements is ``scorers.base.ScorerMethod``; what all methods share
-(per-worker cache, the mapInArrow function, device and dtype, the out-of-memory message,
-non-finite scores as rejects) is ``scorers.runtime``; loading models (the pickle refusal,
-whole causal LMs) is ``scorers.models``.
+interface a method implements is ``scorers.base.ScorerMethod``. What all methods share:
+
+- driver: ``scorers.settings`` (device, dtype, threads and L of a run), ``scorers.identity``
+  (the scorer_id hash);
+- executors: ``scorers.executor`` (per-worker cache, the mapInArrow function, the task's
+  device, the out-of-memory message, non-finite scores as rejects), ``scorers.batch`` (a batch
+  of windows, the length and vocabulary rejects), ``scorers.model_input`` (BOS + the ids);
+- models: ``longattn_spark.weights`` (locating, fetching, reading and fingerprinting weights,
+  the pickle refusal, whole causal LMs), ``longattn_spark.devices`` (devices and dtypes).
 
 ``--method`` takes a built-in name (``BUILTIN``) or a plugin, ``package.module:attr``: an
 importable object that is a ``ScorerMethod`` instance (or subclass, instantiated without

@@ -7,8 +7,8 @@ it in this order and has no other knowledge of it:
 Driver, before any Spark job:
 
 1. ``validate(cfg)``: the method's options in ``ScoreConfig`` (one-line ``ConfigError``).
-2. ``locate(spark, cfg)``: which model files it needs (``score.model_files.locate_model``:
-   LongAttn's files up to its layer, or ``whole=True`` for a whole causal LM).
+2. ``locate(spark, cfg)``: which model files it needs (``weights.locate.locate_model``:
+   every file of a whole causal LM by default, LongAttn's files up to its layer).
 3. ``inspect(spark, cfg, location)``: the model checked and described from config.json and
    the weight headers, without loading it (errors: one line, before the windows are read).
 
@@ -20,7 +20,7 @@ Driver, before any task (the windows table is read once for its window sizes and
    tokenizer decision (``ctx.check_tokenizer(scorer_id)`` for the shared check), and the
    constant columns of its rows (e.g. ``seq_len``).
 
-Executors (``scorers.runtime``: one mapInArrow function for every method):
+Executors (``scorers.executor``: one mapInArrow function for every method):
 
 5. ``load(settings, device)``: the scorer, built once per Python worker and cached. It should
    have ``device`` (a ``torch.device``) and ``dtype`` (a ``torch.dtype``): every row records
@@ -30,7 +30,7 @@ Executors (``scorers.runtime``: one mapInArrow function for every method):
    ``score_rows`` needs (e.g. the ``[N, L]`` id matrix).
 7. ``score_rows(prepared, rows, scorer, settings)``: one dict per row of ``rows`` (at most
    ``--batch-size`` of them), keyed by the names of ``out_fields`` (a struct column: a dict),
-   or a ``runtime.Reject(reason, detail)`` for a window it cannot score after all. CUDA
+   or a ``batch.Reject(reason, detail)`` for a window it cannot score after all. CUDA
    running out of memory here becomes one line naming ``--batch-size``; a row whose
    ``finite_columns`` are not finite becomes a ``non_finite_score`` reject.
 8. ``run_info(scorer)``: (kernel, note) of what ran, read after each chunk.
@@ -51,7 +51,8 @@ from typing import Any
 from pyspark.sql import types as T
 
 from longattn_spark.errors import ConfigError
-from longattn_spark.scorers.runtime import Reject, RunSettings, WindowBatch, run_settings
+from longattn_spark.scorers.batch import Reject, WindowBatch
+from longattn_spark.scorers.settings import RunSettings, run_settings
 
 __all__ = ["MethodPlan", "PlanContext", "Reject", "RunSettings", "ScorerMethod", "WindowBatch"]
 
@@ -63,7 +64,7 @@ class PlanContext:
 
     spark: Any
     cfg: Any                     # ScoreConfig
-    location: Any                # score.model_files.ModelLocation
+    location: Any                # weights.location.ModelLocation
     model: Any                   # what ``inspect`` returned
     sizes: list[int]             # window sizes (n_tokens) in the windows table
     window_tokenizers: list[str]  # tokenizer identities of the windows to score
@@ -124,10 +125,15 @@ class ScorerMethod:
                               f"tokenizer in the model")
 
     def locate(self, spark, cfg):
-        """The model files this method reads (``score.model_files.ModelLocation``)."""
-        from longattn_spark.score.model_files import locate_model
+        """The model files this method reads (``weights.location.ModelLocation``): the whole
+        model folder, or (``whole_model`` False) LongAttn's files of layer 0."""
+        if not self.whole_model:
+            from longattn_spark.scorers.longattn.locate import locate_layers
 
-        return locate_model(spark, cfg.model, whole=self.whole_model)
+            return locate_layers(spark, cfg.model)
+        from longattn_spark.weights.locate import locate_model
+
+        return locate_model(spark, cfg.model)
 
     def inspect(self, spark, cfg, location) -> Any:
         """The model checked and described without loading it; passed to ``plan`` as

@@ -15,7 +15,7 @@ loaded and are refused unless the caller opts in with ``allow_pickle=True``; eve
 are read with ``torch.load(weights_only=True)`` and only the needed tensors are kept.
 
 ``describe_layer0_checkpoint`` builds the same ``Layer0Checkpoint`` from config.json and the
-safetensors headers alone, through a ``CheckpointReader`` (any filesystem): its tensors are on
+safetensors headers alone, through a ``weights.reader.CheckpointReader`` (any filesystem): its tensors are on
 torch's ``meta`` device (dtype and shape, no data) and its fingerprint is computed by hashing
 the tensors' byte ranges as they stream past, so a driver can validate a model and compute its
 scorer_id without copying any weights.
@@ -25,24 +25,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from longattn_spark.errors import ConfigError, InputError
-from longattn_spark.scorers.models import (
+from longattn_spark.weights.configs import GENERATION_CONFIG, optional_json
+from longattn_spark.weights.files import (
     PICKLE_INDEX,
     PICKLE_SINGLE,
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
+    load_pickled_state_dict,
     pickle_not_in_place,
     pickle_refused,
+)
+from longattn_spark.weights.reader import (
+    SAFETENSORS_DTYPE_NAMES,
+    CheckpointReader,
+    header_fields,
+    in_folder,
+    read_safetensors,
+    safetensors_header,
+    safetensors_names,
+    weight_map_by_file,
 )
 
 SUPPORTED_MODEL_TYPES: dict[str, str] = {"llama": "Llama", "mistral": "Mistral",
@@ -90,13 +98,11 @@ def check_layer(layer: int, config: Any, where: str) -> None:
         raise ConfigError(f"--layer {layer}: {where} has {count} layers "
                           f"(0..{count - 1})")
 
-GENERATION_CONFIG = "generation_config.json"
 
-#: safetensors dtype codes -> torch dtypes (those a layer-0 tensor can have).
+#: safetensors dtype codes -> torch dtypes (those a layer's tensor can have).
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    code: getattr(torch, SAFETENSORS_DTYPE_NAMES[code]) for code in ("F64", "F32", "F16", "BF16")
 }
-_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 
 
 @dataclass
@@ -154,10 +160,6 @@ def _fingerprint_prefix(role: str, dtype: torch.dtype, shape: tuple[int, ...]) -
     return f"{role}|{dtype}|{tuple(shape)}|".encode()
 
 
-def _in_folder(folder: Path | str, name: str) -> str:
-    return f"{str(folder).rstrip('/')}/{name}"
-
-
 def load_layer0_checkpoint(path: str | Path, *, allow_pickle: bool = False,
                            layer: int = 0) -> Layer0Checkpoint:
     """Read config.json and only the tensors that scoring layer ``layer``'s attention needs
@@ -167,7 +169,7 @@ def load_layer0_checkpoint(path: str | Path, *, allow_pickle: bool = False,
         raise InputError(f"model folder {folder} does not exist or is not a folder")
     raw_config = read_config_json(folder)
     config = transformers_config(raw_config, folder)
-    check_layer(layer, config, _in_folder(folder, "config.json"))
+    check_layer(layer, config, in_folder(folder, "config.json"))
     names_by_file, preloaded = _tensor_names_by_file(folder, allow_pickle)
     found = {name for names in names_by_file.values() for name in names}
     role_names = _resolve_role_names(found, folder, layer)
@@ -176,28 +178,11 @@ def load_layer0_checkpoint(path: str | Path, *, allow_pickle: bool = False,
     checkpoint = Layer0Checkpoint(path=folder, raw_config=raw_config, config=config,
                                   tensors=tensors, tensor_names_read=tuple(sorted(read)),
                                   files_read=tuple(sorted(set(read.values()))),
-                                  generation_config=_optional_json(
+                                  generation_config=optional_json(
                                       generation.read_bytes() if generation.is_file() else None),
                                   layer=layer)
     _check_shapes(checkpoint)
     return checkpoint
-
-
-class CheckpointReader(Protocol):
-    """Read access to one model folder on some filesystem (``describe_layer0_checkpoint``)."""
-
-    def names(self) -> Sequence[str]:
-        """The file names directly in the folder."""
-
-    def read(self, name: str) -> bytes:
-        """The whole content of a small file (configs, indexes)."""
-
-    def read_range(self, name: str, start: int, length: int) -> bytes:
-        """``length`` bytes of file ``name`` from byte ``start`` (safetensors headers)."""
-
-    def sha256(self, parts: Sequence[bytes | tuple[str, int, int]]) -> str:
-        """Hex SHA-256 of the concatenation of ``parts``: bytes as given, and
-        ``(name, start, length)`` byte ranges of files, streamed (never held whole)."""
 
 
 def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
@@ -211,23 +196,23 @@ def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
     ``allow_pickle``, then with the advice to use a local folder)."""
     names = set(reader.names())
     if "config.json" not in names:
-        raise InputError(f"{_in_folder(where, 'config.json')}: no config.json in the model "
+        raise InputError(f"{in_folder(where, 'config.json')}: no config.json in the model "
                          f"folder")
-    raw_config = parse_config_json(reader.read("config.json"), _in_folder(where, "config.json"))
+    raw_config = parse_config_json(reader.read("config.json"), in_folder(where, "config.json"))
     config = transformers_config(raw_config, where)
-    check_layer(layer, config, _in_folder(where, "config.json"))
+    check_layer(layer, config, in_folder(where, "config.json"))
     if SAFETENSORS_INDEX in names:
-        names_by_file = _weight_map_by_file(reader.read(SAFETENSORS_INDEX),
-                                            _in_folder(where, SAFETENSORS_INDEX))
+        names_by_file = weight_map_by_file(reader.read(SAFETENSORS_INDEX),
+                                           in_folder(where, SAFETENSORS_INDEX))
     elif SAFETENSORS_SINGLE in names:
         names_by_file = {SAFETENSORS_SINGLE: list(
-            _safetensors_header(reader, SAFETENSORS_SINGLE, where))}
+            safetensors_header(reader, SAFETENSORS_SINGLE, where)[1])}
     else:
         pickles = [n for n in (PICKLE_INDEX, PICKLE_SINGLE) if n in names]
         if pickles and not allow_pickle:
-            raise pickle_refused(_in_folder(where, pickles[0]))
+            raise pickle_refused(in_folder(where, pickles[0]))
         if pickles:
-            raise pickle_not_in_place(_in_folder(where, pickles[0]), where)
+            raise pickle_not_in_place(in_folder(where, pickles[0]), where)
         raise InputError(f"{where}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} in the "
                          f"model folder")
     found = {name for file_names in names_by_file.values() for name in file_names}
@@ -240,15 +225,15 @@ def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
     for role, name in role_names.items():
         file = file_of[name]
         if file not in names:
-            raise InputError(f"{_in_folder(where, file)}: listed in the checkpoint index but "
+            raise InputError(f"{in_folder(where, file)}: listed in the checkpoint index but "
                              f"missing")
         if file not in headers:
-            headers[file] = _safetensors_header_with_start(reader, file, where)
+            headers[file] = safetensors_header(reader, file, where)
         data_start, header = headers[file]
         entry = header.get(name)
         if not isinstance(entry, dict):
-            raise InputError(f"{_in_folder(where, file)}: lacks tensor {name}")
-        dtype, shape, begin, end = _header_entry(entry, name, _in_folder(where, file))
+            raise InputError(f"{in_folder(where, file)}: lacks tensor {name}")
+        dtype, shape, begin, end = _header_entry(entry, name, in_folder(where, file))
         tensors[role] = torch.empty(shape, dtype=dtype, device="meta")
         ranges[role] = (file, data_start + begin, end - begin)
         read[name] = file
@@ -256,7 +241,7 @@ def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
     checkpoint = Layer0Checkpoint(path=where, raw_config=raw_config, config=config,
                                   tensors=tensors, tensor_names_read=tuple(sorted(read)),
                                   files_read=tuple(sorted(set(read.values()))),
-                                  generation_config=_optional_json(generation), layer=layer)
+                                  generation_config=optional_json(generation), layer=layer)
     _check_shapes(checkpoint)
     parts: list[bytes | tuple[str, int, int]] = []
     for role in sorted(tensors):
@@ -264,40 +249,6 @@ def describe_layer0_checkpoint(where: str, reader: CheckpointReader, *,
                   ranges[role]]
     checkpoint._fingerprint = reader.sha256(parts)
     return checkpoint
-
-
-def _safetensors_header_with_start(reader: CheckpointReader, file: str, where: str
-                                   ) -> tuple[int, dict[str, Any]]:
-    """(offset of the data section, the parsed header) of a safetensors file."""
-    path = _in_folder(where, file)
-    try:
-        (size,) = struct.unpack("<Q", reader.read_range(file, 0, 8))
-        if size > _MAX_HEADER_BYTES:
-            raise ValueError(f"header of {size} bytes")
-        header = json.loads(reader.read_range(file, 8, size))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-    except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the safetensors header ({exc})") from None
-    header.pop("__metadata__", None)
-    return 8 + size, header
-
-
-def _safetensors_header(reader: CheckpointReader, file: str, where: str) -> dict[str, Any]:
-    return _safetensors_header_with_start(reader, file, where)[1]
-
-
-def header_fields(entry: dict[str, Any], name: str, path: str, dtypes: dict[str, Any]
-                  ) -> tuple[Any, tuple[int, ...], int, int]:
-    """(``dtypes[entry's dtype code]``, shape, data begin, data end) of one safetensors header
-    entry; one-line ``InputError`` naming the file and tensor when it is malformed or its
-    dtype is not in ``dtypes``."""
-    try:
-        return (dtypes[entry["dtype"]], tuple(int(n) for n in entry["shape"]),
-                *(int(n) for n in entry["data_offsets"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: tensor {name} has an unsupported or malformed header entry "
-                         f"({type(exc).__name__}: {exc})") from None
 
 
 def _header_entry(entry: dict[str, Any], name: str, path: str
@@ -310,16 +261,6 @@ def _header_entry(entry: dict[str, Any], name: str, path: str
         raise InputError(f"{path}: tensor {name} spans {end - begin} bytes, but {shape} of "
                          f"{dtype} needs {expected}")
     return dtype, shape, begin, end
-
-
-def _optional_json(data: bytes | None) -> dict[str, Any] | None:
-    if data is None:
-        return None
-    try:
-        parsed = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return parsed if isinstance(parsed, dict) else None
 
 
 def read_config_json(folder: Path) -> dict[str, Any]:
@@ -359,7 +300,7 @@ def transformers_config(raw_config: dict[str, Any], folder: Path | str) -> Any:
     try:
         return config_class.from_dict(dict(raw_config))
     except (TypeError, ValueError, KeyError) as exc:
-        raise InputError(f"{_in_folder(folder, 'config.json')}: not a valid {prefix} config "
+        raise InputError(f"{in_folder(folder, 'config.json')}: not a valid {prefix} config "
                          f"({exc})") from None
 
 
@@ -370,14 +311,14 @@ def _tensor_names_by_file(folder: Path, allow_pickle: bool
     if (folder / SAFETENSORS_INDEX).is_file():
         return _names_from_index(folder / SAFETENSORS_INDEX), {}
     if (folder / SAFETENSORS_SINGLE).is_file():
-        return {SAFETENSORS_SINGLE: _safetensors_keys(folder / SAFETENSORS_SINGLE)}, {}
+        return {SAFETENSORS_SINGLE: safetensors_names(folder / SAFETENSORS_SINGLE)}, {}
     pickles = [n for n in (PICKLE_INDEX, PICKLE_SINGLE) if (folder / n).is_file()]
     if pickles and not allow_pickle:
         raise pickle_refused(str(folder / pickles[0]))
     if PICKLE_INDEX in pickles:
         return _names_from_index(folder / PICKLE_INDEX), {}
     if PICKLE_SINGLE in pickles:
-        state = _load_pickle(folder / PICKLE_SINGLE)
+        state = load_pickled_state_dict(folder / PICKLE_SINGLE)
         return {PICKLE_SINGLE: list(state)}, {PICKLE_SINGLE: state}
     raise InputError(f"{folder}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} in the model "
                      f"folder")
@@ -388,27 +329,7 @@ def _names_from_index(index_path: Path) -> dict[str, list[str]]:
         data = index_path.read_bytes()
     except OSError as exc:
         raise InputError(f"{index_path}: not a valid checkpoint index ({exc})") from None
-    return _weight_map_by_file(data, str(index_path))
-
-
-def _weight_map_by_file(data: bytes, where: str) -> dict[str, list[str]]:
-    try:
-        weight_map = json.loads(data)["weight_map"]
-        items = list(weight_map.items())
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{where}: not a valid checkpoint index ({exc})") from None
-    by_file: dict[str, list[str]] = {}
-    for name, file_name in items:
-        by_file.setdefault(file_name, []).append(name)
-    return by_file
-
-
-def _safetensors_keys(file_path: Path) -> list[str]:
-    try:
-        with safe_open(str(file_path), framework="pt") as handle:
-            return list(handle.keys())
-    except (OSError, SafetensorError) as exc:
-        raise InputError(f"{file_path}: cannot read the safetensors header ({exc})") from None
+    return weight_map_by_file(data, str(index_path))
 
 
 def _resolve_role_names(found: set[str], folder: Path | str, layer: int = 0) -> dict[str, str]:
@@ -445,9 +366,9 @@ def _read_tensors(folder: Path, names_by_file: dict[str, list[str]], role_names:
         if not file_path.is_file():
             raise InputError(f"{file_path}: listed in the checkpoint index but missing")
         if file_name.endswith(".safetensors"):
-            loaded = _read_safetensors(file_path, list(wanted))
+            loaded = read_safetensors(file_path, list(wanted))
         else:
-            state = preloaded.get(file_name) or _load_pickle(file_path)
+            state = preloaded.get(file_name) or load_pickled_state_dict(file_path)
             missing = [name for name in wanted if name not in state]
             if missing:
                 raise InputError(f"{file_path}: lacks tensor(s) {', '.join(missing)}")
@@ -456,31 +377,6 @@ def _read_tensors(folder: Path, names_by_file: dict[str, list[str]], role_names:
             tensors[wanted[name]] = tensor
             read[name] = file_name
     return tensors, read
-
-
-def _read_safetensors(file_path: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    """Memory-mapped tensors: only their own pages are ever loaded."""
-    try:
-        with safe_open(str(file_path), framework="pt", device="cpu") as handle:
-            return {name: handle.get_tensor(name) for name in names}
-    except (OSError, SafetensorError) as exc:
-        raise InputError(f"{file_path}: cannot read tensors {', '.join(names)} ({exc})") from None
-
-
-def _load_pickle(file_path: Path) -> dict[str, torch.Tensor]:
-    """A pickled state dict, memory-mapped where the file format allows it; only called
-    after the caller opted in with allow_pickle=True."""
-    try:
-        try:
-            state = torch.load(file_path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            state = torch.load(file_path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        raise InputError(f"{file_path}: cannot load it as a weights-only state dict "
-                         f"({exc})") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{file_path}: expected a state dict of tensors")
-    return state
 
 
 def _check_shapes(checkpoint: Layer0Checkpoint) -> None:
@@ -506,7 +402,7 @@ def _check_shapes(checkpoint: Layer0Checkpoint) -> None:
             raise InputError(f"{checkpoint.path}: {name} has shape {tuple(tensor.shape)}, "
                              f"expected {shape} from config.json")
     if config.num_attention_heads % config.num_key_value_heads:
-        raise InputError(f"{_in_folder(checkpoint.path, 'config.json')}: num_attention_heads "
+        raise InputError(f"{in_folder(checkpoint.path, 'config.json')}: num_attention_heads "
                          f"{config.num_attention_heads} is not a multiple of "
                          f"num_key_value_heads {config.num_key_value_heads}")
     if ("q_proj.bias" in checkpoint.tensors) != ("k_proj.bias" in checkpoint.tensors):

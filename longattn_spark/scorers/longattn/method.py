@@ -1,7 +1,7 @@
 """``--method longattn`` (the default): DS and variance of each window from the attention of
 layer ``--layer`` (0: the paper), as a ``ScorerMethod`` (``longattn_spark.scorers.base``).
 
-Driver: only the files holding the tensors of layers <= N are located (``files_needed``);
+Driver: only the files holding the tensors of layers <= N are located (``locate.py``);
 config.json and the safetensors headers are read and the tensors read are hashed as they
 stream past (the model fingerprint in the scorer_id); the window length L and k follow from
 ``--seq-len`` / the windows table and ``--min-distance``. Executors: ``Layer0Scorer`` per
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longattn_spark.errors import ConfigError, TableError
+from longattn_spark.errors import ConfigError
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
-from longattn_spark.scorers.runtime import RunSettings, WindowBatch
+from longattn_spark.scorers.batch import WindowBatch
+from longattn_spark.scorers.settings import RunSettings, sequence_length
 from longattn_spark.tables.schemas import SCORES
 
 
@@ -48,14 +49,14 @@ class LongAttnMethod(ScorerMethod):
             raise ConfigError(f"--layer {cfg.layer}: must be >= 0")
 
     def locate(self, spark, cfg):
-        from longattn_spark.score.model_files import locate_model
+        from longattn_spark.scorers.longattn.locate import locate_layers
 
-        return locate_model(spark, cfg.model, layer=cfg.layer)
+        return locate_layers(spark, cfg.model, cfg.layer)
 
     def inspect(self, spark, cfg, location):
         """The ``Layer0Checkpoint`` from config.json and the headers (``--layer`` outside
         the model: one-line ``ConfigError``)."""
-        from longattn_spark.score.model_files import describe_model
+        from longattn_spark.scorers.longattn.locate import describe_model
 
         return describe_model(spark, location, allow_pickle=cfg.allow_pickle, layer=cfg.layer)
 
@@ -107,19 +108,6 @@ class LongAttnMethod(ScorerMethod):
         return [{"ds": float(out.ds[k]), "variance": float(out.variance[k]),
                  "ds_heads": out.ds_heads[k].tolist(), "var_heads": out.var_heads[k].tolist()}
                 for k in range(len(rows))]
-
-
-def sequence_length(cfg, sizes: list[int]) -> tuple[int, int | None]:
-    """(L, the window length every window must have or None): --seq-len, else the table's
-    window size (L = W scores BOS + the first W - 1 tokens)."""
-    if cfg.seq_len:
-        return cfg.seq_len, None
-    if not sizes:
-        raise TableError(f"--windows {cfg.windows} holds no windows")
-    if len(sizes) > 1:
-        raise ConfigError(f"--windows {cfg.windows} holds windows of several sizes "
-                          f"({', '.join(map(str, sorted(sizes)))}); pass --seq-len")
-    return sizes[0], sizes[0]
 
 
 METHOD = LongAttnMethod()

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import importlib
-import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from longattn_spark.devices import dtype_name as _dtype_name
+from longattn_spark.devices import resolve_device, resolve_dtype
 from longattn_spark.errors import InputError
-from longattn_spark.scorers.models import dtype_name as _dtype_name
-from longattn_spark.scorers.models import resolve_device, resolve_dtype
+from longattn_spark.scorers.identity import scorer_id as _scorer_id
 from longattn_spark.scorers.longattn.attention_sums import (
     DEFAULT_BLOCK_SIZE,
     MATH_VERSION,
@@ -46,6 +45,8 @@ from longattn_spark.scorers.longattn.rope import (
     config_with_rope_theta,
     modeling_module,
 )
+from longattn_spark.scorers.model_input import windows_with_bos
+from longattn_spark.weights.configs import bos_token_id
 
 MIN_SEQ_LEN = 8
 KERNELS = ("auto", "torch", "triton")
@@ -83,14 +84,8 @@ def build_model_input(window_ids: Any, bos_id: int, seq_len: int) -> torch.Tenso
     if seq_len < 2:
         raise InputError(f"seq_len must be >= 2, got {seq_len}")
     rows = _windows_as_rows(window_ids)
-    out = torch.empty(len(rows), seq_len, dtype=torch.long)
-    out[:, 0] = int(bos_id)
-    for index, row in enumerate(rows):
-        if row.shape[0] < seq_len - 1:
-            raise InputError(f"window {index} has {row.shape[0]} tokens; seq_len {seq_len} "
-                             f"needs at least {seq_len - 1} after BOS")
-        out[index, 1:] = row[: seq_len - 1]
-    return out
+    return torch.from_numpy(windows_with_bos([row.cpu().numpy() for row in rows], int(bos_id),
+                                             seq_len))
 
 
 def _windows_as_rows(window_ids: Any) -> list[torch.Tensor]:
@@ -482,14 +477,8 @@ def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | N
 
 
 def _bos_token_id(checkpoint: Layer0Checkpoint) -> int | None:
-    bos = checkpoint.raw_config.get("bos_token_id")
-    if bos is None and checkpoint.generation_config is not None:
-        bos = checkpoint.generation_config.get("bos_token_id")
-    if isinstance(bos, Sequence) and not isinstance(bos, str):
-        bos = bos[0] if bos else None
-    return None if bos is None else int(bos)
+    return bos_token_id(checkpoint.raw_config, checkpoint.generation_config)
 
 
 def _stable_id(payload: dict[str, Any]) -> str:
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return "l0-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+    return _scorer_id("l0", payload)

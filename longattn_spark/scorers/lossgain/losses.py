@@ -18,8 +18,6 @@ has a short pass).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +25,7 @@ import numpy as np
 
 from longattn_spark.errors import ConfigError
 from longattn_spark.reasons import NON_FINITE_LOSS
+from longattn_spark.scorers.identity import scorer_id
 
 #: Bump when a change to the definition or the computation changes scores.
 LOSSGAIN_MATH_VERSION = "lossgain-1"
@@ -142,5 +141,4 @@ def identity_fields(raw_config: dict[str, Any], *, weights_sha256: str, seq_len:
 
 def scorer_id_of(fields: dict[str, Any]) -> str:
     """``lg-`` + 24 hex digits of sha256 over the canonical JSON of ``fields``."""
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return "lg-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+    return scorer_id("lg", fields)

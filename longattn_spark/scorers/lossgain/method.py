@@ -7,7 +7,7 @@ Driver, before any Spark job: ``--short-context`` below 1 (and, with ``--seq-len
 below L/2) is refused; the model folder must be a causal LM transformers knows without remote
 code, with safetensors weights (pickled ``.bin`` only with ``--allow-pickle``), and a BOS id
 in config.json or generation_config.json; every weight is fingerprinted as it streams past
-(``scorers.runtime.describe_causal_lm``). Before any task: L (``--seq-len`` or the windows'
+(``weights.causal_lm.describe_causal_lm``). Before any task: L (``--seq-len`` or the windows'
 size) and S (``--short-context``, 0: L // 4) are checked, and the scorer_id (``lg-...``)
 hashes the model's config and weights, L, S, BOS, the compute dtype and the math version.
 
@@ -19,19 +19,17 @@ came from it), all inside the vocabulary; a window whose losses are not all fini
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.scorers.base import MethodPlan, PlanContext, Reject, ScorerMethod
-from longattn_spark.scorers.runtime import (
-    CausalLMDescription,
-    RunSettings,
-    WindowBatch,
-    describe_causal_lm,
-)
+from longattn_spark.scorers.batch import WindowBatch
+from longattn_spark.scorers.settings import RunSettings, sequence_length
+from longattn_spark.weights.causal_lm import CausalLMDescription, describe_causal_lm
+from longattn_spark.weights.configs import GENERATION_CONFIG, bos_token_id, optional_json
+from longattn_spark.weights.reader import ModelReader
 from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.tables.schemas import LOSSGAIN_COMPONENTS, SCORES
 
@@ -78,20 +76,12 @@ class LossGainMethod(ScorerMethod):
     def inspect(self, spark, cfg, location) -> LossGainModel:
         """The causal LM checked and fingerprinted (``describe_causal_lm``) and its BOS id
         (config.json, else generation_config.json); one-line ``InputError`` otherwise."""
-        from longattn_spark.score.model_files import _Reader
-        from longattn_spark.scorers.lossgain.scorer import bos_token_id
-
         described = describe_causal_lm(spark, location, allow_pickle=cfg.allow_pickle,
                                        method="lossgain")
-        generation = None
-        reader = _Reader(spark, location)
-        if "generation_config.json" in set(reader.names()):
-            try:
-                generation = json.loads(reader.read("generation_config.json"))
-            except ValueError:
-                generation = None
-        bos = bos_token_id(described.raw_config,
-                           generation if isinstance(generation, dict) else None)
+        reader = ModelReader(spark, location)
+        generation = optional_json(reader.read(GENERATION_CONFIG)) \
+            if GENERATION_CONFIG in set(reader.names()) else None
+        bos = bos_token_id(described.raw_config, generation)
         if bos is None:
             raise InputError(f"--model {location.model}: neither config.json nor "
                              f"generation_config.json sets bos_token_id (lossgain scores BOS + "
@@ -102,7 +92,6 @@ class LossGainMethod(ScorerMethod):
         return LossGainModel(described=described, bos_id=bos)
 
     def plan(self, ctx: PlanContext) -> MethodPlan:
-        from longattn_spark.scorers.longattn.method import sequence_length
         from longattn_spark.scorers.lossgain.losses import (
             checked_short_context,
             identity_fields,

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from longattn_spark.devices import dtype_name
 from longattn_spark.errors import InputError
 from longattn_spark.scorers.lossgain.losses import (
     LossGainResult,
@@ -35,6 +36,9 @@ from longattn_spark.scorers.lossgain.losses import (
     lossgain_from_losses,
     short_blocks,
 )
+from longattn_spark.scorers.model_input import windows_with_bos
+from longattn_spark.weights.causal_lm import load_causal_lm
+from longattn_spark.weights.configs import bos_token_id
 
 _MIB = 1 << 20
 
@@ -70,8 +74,6 @@ class LossGainScorer:
         ``allow_pickle``). ``bos_id``: the folder's own (config.json, else
         generation_config.json) when None. One-line ``InputError`` for a folder that is not
         a causal LM or has no BOS id."""
-        from longattn_spark.scorers.models import load_causal_lm
-
         loaded = load_causal_lm(path, device=device, dtype=dtype, allow_pickle=allow_pickle,
                                 method="lossgain")
         bos = bos_id if bos_id is not None else bos_token_id(loaded.raw_config,
@@ -208,31 +210,13 @@ class LossGainScorer:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
 
 def model_inputs(windows: Sequence[Any], bos_id: int, seq_len: int) -> torch.Tensor:
     """``[B, seq_len]``: BOS followed by each window's first ``seq_len - 1`` ids."""
-    out = torch.empty(len(windows), int(seq_len), dtype=torch.long)
-    out[:, 0] = int(bos_id)
-    for row, window in enumerate(windows):
-        ids = torch.as_tensor(np.asarray(window, dtype=np.int64))
-        if ids.dim() != 1 or ids.shape[0] < seq_len - 1:
-            raise InputError(f"window {row} has {tuple(ids.shape)} ids; seq_len {seq_len} "
-                             f"needs at least {seq_len - 1} after BOS")
-        out[row, 1:] = ids[:seq_len - 1]
-    return out
-
-
-def bos_token_id(raw_config: dict[str, Any], generation_config: dict[str, Any] | None
-                 ) -> int | None:
-    """BOS id from config.json, else generation_config.json (the first of a list)."""
-    bos = raw_config.get("bos_token_id")
-    if bos is None and generation_config:
-        bos = generation_config.get("bos_token_id")
-    if isinstance(bos, (list, tuple)):
-        bos = bos[0] if bos else None
-    return None if bos is None else int(bos)
+    return torch.from_numpy(windows_with_bos(
+        [np.asarray(window, dtype=np.int64) for window in windows], int(bos_id), int(seq_len)))
 
 
 def _generation_config(folder: Path) -> dict[str, Any] | None:

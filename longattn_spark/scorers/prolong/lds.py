@@ -115,6 +115,7 @@ from typing import Any
 import numpy as np
 
 from longattn_spark.errors import ConfigError
+from longattn_spark.scorers.identity import scorer_id
 
 PROLONG_MATH_VERSION = "prolong-lds-1"
 """Bump when anything in how a score is computed changes (it is part of ``scorer_id``)."""
@@ -297,8 +298,7 @@ def identity_fields(raw_config: dict[str, Any], *, dtype: str, segment_size: int
 
 def scorer_id_of(fields: dict[str, Any]) -> str:
     """``pl-`` + 24 hex digits of sha256 over identity fields (canonical JSON)."""
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    return "pl-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+    return scorer_id("pl", fields)
 
 
 def checked_settings(segment_size: Any, pairs: Any, threshold: Any, window_size: Any = None

@@ -5,7 +5,7 @@ Driver, before any Spark job: the model folder must be a causal LM transformers 
 remote code (config.json only), its weights safetensors (pickled ``.bin`` only with
 ``--allow-pickle``, and then only from a local or mounted folder). The scorer_id needs a
 fingerprint of every weight: ``ProLongScorer.weights_sha256``, streamed from the headers
-(``scorers.runtime.describe_causal_lm``), so the driver neither loads the model nor copies its
+(``weights.causal_lm.describe_causal_lm``), so the driver neither loads the model nor copies its
 files. The scorer_id is then ``ProLongScorer.scorer_id()`` of the scorer the executors build.
 
 Executors: the whole model folder is read in place or fetched into the executor's cache, and
@@ -25,10 +25,12 @@ import numpy as np
 
 from longattn_spark.errors import ConfigError, InputError, TableError
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
-from longattn_spark.scorers.runtime import RunSettings, WindowBatch, describe_causal_lm
+from longattn_spark.scorers.batch import WindowBatch
+from longattn_spark.scorers.settings import RunSettings
 from longattn_spark.reasons import IDS_OUT_OF_VOCAB, WRONG_LENGTH
 from longattn_spark.tables.schemas import PROLONG_COMPONENTS, SCORES
 from longattn_spark.tokenizer import TokenizerSpec
+from longattn_spark.weights.causal_lm import describe_causal_lm
 
 
 @dataclass(frozen=True)
@@ -158,18 +160,13 @@ class ProLongMethod(ScorerMethod):
         c = settings.segment_size
         source_vocab = (settings.retokenize[0].vocab_size if settings.retokenize is not None
                         else scorer.vocab_size)
+        for i in np.flatnonzero(batch.rows_not_n_tokens()):
+            batch.reject(i, WRONG_LENGTH, f"{batch.lengths[i]} token ids (n_tokens column "
+                                          f"{batch.n_tokens[i]})")
+        batch.reject_ids_outside(source_vocab, IDS_OUT_OF_VOCAB)
         tokens: dict[int, np.ndarray] = {}
-        for i in range(len(batch)):
+        for i in batch.pending():
             ids = batch.ids(i)
-            if batch.nulls[i] or ids.size != batch.n_tokens[i]:
-                batch.reject(i, WRONG_LENGTH, f"{ids.size} token ids (n_tokens column "
-                                              f"{batch.n_tokens[i]})")
-                continue
-            bad = ids[(ids < 0) | (ids >= source_vocab)]
-            if bad.size:
-                batch.reject(i, IDS_OUT_OF_VOCAB, f"{bad.size} ids outside "
-                                                  f"0..{source_vocab - 1}, e.g. {int(bad[0])}")
-                continue
             if settings.retokenize is None and ids.size < c:
                 batch.reject(i, WRONG_LENGTH, f"{ids.size} token ids: fewer than one segment "
                                               f"of --segment-size {c}")

@@ -9,9 +9,7 @@ what is computed and how it differs from the released code). No Spark here.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from longattn_spark.devices import dtype_name
 from longattn_spark.errors import ConfigError, InputError
-from longattn_spark.scorers.models import dtype_name, load_causal_lm, weights_sha256
 from longattn_spark.scorers.prolong.lds import (
     DEFAULT_SEED_RULE,
     MAX_BATCH,
@@ -42,6 +40,8 @@ from longattn_spark.scorers.prolong.lds import (
     scorer_id_of,
     window_rng,
 )
+from longattn_spark.weights.causal_lm import load_causal_lm
+from longattn_spark.weights.fingerprint import weights_sha256
 
 __all__ = [
     "DEFAULT_SEED_RULE", "MAX_BATCH", "PROLONG_MATH_VERSION", "REASON_NAN", "REASON_TOO_FEW_PAIRS",
