@@ -27,8 +27,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +38,6 @@ from longattn_spark.config import LongAttnConfig, ProbeConfig, ScoreConfig
 from longattn_spark.console import StepTimer
 from longattn_spark.errors import ConfigError, TableError
 from longattn_spark.probe.controls import (
-    KINDS,
     Control,
     build_controls,
     check_block,
@@ -48,7 +45,7 @@ from longattn_spark.probe.controls import (
     default_block,
     parse_kinds,
 )
-from longattn_spark.probe.results import NATURAL, KindResult, probe_results, results_json
+from longattn_spark.probe.results import NATURAL, ProbeRun, probe_results
 from longattn_spark.probe.sample import CategorySample, sample_windows
 from longattn_spark.sqlfiles import load_sql
 from longattn_spark.stats import category_stats_frame
@@ -60,31 +57,6 @@ PROPERTY = "longattn.probe"
 #: score options that change where or how fast a score is computed, never its value
 OPERATIONAL = ("windows", "table", "rejects_table", "category", "checkpoint_location",
                "batch_size", "device", "kernel", "files_per_batch", "task_gpus")
-
-
-@dataclass
-class ProbeRun:
-    """What one probe run did and found."""
-
-    probe_id: str
-    table: str
-    scorer_id: str = ""
-    method: str = ""
-    seq_len: int = 0
-    min_distance: int = 0
-    window_size: int = 0
-    block: int = 0
-    kinds: tuple[str, ...] = ()
-    natural: dict[str, int] = field(default_factory=dict)
-    controls: dict[str, dict[str, int]] = field(default_factory=dict)
-    skipped: dict[str, dict[str, str]] = field(default_factory=dict)
-    scored: int = 0
-    already_scored: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    rows_written: int = 0
-    results: dict[str, dict[str, KindResult]] = field(default_factory=dict)
-    seconds: float = 0.0
-    step_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def score_signature(score: ScoreConfig) -> dict[str, Any]:

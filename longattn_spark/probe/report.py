@@ -78,9 +78,9 @@ def _sink_share(spark, ref, record: dict, model: str, device: str, n_windows: in
     import torch
     from pyspark.sql import functions as F
 
+    from longattn_spark.devices import resolve_device
     from longattn_spark.probe.reference import far_attention_sink_share
     from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
-    from longattn_spark.scorers.longattn.scorer import resolve_device
 
     if (record.get("method") or "longattn") != "longattn":
         return None, "measured for LongAttn probes only"
@@ -111,7 +111,7 @@ def _sink_share(spark, ref, record: dict, model: str, device: str, n_windows: in
 def plot_distributions(values: Mapping[str, Mapping[str, Sequence[float]]], kinds: Sequence[str],
                        label: str) -> bytes:
     """One panel per category: histograms of ``label`` for natural windows and each kind."""
-    from longattn_spark.report.plots import category_panels, figure_png
+    from longattn_spark.figures import category_panels, figure_png
 
     categories = sorted(values)
     fig, panels = category_panels(categories, max_columns=3, row_height=2.6)

@@ -1,5 +1,6 @@
 """Per category and control kind: the AUC of natural over control windows on the selection
-score and on each component, from the probe table's rows (pure: no Spark).
+score and on each component, from the probe table's rows; and ``ProbeRun``, what one probe run
+did and found (pure: no Spark).
 
 Components: ``selection_score``; for LongAttn ``ds`` and ``du`` (= -variance) and per query
 head ``ds_h<i>`` / ``du_h<i>``; for other methods ``score`` and every floating-point field of
@@ -128,3 +129,28 @@ def results_json(results: Mapping[str, Mapping[str, KindResult]]) -> dict[str, A
     """``{category: {kind: {"auc", "lo", "hi", "n_natural", "n_control", "per_component",
     "verdict"[, "skipped"]}}}``."""
     return {c: {k: r.as_json() for k, r in kinds.items()} for c, kinds in results.items()}
+
+
+@dataclass
+class ProbeRun:
+    """What one probe run did and found."""
+
+    probe_id: str
+    table: str
+    scorer_id: str = ""
+    method: str = ""
+    seq_len: int = 0
+    min_distance: int = 0
+    window_size: int = 0
+    block: int = 0
+    kinds: tuple[str, ...] = ()
+    natural: dict[str, int] = field(default_factory=dict)
+    controls: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    scored: int = 0
+    already_scored: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    rows_written: int = 0
+    results: dict[str, dict[str, KindResult]] = field(default_factory=dict)
+    seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from longattn_spark.console import StageRun, print_rows, print_run
 from longattn_spark.probe.auc import uniform_head_ds
-from longattn_spark.probe.results import results_json
-
-if TYPE_CHECKING:
-    from longattn_spark.probe.job import ProbeRun
+from longattn_spark.probe.results import ProbeRun, results_json
 
 
 def stage_run(run: ProbeRun) -> StageRun:

@@ -41,8 +41,9 @@ from longattn_spark.report.html import (
 from longattn_spark.report.job import (
     build_report, collect_report_data, compare_with_other_scorer, load_snippet_tokenizer,
     run_report_job)
+from longattn_spark.figures import category_panels, figure_png, new_figure
 from longattn_spark.report.plots import (
-    CUT_COLOR, KEPT_COLOR, PAPER_COLOR, REST_COLOR, category_panels, figure_png, new_figure,
+    CUT_COLOR, KEPT_COLOR, PAPER_COLOR, REST_COLOR,
     plot_distance_profile, plot_ds_variance_scatter, plot_lds_histograms, plot_paper_comparison,
     plot_score_distributions, plot_selected_per_category)
 from longattn_spark.report.profile import (

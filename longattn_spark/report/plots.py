@@ -3,11 +3,10 @@ bytes, drawn with matplotlib's object API on the Agg canvas (no pyplot state, no
 
 from __future__ import annotations
 
-import io
-import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
+from longattn_spark.figures import category_panels, figure_png, new_figure
 from longattn_spark.report.data import (
     DS,
     LOG10_VARIANCE,
@@ -26,25 +25,6 @@ KEPT_COLOR = "#2e7d32"
 REST_COLOR = "#b0b7c3"
 PAPER_COLOR = "#f59e0b"
 CUT_COLOR = "#c62828"
-
-
-def new_figure(width: float, height: float):
-    """A matplotlib Figure drawn by the Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def figure_png(fig) -> bytes:
-    """PNG bytes of a figure (PNG bytes, as the ``plot_*`` functions return, pass through)."""
-    if isinstance(fig, bytes):
-        return fig
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
 
 
 def _bars(ax, edges: Sequence[float], counts: Sequence[int], bottom=None, **style) -> None:
@@ -107,21 +87,6 @@ def plot_paper_comparison(stats: Sequence[CategoryStats]) -> bytes:
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=8, loc="upper right", ncol=2)
     return figure_png(fig)
-
-
-def category_panels(categories: Sequence[str | None], *, max_columns: int, row_height: float):
-    """A figure with one panel per category (at most ``max_columns`` a row) and the
-    ``(category, axes)`` pairs; with no category, a figure that says so and no panel."""
-    columns = min(max_columns, max(len(categories), 1))
-    rows = max(1, math.ceil(len(categories) / columns))
-    fig = new_figure(11, 0.6 + row_height * rows)
-    if not categories:
-        fig.text(0.5, 0.5, "no ranked windows", ha="center")
-        return fig, []
-    axes = [ax for row in fig.subplots(rows, columns, squeeze=False) for ax in row]
-    for unused in axes[len(categories):]:
-        unused.set_visible(False)
-    return fig, list(zip(categories, axes, strict=False))
 
 
 def plot_lds_histograms(lds: Mapping[str | None, LdsHistogram],
