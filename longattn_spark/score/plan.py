@@ -1,6 +1,6 @@
 """The score job's driver-side checks shared by every method, before any task: the options
-(then the method's own, ``ScorerMethod.validate``), the windows table's facts, and the
-tokenizer check.
+(then the method's own, ``ScorerMethod.validate``), the run's tables, the windows table's
+facts, and the tokenizer check.
 
 The model folder's tokenizer (when it has one) must be the windows' tokenizer
 (``--allow-tokenizer-mismatch`` overrides); without one, the windows' tokenizer is recorded with
@@ -10,12 +10,13 @@ the scorer. Each method plans the rest itself (``longattn_spark.scorers``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from longattn_spark.config import ScoreConfig
+from longattn_spark.config import ScoreConfig, default_rejects_table
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.score.summary import ScoreSummary
 from longattn_spark.scorers import get_method
@@ -23,6 +24,20 @@ from longattn_spark.tables.refs import TableRef
 
 if TYPE_CHECKING:
     from longattn_spark.scorers.base import ScorerMethod
+
+
+@dataclass(frozen=True)
+class ScoreTables:
+    """The tables of a score run: the windows read, the scores and rejects written."""
+
+    windows: TableRef
+    scores: TableRef
+    rejects: TableRef
+
+    @classmethod
+    def of(cls, cfg: ScoreConfig) -> ScoreTables:
+        return cls(TableRef(cfg.windows), TableRef(cfg.table),
+                   TableRef(cfg.rejects_table or default_rejects_table(cfg.table)))
 
 
 def validate_score_config(cfg: ScoreConfig) -> ScorerMethod:
