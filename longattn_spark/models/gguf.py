@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from longattn_spark.errors import InputError
+from longattn_spark.weights.files import SAFETENSORS_SINGLE
 
 GGUF_MAGIC = b"GGUF"
 #: GGUF ``general.architecture`` values whose transformers model the scorers read.
@@ -268,7 +269,7 @@ def is_import_of(folder: str | os.PathLike, gguf_file: str | os.PathLike,
                 and record["source_bytes"] == source.stat().st_size
                 and record["import_format_version"] == IMPORT_FORMAT_VERSION
                 and record["dtype"] == dtype
-                and (Path(folder) / "model.safetensors").is_file())
+                and (Path(folder) / SAFETENSORS_SINGLE).is_file())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

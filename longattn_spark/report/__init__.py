@@ -28,6 +28,7 @@ The package reads top-down, and its parts are also used by ``notebooks/explore_s
 - :mod:`~longattn_spark.report.job`: ``build_report`` and ``run_report_job``.
 """
 
+from longattn_spark.figures import category_panels, figure_png, new_figure
 from longattn_spark.inputs import scorer_counts
 from longattn_spark.report.data import (
     DS, LOG10_VARIANCE, PAPER_DS_MEAN, PAPER_DS_RANGE, PAPER_SEQ_LEN, PAPER_TABLE10,
@@ -41,7 +42,6 @@ from longattn_spark.report.html import (
 from longattn_spark.report.job import (
     build_report, collect_report_data, compare_with_other_scorer, load_snippet_tokenizer,
     run_report_job)
-from longattn_spark.figures import category_panels, figure_png, new_figure
 from longattn_spark.report.plots import (
     CUT_COLOR, KEPT_COLOR, PAPER_COLOR, REST_COLOR,
     plot_distance_profile, plot_ds_variance_scatter, plot_lds_histograms, plot_paper_comparison,

@@ -60,10 +60,9 @@ def locate_layers(spark, model: str, layer: int = 0, option: str = "--model") ->
 def describe_model(spark, location: ModelLocation, *, allow_pickle: bool = False,
                    layer: int = 0) -> Layer0Checkpoint:
     """The model's ``Layer0Checkpoint`` (for scoring ``layer``) as the driver sees it,
-    without copying weights: tensors on the meta device, fingerprint hashed from the
-    streamed tensor bytes (see ``checkpoint.describe_layer0_checkpoint``). A
-    local pickled checkpoint, which has no header to read, is loaded in place (only with
-    ``allow_pickle``)."""
+    without copying weights: tensors on the meta device, fingerprint hashed from the streamed
+    tensor bytes (see ``checkpoint.describe_layer0_checkpoint``). A local pickled checkpoint,
+    which has no header to read, is loaded in place (only with ``allow_pickle``)."""
     names = [f.name for f in location.files]
     is_pickle = not any(n in (SAFETENSORS_INDEX, SAFETENSORS_SINGLE) for n in names) and \
         any(n in (PICKLE_INDEX, PICKLE_SINGLE) for n in names)

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from longattn_spark.errors import ConfigError, InputError
+from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.scorers.base import MethodPlan, PlanContext, Reject, ScorerMethod
 from longattn_spark.scorers.batch import WindowBatch
 from longattn_spark.scorers.settings import RunSettings, sequence_length
+from longattn_spark.tables.schemas import LOSSGAIN_COMPONENTS, SCORES
 from longattn_spark.weights.causal_lm import CausalLMDescription, describe_causal_lm
 from longattn_spark.weights.configs import GENERATION_CONFIG, bos_token_id, optional_json
 from longattn_spark.weights.reader import ModelReader
-from longattn_spark.reasons import NON_FINITE_LOSS
-from longattn_spark.tables.schemas import LOSSGAIN_COMPONENTS, SCORES
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from longattn_spark.errors import ConfigError, InputError, TableError
+from longattn_spark.reasons import IDS_OUT_OF_VOCAB, WRONG_LENGTH
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
 from longattn_spark.scorers.batch import WindowBatch
 from longattn_spark.scorers.settings import RunSettings
-from longattn_spark.reasons import IDS_OUT_OF_VOCAB, WRONG_LENGTH
 from longattn_spark.tables.schemas import PROLONG_COMPONENTS, SCORES
 from longattn_spark.tokenizer import TokenizerSpec
 from longattn_spark.weights.causal_lm import describe_causal_lm
