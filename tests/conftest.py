@@ -35,27 +35,6 @@ def spark(lakehouse):
 
 
 @pytest.fixture
-def spark_jobs_in(spark):
-    """``spark_jobs_in(action)``: the Spark jobs that ``action()`` started (its exception
-    propagates after counting), to check that bad input fails before any Spark job."""
-    import itertools
-
-    groups = itertools.count()
-
-    def jobs(action) -> list[int]:
-        group = f"jobs-of-{id(action)}-{next(groups)}"
-        spark.sparkContext.setJobGroup(group, group)
-        try:
-            action()
-        finally:
-            found = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
-            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-        return found
-
-    return jobs
-
-
-@pytest.fixture
 def table_path(tmp_path):
     """A factory of fresh table paths: table_path('windows') -> '<tmp>/windows'."""
     def make(name: str) -> str:

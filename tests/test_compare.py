@@ -15,6 +15,8 @@ from longattn_spark.tables.refs import TableRef
 from longattn_spark.tables.schemas import SCORES, SELECTION
 from longattn_spark.tables.writes import ensure_table, merge_new_rows
 
+from helpers import lds_reference
+
 A, B = "l0-aaaa", "pl-bbbb"
 
 
@@ -66,10 +68,7 @@ def write_selection(spark, table: str, kept: dict[str, set[str]], windows: list[
 
 def expected_values(frame: pd.DataFrame, alpha: float = 0.5) -> pd.DataFrame:
     a = frame[frame.scorer_id == A].copy()
-    grouped = a.groupby("category")
-    z_ds = (a.ds - grouped.ds.transform("mean")) / grouped.ds.transform("std")
-    z_du = (grouped.variance.transform("mean") - a.variance) / grouped.variance.transform("std")
-    a["value_a"] = z_ds + alpha * z_du
+    a["value_a"] = lds_reference(a, alpha)
     b = frame[frame.scorer_id == B][["window_id", "score"]].rename(columns={"score": "value_b"})
     return a[["window_id", "category", "value_a"]].merge(b, on="window_id")
 

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from longattn_spark.errors import ConfigError, InputError
+from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.scorers.lossgain import (
     checked_short_context,
     lm_tokens_per_window,
@@ -35,7 +36,6 @@ from longattn_spark.scorers.lossgain import (
     short_blocks,
 )
 from longattn_spark.scorers.lossgain.scorer import LossGainScorer
-from longattn_spark.reasons import NON_FINITE_LOSS
 
 REL_TOL = 1e-4
 VOCAB = 256

@@ -23,12 +23,14 @@ from longattn_spark.config import IngestConfig, ScoreConfig
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.ingest import ingest
-from longattn_spark.tokenizer import load_tokenizer_spec
+from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.lossgain.scorer import LossGainScorer
 from longattn_spark.select import SelectOptions, select_windows
-from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.tables.refs import TableRef, table_properties
+from longattn_spark.tokenizer import load_tokenizer_spec
+
+from helpers import spark_jobs_in
 
 W = 256
 MODULES = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]
@@ -43,18 +45,6 @@ def lossgain_config(windows: str, model: Path | str, table: str, **overrides) ->
 
 def rows(spark, table: str) -> list[dict]:
     return [r.asDict(recursive=True) for r in TableRef(table).read(spark).collect()]
-
-
-def spark_jobs_in(spark, action) -> list[int]:
-    """The Spark jobs ``action()`` started."""
-    group = "lossgain-probe"
-    spark.sparkContext.setJobGroup(group, group)
-    try:
-        action()
-    finally:
-        jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return jobs
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from longattn_spark.config import ProbeConfig, ScoreConfig
@@ -26,6 +27,8 @@ from longattn_spark.probe.controls import (
 from longattn_spark.probe.results import probe_results
 from longattn_spark.tables.refs import TableRef
 from longattn_spark.tables.schemas import PROBE_SCORE_COLUMNS
+
+from helpers import lds_reference
 
 W = 64
 
@@ -251,14 +254,11 @@ def test_aucs_equal_an_independent_computation_over_the_probe_rows(spark, probed
     run, probe_cfg, _ = probed
     rows = _table_rows(spark, probe_cfg.table)
     # the selection score is select's LDS with the natural sample's statistics
-    for category in ("code", "docs"):
-        nat = [r for r in rows if r["category"] == category and r["kind"] == "natural"]
-        mean_ds, sd_ds = np.mean([r["ds"] for r in nat]), np.std([r["ds"] for r in nat], ddof=1)
-        mean_v = np.mean([r["variance"] for r in nat])
-        sd_v = np.std([r["variance"] for r in nat], ddof=1)
-        for r in (r for r in rows if r["category"] == category):
-            lds = (r["ds"] - mean_ds) / sd_ds + 0.5 * (mean_v - r["variance"]) / sd_v
-            assert r["selection_score"] == pytest.approx(lds, rel=1e-9, abs=1e-12)
+    frame = pd.DataFrame(rows)[["category", "kind", "ds", "variance", "selection_score"]]
+    assert set(frame.category) == {"code", "docs"}
+    expected = lds_reference(frame, reference=frame[frame.kind == "natural"])
+    for got, lds in zip(frame.selection_score, expected, strict=True):
+        assert got == pytest.approx(lds, rel=1e-9, abs=1e-12)
     path = tmp_path / "probe.json"
     write_json(run, str(path))
     written = json.loads(path.read_text())

@@ -7,7 +7,6 @@ re-tokenized with the model's, and bad input is a one-line error before any Spar
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import shutil
@@ -29,6 +28,8 @@ from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tokenizer import get_tokenizer, load_tokenizer_spec
 from longattn_spark.weights.locate import files_needed_whole, locate_model
+
+from helpers import spark_jobs_in
 
 W = 512
 C = 128
@@ -56,19 +57,6 @@ def rows(spark, table: str) -> list[dict]:
     return [r.asDict(recursive=True) for r in TableRef(table).read(spark).collect()]
 
 
-_GROUPS = itertools.count()
-
-
-def spark_jobs_in(spark, action) -> list[int]:
-    """The Spark jobs that ``action()`` started (its exception propagates after counting)."""
-    group = f"prolong-probe-{next(_GROUPS)}"
-    spark.sparkContext.setJobGroup(group, group)
-    try:
-        action()
-    finally:
-        jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return jobs
 
 
 @pytest.fixture(scope="module")

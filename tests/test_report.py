@@ -49,6 +49,8 @@ from longattn_spark.tables.schemas import SCORES, WINDOWS
 from longattn_spark.tables.writes import ensure_table, set_properties
 from longattn_spark.tokenizer import load_tokenizer_spec
 
+from helpers import lds_reference
+
 W = 128
 DOCS = {"arxiv": ["argparse.py", "difflib.py"], "book": ["textwrap.py", "csv.py"],
         "code": ["heapq.py", "shlex.py"]}
@@ -421,10 +423,7 @@ def test_report_of_a_real_model_without_selection(spark, two_scorers):
     for scorer, frame in table.groupby("scorer_id"):
         frame = frame[np.isfinite(frame.ds.astype(float)) & np.isfinite(
             frame.variance.astype(float))].copy()
-        groups = frame.groupby("category")
-        frame["lds"] = ((frame.ds - groups.ds.transform("mean")) / groups.ds.transform("std")
-                        + 0.5 * (groups.variance.transform("mean") - frame.variance)
-                        / groups.variance.transform("std"))
+        frame["lds"] = lds_reference(frame)
         values[scorer] = frame.set_index("window_id")[["category", "lds"]]
     both = values["l0-aaa"].join(values["l0-bbb"].lds.rename("lds_b"), how="inner")
     for category, group in both.groupby("category"):

@@ -31,6 +31,8 @@ from longattn_spark.tables.schemas import WINDOWS
 from longattn_spark.tables.writes import ensure_table
 from longattn_spark.tokenizer import load_tokenizer_spec
 
+from helpers import spark_jobs_in
+
 W = 64
 CODE = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]
 
@@ -138,21 +140,6 @@ def derived_tokenizer_json(llama3_tokenizer_dir: Path) -> str:
     data = json.loads((llama3_tokenizer_dir / "tokenizer.json").read_text())
     data["normalizer"] = {"type": "NFC"}
     return json.dumps(data)
-
-
-def spark_jobs_in(spark, action) -> list[int]:
-    """The Spark jobs that ``action()`` started (its exception propagates after counting)."""
-    group = f"probe-{next(_GROUPS)}"
-    spark.sparkContext.setJobGroup(group, group)
-    try:
-        action()
-    finally:
-        jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
-        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    return jobs
-
-
-_GROUPS = itertools.count()
 
 
 @pytest.fixture(scope="module")

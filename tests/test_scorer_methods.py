@@ -35,6 +35,8 @@ from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tables.schemas import WINDOWS
 from longattn_spark.tables.writes import ensure_table
 
+from helpers import lds_reference, spark_jobs_in
+
 LAYERS = 3
 L = 48
 VOCAB = 128
@@ -144,7 +146,7 @@ def windows_table(spark, path, rows: int = 6) -> str:
     return str(path)
 
 
-def test_score_job_at_layer_n(spark, spark_jobs_in, models, tmp_path):
+def test_score_job_at_layer_n(spark, models, tmp_path):
     model, folder = models["llama"]
     windows = windows_table(spark, tmp_path / "windows")
     cfg = ScoreConfig(windows=windows, model=str(folder), table=str(tmp_path / "scores"),
@@ -156,7 +158,7 @@ def test_score_job_at_layer_n(spark, spark_jobs_in, models, tmp_path):
             score_windows(spark, dataclasses.replace(cfg, layer=LAYERS), progress=False)
         errors.append(str(info.value))
 
-    assert spark_jobs_in(bad_layer) == []
+    assert spark_jobs_in(spark, bad_layer) == []
     assert "\n" not in errors[0] and not (tmp_path / "scores").exists()
 
     summary = score_windows(spark, cfg, progress=False)
@@ -248,10 +250,7 @@ def test_plugin_method_in_the_job_with_rejects_and_compare(spark, models, tmp_pa
     assert result.methods == ("longattn", "meanid")
     got = pd.DataFrame([r.asDict() for r in TableRef(table).read(spark).collect()])
     lds = got[got.method == "longattn"].copy()
-    by_category = lds.groupby("category")
-    z = lambda s: (s - s.mean()) / s.std(ddof=1)  # noqa: E731
-    lds["value"] = by_category.ds.transform(z) + 0.5 * by_category.variance.transform(
-        lambda s: -z(s))
+    lds["value"] = lds_reference(lds)
     merged = lds.drop(columns="score").merge(
         got[got.method == "meanid"][["window_id", "score"]], on="window_id")
     for agreement in result.categories:
