@@ -26,8 +26,8 @@ Executors (``scorers.executor``: one mapInArrow function for every method):
    have ``device`` (a ``torch.device``) and ``dtype`` (a ``torch.dtype``): every row records
    them.
 6. ``prepare(batch, scorer, settings)``: mark the windows it cannot score
-   (``batch.reject(i, reason, detail)``, reasons from ``longattn_spark.reasons``) and return whatever
-   ``score_rows`` needs (e.g. the ``[N, L]`` id matrix).
+   (``batch.reject(i, reason, detail)``, reasons from ``longattn_spark.reasons``) and return
+   whatever ``score_rows`` needs (e.g. the ``[N, L]`` id matrix).
 7. ``score_rows(prepared, rows, scorer, settings)``: one dict per row of ``rows`` (at most
    ``--batch-size`` of them), keyed by the names of ``out_fields`` (a struct column: a dict),
    or a ``batch.Reject(reason, detail)`` for a window it cannot score after all. CUDA

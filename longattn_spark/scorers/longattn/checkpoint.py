@@ -15,10 +15,10 @@ loaded and are refused unless the caller opts in with ``allow_pickle=True``; eve
 are read with ``torch.load(weights_only=True)`` and only the needed tensors are kept.
 
 ``describe_layer0_checkpoint`` builds the same ``Layer0Checkpoint`` from config.json and the
-safetensors headers alone, through a ``weights.reader.CheckpointReader`` (any filesystem): its tensors are on
-torch's ``meta`` device (dtype and shape, no data) and its fingerprint is computed by hashing
-the tensors' byte ranges as they stream past, so a driver can validate a model and compute its
-scorer_id without copying any weights.
+safetensors headers alone, through a ``weights.reader.CheckpointReader`` (any filesystem): its
+tensors are on torch's ``meta`` device (dtype and shape, no data) and its fingerprint is
+computed by hashing the tensors' byte ranges as they stream past, so a driver can validate a
+model and compute its scorer_id without copying any weights.
 """
 
 from __future__ import annotations
