@@ -8,7 +8,7 @@ from pathlib import Path
 
 from longattn_spark.demo.corpus import build_demo_corpus
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
+from longattn_spark.tokenizer import llama3_tokenizer_dir
 
 
 def write_demo_input(work: Path, docs_per_category: int, window_size: int) -> tuple[Path, Path]:

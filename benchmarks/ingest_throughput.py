@@ -31,11 +31,7 @@ from longattn_spark.config import IngestConfig, SparkSettings
 from longattn_spark.demo.corpus import build_demo_corpus, code_documents
 from longattn_spark.ingest import ingest
 from longattn_spark.session import get_spark
-from longattn_spark.ingest.tokenize import (
-    get_tokenizer,
-    llama3_tokenizer_dir,
-    load_tokenizer_spec,
-)
+from longattn_spark.tokenizer import get_tokenizer, llama3_tokenizer_dir, load_tokenizer_spec
 
 
 def base_documents(corpus: Path, tmp: Path) -> list[dict]:

@@ -33,13 +33,15 @@ from longattn_spark.config import IngestConfig, ProbeConfig, ScoreConfig, SparkS
 from longattn_spark.demo.corpus import build_demo_corpus  # noqa: E402
 from longattn_spark.demo.smoke_model import write_smoke_test_model  # noqa: E402
 from longattn_spark.ingest import ingest  # noqa: E402
-from longattn_spark.ingest.tokenize import llama3_tokenizer_dir, load_tokenizer_spec  # noqa: E402
+from longattn_spark.tokenizer import llama3_tokenizer_dir, load_tokenizer_spec  # noqa: E402
 from longattn_spark.probe.controls import parse_kinds  # noqa: E402
 from longattn_spark.probe.job import probe  # noqa: E402
 from longattn_spark.probe.sample import sample_windows  # noqa: E402
 from longattn_spark.score.job import score_windows  # noqa: E402
 from longattn_spark.session import get_spark  # noqa: E402
-from longattn_spark.tables import WINDOWS, TableRef, ensure_table, merge_new_rows  # noqa: E402
+from longattn_spark.tables.refs import TableRef  # noqa: E402
+from longattn_spark.tables.schemas import WINDOWS  # noqa: E402
+from longattn_spark.tables.writes import ensure_table, merge_new_rows  # noqa: E402
 
 
 def main() -> None:

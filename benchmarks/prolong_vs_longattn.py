@@ -49,7 +49,7 @@ import torch
 from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
 from longattn_spark.scorers.prolong.scorer import ProLongScorer
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.ingest.tokenize import llama3_tokenizer_dir
+from longattn_spark.tokenizer import llama3_tokenizer_dir
 
 BOOKS = REPO.parent / "shared" / "corpus" / "books.jsonl"
 SKIP_TOKENS = 1000

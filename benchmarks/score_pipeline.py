@@ -32,8 +32,8 @@ from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
 from longattn_spark.session import get_spark
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.tables import TableRef
-from longattn_spark.ingest.tokenize import llama3_tokenizer_dir, load_tokenizer_spec
+from longattn_spark.tables.refs import TableRef
+from longattn_spark.tokenizer import llama3_tokenizer_dir, load_tokenizer_spec
 
 
 def windows_table(spark, work: Path, seq_len: int, count: int) -> tuple[str, list]:

@@ -32,7 +32,9 @@ WINDOW_TOKENS = 32768
 
 def build_tables(spark, root: Path, rows: int) -> tuple[str, str]:
     """Windows and scores Delta tables of ``rows`` windows (schemas from tables.py)."""
-    from longattn_spark.tables import SCORES, WINDOWS, TableRef, ensure_table
+    from longattn_spark.tables.refs import TableRef
+    from longattn_spark.tables.schemas import SCORES, WINDOWS
+    from longattn_spark.tables.writes import ensure_table
 
     windows, scores = str(root / f"windows_{rows}"), str(root / f"scores_{rows}")
     base = spark.range(rows).selectExpr(
