@@ -7,10 +7,17 @@ checkpoint's tensors) -> layer N's input RMSNorm (the model's eps) -> q_proj, k_
 -> heads -> RoPE as the config says -> per query head the tail sums of the causal softmax
 (``tail_attention_sums``, or the Triton kernel on CUDA) -> proportion and variance per head ->
 their means over heads. Nothing else of the model is read or run.
+
+Kernels (``kernel=``): ``torch`` (blockwise torch sums after the torch projections, the CPU
+path), ``triton`` (the same projections, the fused Triton sums kernel), ``fused`` (Triton
+RMSNorm, one GEMM for q and k, a Triton RoPE pass, then the Triton sums: ``fused.py``) and
+``auto`` (on CUDA ``fused`` when it is available and its self-check passes, else ``triton``,
+else ``torch``, each fallback noted in ``kernel_note``; on the CPU ``torch``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -48,7 +55,13 @@ from longattn_spark.scorers.longattn.rope import (
 )
 
 MIN_SEQ_LEN = 8
-KERNELS = ("auto", "torch", "triton")
+KERNELS = ("auto", "torch", "triton", "fused")
+_SELF_CHECK_TOKENS = 64
+_SELF_CHECK_MIN_DISTANCE = 16
+_SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+"""Largest difference allowed between the fused path's and the torch path's rotated q/k on
+the self-check probe, relative to the largest |value| (16-bit: a few units in the last
+place of the largest value; a wrong rotation or projection moves values by O(1))."""
 _PROJECTION_CHUNK_ELEMENTS = 1 << 24
 """Hidden-state elements per projection chunk: embedding, norm, q/k projection and RoPE run
 over chunks of positions, so their temporaries stay ~64 MiB whatever the window length."""
@@ -151,9 +164,21 @@ class Layer0Scorer:
         self.n_kv_heads = int(self.config.num_key_value_heads)
         self.rope = RotaryEmbedding(self.config, checkpoint.model_type, self.device)
         self._kernel_requested = kernel
-        self._triton_sums, self.kernel_note = resolve_triton_kernel(kernel, self.device)
+        self._triton_sums, self.kernel_note = resolve_triton_kernel(
+            "triton" if kernel == "fused" else kernel, self.device, requested=kernel)
         self.kernel = "torch" if self._triton_sums is None else "triton"
+        self._fused: Any = None
+        if kernel in ("fused", "auto") and self._triton_sums is not None:
+            self._fused, why_not = self._fused_candidate()
+            if why_not:
+                self._refuse_fused(why_not)
         self._load_weights()
+        if self._fused is not None:
+            why_not = self._fused_self_check()
+            if why_not:
+                self._refuse_fused(why_not)
+            else:
+                self.kernel = "fused"
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -200,7 +225,90 @@ class Layer0Scorer:
             else None
         self._k_bias = tensors["k_proj.bias"].to(**on_device) if "k_proj.bias" in tensors \
             else None
+        if self._fused is not None:
+            self._build_fused_weights()
         self._lower_layers = [] if self.device.type == "meta" else self._build_lower_layers()
+
+    # ---- the fused path (kernel "fused", or "auto" on CUDA) ---------------------------
+
+    def _fused_candidate(self) -> tuple[bool | None, str | None]:
+        """(True, None) when the fused path may run for this model, else (None, why not)."""
+        from longattn_spark.scorers.longattn.fused import fused_unavailable_reason
+
+        cos, _ = self.rope.cos_sin(1, torch.float32, self.device)
+        why_not = fused_unavailable_reason(self.head_dim, int(cos.shape[-1]), self.dtype)
+        return (None, why_not) if why_not else (True, None)
+
+    def _refuse_fused(self, why_not: str) -> None:
+        """kernel "fused": a one-line error; "auto": the Triton sums kernel after the torch
+        projections, noted (a loud fallback: the score job counts and prints it)."""
+        if self._kernel_requested == "fused":
+            raise InputError(f"kernel 'fused' cannot score with {self.checkpoint.path}: "
+                             f"{why_not}")
+        self._fused = None
+        self.kernel = "triton" if self._triton_sums is not None else "torch"
+        self.kernel_note = f"fused path not used ({why_not}); {self.kernel} kernel used"
+
+    def _build_fused_weights(self) -> None:
+        """q_proj and k_proj as one ``[(Hq + Hkv) * D, hidden]`` tensor for the one GEMM; the
+        torch path's weights become views of it (nothing stored twice)."""
+        from longattn_spark.scorers.longattn.fused import FusedProjection
+
+        split = self.n_query_heads * self.head_dim
+        weight = torch.cat([self._q_weight, self._k_weight])
+        self._q_weight, self._k_weight = weight[:split], weight[split:]
+        bias = None
+        if self._q_bias is not None or self._k_bias is not None:
+            q_bias = self._q_bias if self._q_bias is not None else \
+                torch.zeros(split, dtype=self.dtype, device=self.device)
+            k_bias = self._k_bias if self._k_bias is not None else \
+                torch.zeros(weight.shape[0] - split, dtype=self.dtype, device=self.device)
+            bias = torch.cat([q_bias, k_bias])
+            self._q_bias = bias[:split] if self._q_bias is not None else None
+            self._k_bias = bias[split:] if self._k_bias is not None else None
+        self._fused = FusedProjection(
+            norm_weight=self._norm.weight.detach(), eps=float(self._norm.variance_epsilon),
+            qk_weight=weight, qk_bias=bias, n_q_heads=self.n_query_heads,
+            n_kv_heads=self.n_kv_heads, head_dim=self.head_dim)
+
+    def fused_query_key(self, ids: torch.Tensor, min_distance: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused path's rotated ``q [B, Hq, L, D]`` (rows below ``min_distance`` zero:
+        the sums never read them) and ``k [B, Hkv, L, D]`` for checked ids on this device."""
+        if self._fused is None or self._fused is True:
+            raise InputError(f"the fused path is not active for this scorer (kernel "
+                             f"{self.kernel}; {self.kernel_note or 'not requested'})")
+        seq_len = ids.shape[1]
+        cos, sin = self.rope.cos_sin(seq_len, self.dtype, self.device)
+        if self._lower_layers:
+            return self._fused.query_key(cos, sin, min_distance,
+                                         hidden=self._hidden_below(ids, cos, sin))
+        return self._fused.query_key(cos, sin, min_distance, ids=ids, embed=self._embed)
+
+    def _fused_self_check(self) -> str | None:
+        """None when the fused path's rotated q/k equal the torch path's on a short seeded
+        probe (within ``_SELF_CHECK_TOLERANCE``), else why not: the fused path is used only
+        where it gives this model's numbers."""
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.vocab_size, (1, _SELF_CHECK_TOKENS), generator=generator)
+        ids = ids.to(self.device)
+        k0 = _SELF_CHECK_MIN_DISTANCE
+        try:
+            with torch.inference_mode():
+                want_q, want_k = self.rotated_query_key(ids)
+                got_q, got_k = self.fused_query_key(ids, k0)
+        except _fused_errors() as exc:
+            return f"{type(exc).__name__}: {_first_line(exc)}"
+        limit = _SELF_CHECK_TOLERANCE[self.dtype]
+        for name, got, want in (("q", got_q[:, :, k0:], want_q[:, :, k0:]),
+                                ("k", got_k, want_k)):
+            want = want.float()
+            scale = float(want.abs().max()) or 1.0
+            gap = float((got.float() - want).abs().max()) / scale
+            if not gap <= limit:
+                return (f"self-check: its rotated {name} differs from the torch path's by "
+                        f"{gap:.2e} of the largest value (limit {limit:g})")
+        return None
 
     def _build_lower_layers(self) -> list[torch.nn.Module]:
         """Layers 0 .. N-1: transformers' decoder-layer modules of the model type, SDPA
@@ -314,7 +422,7 @@ class Layer0Scorer:
         min_distance = self._checked_min_distance(seq_len)
         self._check_sliding_window(seq_len)
         with torch.inference_mode():
-            q, k = self.rotated_query_key(ids)
+            q, k = self._query_key(ids, min_distance)
             sum_p, sum_p2 = self._tail_sums(q, k, min_distance)
             ds_heads, var_heads = ds_and_variance(sum_p, sum_p2, seq_len)
         ds_heads = ds_heads.cpu().numpy()
@@ -322,6 +430,23 @@ class Layer0Scorer:
         return ScoreOutput(ds=ds_heads.mean(axis=1), variance=var_heads.mean(axis=1),
                            ds_heads=ds_heads, var_heads=var_heads, seq_len=seq_len,
                            min_distance=min_distance)
+
+    def _query_key(self, ids: torch.Tensor, min_distance: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated q, k by the fused path when it is active, else by the torch path. With
+        kernel="auto", a fused launch the kernels refuse (ValueError, a Triton compile or
+        resource error) switches this scorer to the Triton sums after the torch projections
+        for good, noted in kernel_note; CUDA running out of memory is never caught here."""
+        if self._fused is not None:
+            try:
+                return self.fused_query_key(ids, min_distance)
+            except _fused_errors() as exc:
+                why = f"{type(exc).__name__}: {_first_line(exc)}"
+                if self._kernel_requested == "fused":
+                    raise InputError(f"kernel 'fused' cannot score these inputs: {why}") \
+                        from exc
+                self._refuse_fused(f"refused the inputs: {why}")
+        return self.rotated_query_key(ids)
 
     def _tail_sums(self, q: torch.Tensor, k: torch.Tensor,
                    min_distance: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,10 +459,10 @@ class Layer0Scorer:
             try:
                 return self._triton_sums(q, k, min_distance, scale=scale)
             except ValueError as exc:
-                if self._kernel_requested == "triton":
-                    raise InputError(f"kernel 'triton' cannot score these inputs: {exc}") \
-                        from exc
-                self._triton_sums, self.kernel = None, "torch"
+                if self._kernel_requested in ("triton", "fused"):
+                    raise InputError(f"kernel '{self._kernel_requested}' cannot score these "
+                                     f"inputs: {exc}") from exc
+                self._triton_sums, self._fused, self.kernel = None, None, "torch"
                 self.kernel_note = f"triton refused the inputs ({exc}); torch kernel used"
         return tail_attention_sums(q, k, min_distance, scale=scale, block_size=self.block_size)
 
@@ -445,21 +570,26 @@ def layer_sliding_window(config: Any, model_type: str, layer: int = 0) -> int | 
 
 
 
-def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | None, str]:
+def resolve_triton_kernel(kernel: str, device: torch.device, requested: str | None = None
+                          ) -> tuple[SumsFn | None, str]:
     """(the Triton sums function or None for the torch kernel, a note on the choice).
 
     ``torch``: never Triton. ``auto``: Triton on CUDA when
     ``longattn_spark.scorers.longattn.triton_sums`` imports and says it can run, else torch
     (the reason goes in the note).
-    ``triton``: Triton or an error; on the CPU only under ``TRITON_INTERPRET=1``."""
-    if kernel not in KERNELS:
-        raise InputError(f"kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+    ``triton``: Triton or an error; on the CPU only under ``TRITON_INTERPRET=1``.
+    ``requested``: the kernel the caller was asked for, named in the errors (``fused`` needs
+    the Triton sums as ``triton`` does)."""
+    for name in (kernel, requested):
+        if name is not None and name not in KERNELS:
+            raise InputError(f"kernel {name!r} is not one of {', '.join(KERNELS)}")
+    named = requested or kernel
     if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
         return None, ""
     if kernel == "triton" and device.type != "cuda" and \
             os.environ.get("TRITON_INTERPRET") != "1":
-        raise InputError("kernel 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run "
-                         "it slowly on the CPU)")
+        raise InputError(f"kernel '{named}' needs a CUDA device (or TRITON_INTERPRET=1 to run "
+                         f"it slowly on the CPU)")
     try:
         module = importlib.import_module("longattn_spark.scorers.longattn.triton_sums")
         function = module.tail_attention_sums_triton
@@ -469,16 +599,36 @@ def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | N
             usable = getattr(module, "triton", True) is not None
     except Exception as exc:  # noqa: BLE001 - a broken triton install fails in many ways
         if kernel == "triton":
-            raise InputError(f"kernel 'triton' was requested but longattn_spark.scorers."
+            raise InputError(f"kernel '{named}' was requested but longattn_spark.scorers."
                              f"longattn.triton_sums cannot be imported ({type(exc).__name__}: "
                              f"{exc})") from None
         return None, f"triton unavailable ({type(exc).__name__}: {exc}); torch kernel used"
     if not usable:
         if kernel == "triton":
-            raise InputError("kernel 'triton' was requested but triton is not installed or "
-                             "cannot run on this machine")
+            raise InputError(f"kernel '{named}' was requested but triton is not installed or "
+                             f"cannot run on this machine")
         return None, "triton cannot run on this machine; torch kernel used"
     return function, ""
+
+
+def _fused_errors() -> tuple[type[BaseException], ...]:
+    """What a fused launch raises when the kernels refuse the inputs or cannot be built for
+    them (never torch.cuda.OutOfMemoryError: running out of memory has its own message)."""
+    errors: list[type[BaseException]] = [ValueError]
+    with contextlib.suppress(ImportError):
+        from triton.compiler.errors import CompilationError
+
+        errors.append(CompilationError)
+    with contextlib.suppress(ImportError):
+        from triton.runtime.errors import OutOfResources
+
+        errors.append(OutOfResources)
+    return tuple(errors)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _bos_token_id(checkpoint: Layer0Checkpoint) -> int | None:
