@@ -68,6 +68,7 @@ from longattn_spark.score.plan import (
 )
 from longattn_spark.score.summary import Progress, ScoreSummary, count_runs, print_summary
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
+from longattn_spark.scorers.positions import extrapolation_note, trained_positions
 from longattn_spark.scorers.runtime import RUN_FIELDS, ArrowFn, score_batches, udf_schema
 from longattn_spark.session import (
     arrow_batch_rows,
@@ -135,6 +136,9 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
     ensure_table(spark, scores_ref, SCORES)
     ensure_table(spark, rejects_ref, SCORE_REJECTS)
     record = _scorer_record(spark, scores_ref, method, plan, cfg, location)
+    summary.position_note = record.get("positions_note") or ""
+    if summary.position_note:
+        print(f"warning: {summary.position_note}", flush=True)
     property_key = f"longattn.scorer.{scorer_id}"
     set_properties(spark, scores_ref, {property_key: json.dumps(record, sort_keys=True)})
     executors_seen = {_run_key(e) for e in record["executors"]}
@@ -244,7 +248,10 @@ def _scorer_record(spark: SparkSession, scores_ref: TableRef, method: ScorerMeth
         tokenizer["check"] = "mismatch_allowed"
     executors = earlier.get("executors") if isinstance(earlier.get("executors"), list) else []
     plugin = {"method_plugin": cfg.method} if cfg.method != method.name else {}
-    return {**summary, **plugin, "method": method.name, "scorer_id": scorer_id,
+    trained = trained_positions(plan.describe)
+    positions = {"trained_positions": trained, "positions_note": extrapolation_note(
+        trained, plan.seq_len, method=method.name, rope_theta=cfg.rope_theta or None)}
+    return {**summary, **plugin, **positions, "method": method.name, "scorer_id": scorer_id,
             "seq_len": plan.seq_len, "min_distance": plan.min_distance, "model": cfg.model,
             "model_folder": location.folder,
             "requested": {"device": cfg.device, "kernel": cfg.kernel, "dtype": cfg.dtype},

@@ -401,6 +401,7 @@ class Layer0Scorer:
             "n_kv_heads": self.n_kv_heads,
             "head_dim": self.head_dim,
             "rms_norm_eps": float(self.config.rms_norm_eps),
+            "max_position_embeddings": int(self.config.max_position_embeddings),
             "rope_parameters": self.rope.parameters,
             "rope_theta_override": self.rope_theta,
             "min_distance": "L//4" if self.min_distance is None else self.min_distance,
