@@ -62,7 +62,16 @@ _CHUNK_ELEMENTS_CUDA = 1 << 27
 bfloat16): large enough for cuBLAS to run the GEMM at full rate (about 14,500 positions of
 the 8B shape per chunk), small enough that the temporaries stay well below q and k."""
 _CHUNK_ELEMENTS_CPU = 1 << 22
-_BLOCK_POSITIONS = 64
+_BLOCK_POSITIONS = 32
+"""Positions per program of the RoPE pass (x, its partner half, cos and sin tiles of
+BLOCK_POSITIONS x D stay in registers: compiled for sm_90 without spills, see
+tests/test_fused_layer0.py)."""
+_ROPE_WARPS = 4
+
+
+def _norm_warps(hidden_size: int) -> int:
+    """Warps of the RMSNorm kernel: one row of up to 8192 float32 values in registers."""
+    return 4 if hidden_size <= 2048 else 8
 
 
 def fused_unavailable_reason(head_dim: int, rope_width: int, dtype: torch.dtype) -> str | None:
@@ -123,7 +132,7 @@ if triton is not None:
         first = q_from * (head < n_q_heads).to(tl.int64)  # key heads: every position
         ok = (rows < n_rows) & (pos >= first)
         d = tl.arange(0, HEAD_DIM)
-        half: tl.constexpr = HEAD_DIM // 2
+        half = HEAD_DIM // 2
         partner = (d + half) % HEAD_DIM
         base = X + rows[:, None].to(tl.int64) * stride_xr + head * HEAD_DIM
         x = tl.load(base + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
@@ -197,7 +206,7 @@ class FusedProjection:
             _let_interpreter_run_on_numpy_2_4()
         k_weight = self.qk_weight[hq * d:]
         k_bias = None if self.qk_bias is None else self.qk_bias[hq * d:]
-        norm_warps = 4 if hidden_size <= 2048 else 8
+        norm_warps = _norm_warps(hidden_size)
         block_cols = triton.next_power_of_2(hidden_size)
         sixteen_bit = dtype != torch.float32
         with torch.cuda.device(device) if on_cuda else contextlib.nullcontext():
@@ -235,7 +244,7 @@ class FusedProjection:
                         projected, cos, sin, q[b], k[b], projected.stride(0), cos.stride(0),
                         q.stride(1), q.stride(2), k.stride(1), k.stride(2), n, c0, q_from, hq,
                         HEAD_DIM=d, BLOCK_P=_BLOCK_POSITIONS, ROUND=sixteen_bit,
-                        num_warps=4, enable_fp_fusion=False)
+                        num_warps=_ROPE_WARPS, enable_fp_fusion=False)
                     del projected
         if q_from:
             q[:, :, :q_from].zero_()

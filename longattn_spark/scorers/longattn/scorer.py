@@ -164,8 +164,13 @@ class Layer0Scorer:
         self.n_kv_heads = int(self.config.num_key_value_heads)
         self.rope = RotaryEmbedding(self.config, checkpoint.model_type, self.device)
         self._kernel_requested = kernel
-        self._triton_sums, self.kernel_note = resolve_triton_kernel(
-            "triton" if kernel == "fused" else kernel, self.device, requested=kernel)
+        try:  # the fused path needs the Triton sums as kernel "triton" does
+            self._triton_sums, self.kernel_note = resolve_triton_kernel(
+                "triton" if kernel == "fused" else kernel, self.device)
+        except InputError as exc:
+            if kernel != "fused":
+                raise
+            raise InputError(str(exc).replace("kernel 'triton'", "kernel 'fused'")) from None
         self.kernel = "torch" if self._triton_sums is None else "triton"
         self._fused: Any = None
         if kernel in ("fused", "auto") and self._triton_sums is not None:
@@ -571,26 +576,21 @@ def layer_sliding_window(config: Any, model_type: str, layer: int = 0) -> int | 
 
 
 
-def resolve_triton_kernel(kernel: str, device: torch.device, requested: str | None = None
-                          ) -> tuple[SumsFn | None, str]:
+def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | None, str]:
     """(the Triton sums function or None for the torch kernel, a note on the choice).
 
     ``torch``: never Triton. ``auto``: Triton on CUDA when
     ``longattn_spark.scorers.longattn.triton_sums`` imports and says it can run, else torch
     (the reason goes in the note).
-    ``triton``: Triton or an error; on the CPU only under ``TRITON_INTERPRET=1``.
-    ``requested``: the kernel the caller was asked for, named in the errors (``fused`` needs
-    the Triton sums as ``triton`` does)."""
-    for name in (kernel, requested):
-        if name is not None and name not in KERNELS:
-            raise InputError(f"kernel {name!r} is not one of {', '.join(KERNELS)}")
-    named = requested or kernel
+    ``triton``: Triton or an error; on the CPU only under ``TRITON_INTERPRET=1``."""
+    if kernel not in KERNELS:
+        raise InputError(f"kernel {kernel!r} is not one of {', '.join(KERNELS)}")
     if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
         return None, ""
     if kernel == "triton" and device.type != "cuda" and \
             os.environ.get("TRITON_INTERPRET") != "1":
-        raise InputError(f"kernel '{named}' needs a CUDA device (or TRITON_INTERPRET=1 to run "
-                         f"it slowly on the CPU)")
+        raise InputError("kernel 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run "
+                         "it slowly on the CPU)")
     try:
         module = importlib.import_module("longattn_spark.scorers.longattn.triton_sums")
         function = module.tail_attention_sums_triton
@@ -600,14 +600,14 @@ def resolve_triton_kernel(kernel: str, device: torch.device, requested: str | No
             usable = getattr(module, "triton", True) is not None
     except Exception as exc:  # noqa: BLE001 - a broken triton install fails in many ways
         if kernel == "triton":
-            raise InputError(f"kernel '{named}' was requested but longattn_spark.scorers."
+            raise InputError(f"kernel 'triton' was requested but longattn_spark.scorers."
                              f"longattn.triton_sums cannot be imported ({type(exc).__name__}: "
                              f"{exc})") from None
         return None, f"triton unavailable ({type(exc).__name__}: {exc}); torch kernel used"
     if not usable:
         if kernel == "triton":
-            raise InputError(f"kernel '{named}' was requested but triton is not installed or "
-                             f"cannot run on this machine")
+            raise InputError("kernel 'triton' was requested but triton is not installed or "
+                             "cannot run on this machine")
         return None, "triton cannot run on this machine; torch kernel used"
     return function, ""
 
