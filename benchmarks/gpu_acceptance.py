@@ -717,8 +717,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lm-windows", default="8192:4,32768:1",
                         help="whole-LM windows as W:batch, comma separated")
     parser.add_argument("--probe-window", type=int, default=8192)
-    parser.add_argument("--probe-per-category", type=int, default=8)
-    parser.add_argument("--probe-batch", type=int, default=4)
+    parser.add_argument("--probe-per-category", type=int, default=200,
+                        help="natural windows per category (2 categories; the CPU figure's "
+                        "size)")
+    parser.add_argument("--probe-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-torch-baseline", action="store_true",
                         help="skip the blockwise torch path's end-to-end time")
