@@ -47,7 +47,6 @@ import argparse
 import hashlib
 import importlib.abc
 import json
-import math
 import os
 import statistics
 import subprocess

@@ -21,7 +21,7 @@ from longattn_spark.ingest import ingest
 from longattn_spark.ingest.tokenize import load_tokenizer_spec
 from longattn_spark.scorers.positions import extrapolation_note, trained_positions
 from longattn_spark.scorers.runtime import oom_message
-from longattn_spark.tables import table_properties, TableRef
+from longattn_spark.tables import TableRef, table_properties
 
 W = 64
 TRAINED = 32
