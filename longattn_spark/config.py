@@ -102,7 +102,10 @@ class ScoreConfig:
     batch_size: int = _opt(1, "windows per scorer call")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     rope_theta: float = _opt(0.0, "override the model's rope_theta (0: the model's own)")
-    kernel: str = _opt("auto", "attention sums kernel", choices=("auto", "triton", "torch"))
+    kernel: str = _opt("auto", "layer-N kernel: auto (on CUDA fused when it passes its "
+                       "self-check, else triton, else torch), fused (Triton RMSNorm, one q/k "
+                       "GEMM, Triton RoPE, Triton sums), triton (torch projections, Triton "
+                       "sums), torch", choices=("auto", "fused", "triton", "torch"))
     files_per_batch: int = _opt(8, "windows-table files per committed micro-batch "
                                 "(resume granularity)")
     allow_pickle: bool = _opt(False, "allow loading pickled .bin checkpoints (unsafe)")

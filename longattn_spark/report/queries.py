@@ -80,6 +80,8 @@ def resolve_report_inputs(spark, cfg: ReportConfig) -> ReportInputs:
     scorer_id = choose_scorer(requested, scorers, str(scores))
     info = parse_scorer_property(table_properties(spark, scores), scorer_id)
     notes: list[str] = []
+    if info.get("positions_note"):  # recorded by the score job (scorers/positions.py)
+        notes.append(f"Scored past the model's trained context: {info['positions_note']}.")
     selection_id, params, built_on = None, {}, None
     if selection_view is None:
         notes.append(f"No selection table at {selection}: run `longattn-spark select` to see "

@@ -99,6 +99,9 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
     ensure_table(spark, tables.scores, SCORES)
     ensure_table(spark, tables.rejects, SCORE_REJECTS)
     record = ScorerRecord.written(spark, tables.scores, method, plan, cfg, location)
+    summary.position_note = record.record.get("positions_note") or ""
+    if summary.position_note:
+        print(f"warning: {summary.position_note}", flush=True)
     done_before = _scored_count(spark, tables.scores, plan.scorer_id)
     profile = gpu_resource_profile(spark, cfg.task_gpus)
     started = time.perf_counter()

@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 from longattn_spark.config import ScoreConfig
 from longattn_spark.scorers.base import MethodPlan, ScorerMethod
 from longattn_spark.scorers.executor import RUN_FIELDS
+from longattn_spark.scorers.positions import extrapolation_note, trained_positions
 from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tables.writes import set_properties
 from longattn_spark.weights.location import ModelLocation
@@ -82,7 +83,10 @@ def scorer_record(spark: SparkSession, scores_ref: TableRef, method: ScorerMetho
         tokenizer["check"] = "mismatch_allowed"
     executors = earlier.get("executors") if isinstance(earlier.get("executors"), list) else []
     plugin = {"method_plugin": cfg.method} if cfg.method != method.name else {}
-    return {**summary, **plugin, "method": method.name, "scorer_id": scorer_id,
+    trained = trained_positions(plan.describe)
+    positions = {"trained_positions": trained, "positions_note": extrapolation_note(
+        trained, plan.seq_len, method=method.name, rope_theta=cfg.rope_theta or None)}
+    return {**summary, **plugin, **positions, "method": method.name, "scorer_id": scorer_id,
             "seq_len": plan.seq_len, "min_distance": plan.min_distance, "model": cfg.model,
             "model_folder": location.folder,
             "requested": {"device": cfg.device, "kernel": cfg.kernel, "dtype": cfg.dtype},

@@ -26,6 +26,8 @@ class ScoreSummary:
     fallback_notes: list[str] = field(default_factory=list)
     #: the tokenizer check: match, mismatch allowed, or no tokenizer in the model folder
     tokenizer_check: str = ""
+    #: L runs past the positions the model was trained on (scorers.positions), else ""
+    position_note: str = ""
 
     @property
     def windows_per_second(self) -> float:
@@ -89,6 +91,8 @@ def print_summary(summary: ScoreSummary, cfg: ScoreConfig) -> None:
         *[(f"  {reason}", f"{n:,}") for reason, n in sorted(summary.rejected.items())],
         ("commits", f"{summary.micro_batches}"),
         ("tokenizer", summary.tokenizer_check or "-"),
+        *([("positions", f"WARNING: {summary.position_note}")] if summary.position_note
+          else []),
         ("ran on the executors", ", ".join(f"{name}: {n:,}" for name, n in
                                            sorted(summary.ran.items())) or "-"),
         ("kernel fallbacks (windows)", f"{summary.kernel_fallbacks:,}"

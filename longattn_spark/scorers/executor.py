@@ -139,11 +139,17 @@ def cached_scorer(method: ScorerMethod, settings: Any, device: str) -> Any:
 
 
 def oom_message(batch_size: int, seq_len: int | None, device: str, exc: Exception,
-                method: str = "") -> str:
-    """The one line CUDA running out of memory gets: the settings to lower."""
+                method: str = "", loading: bool = False) -> str:
+    """The one line CUDA running out of memory gets: the settings to lower. ``loading``:
+    the model itself (and its first check) did not fit, before any window was scored."""
     length = f" of --seq-len {seq_len}" if seq_len else ""
     using = f" with --method {method}" if method else ""
     lower = " (or --seq-len)" if seq_len else ""
+    if loading:
+        return (f"CUDA out of memory on {device} loading the model{using}, before scoring "
+                f"--batch-size {batch_size} windows{length}: the model does not fit this "
+                f"GPU's free memory; use a GPU with more memory or a 16-bit --dtype. "
+                f"({str(exc)[:200]})")
     return (f"CUDA out of memory on {device} scoring --batch-size {batch_size} windows{length}"
             f"{using}: lower --batch-size{lower}. ({str(exc)[:200]})")
 
@@ -208,13 +214,19 @@ def score_batches(method_spec: str, settings: Any, batch_size: int) -> ArrowFn:
     name or ``package.module:attr``, resolved again in the worker)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
         from longattn_spark.scorers import get_method
 
         method = get_method(method_spec)
         run_settings_: RunSettings = settings.run
         device = task_device(run_settings_.device, run_settings_.dtype_for_gpu,
                              run_settings_.dtype)
-        scorer = cached_scorer(method, settings, device)
+        try:
+            scorer = cached_scorer(method, settings, device)
+        except torch.cuda.OutOfMemoryError as exc:  # the model (or its self-check) too large
+            raise MemoryError(oom_message(batch_size, getattr(settings, "seq_len", None),
+                                          device, exc, method.name, loading=True)) from None
         for batch in batches:
             yield score_record_batch(batch, method, scorer, settings, batch_size)
 

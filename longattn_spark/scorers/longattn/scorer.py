@@ -7,15 +7,15 @@ checkpoint's tensors) -> layer N's input RMSNorm (the model's eps) -> q_proj, k_
 -> heads -> RoPE as the config says -> per query head the tail sums of the causal softmax
 (``tail_attention_sums``, or the Triton kernel on CUDA) -> proportion and variance per head ->
 their means over heads. Nothing else of the model is read or run.
+
+Kernels (``kernel=``: ``torch``, ``triton``, ``fused``, ``auto``), their choice and their
+fallbacks: ``kernels.py``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from longattn_spark.scorers.longattn.attention_sums import (
     DEFAULT_BLOCK_SIZE,
     MATH_VERSION,
     ds_and_variance,
-    tail_attention_sums,
 )
 from longattn_spark.scorers.longattn.checkpoint import (
     SUPPORTED_MODEL_TYPES,
@@ -40,6 +39,7 @@ from longattn_spark.scorers.longattn.checkpoint import (
     config_head_dim,
     load_layer0_checkpoint,
 )
+from longattn_spark.scorers.longattn.kernels import KernelPaths, resolve_triton_kernel
 from longattn_spark.scorers.longattn.rope import (
     RotaryEmbedding,
     config_with_rope_theta,
@@ -49,12 +49,9 @@ from longattn_spark.scorers.model_input import windows_with_bos
 from longattn_spark.weights.configs import bos_token_id
 
 MIN_SEQ_LEN = 8
-KERNELS = ("auto", "torch", "triton")
 _PROJECTION_CHUNK_ELEMENTS = 1 << 24
 """Hidden-state elements per projection chunk: embedding, norm, q/k projection and RoPE run
 over chunks of positions, so their temporaries stay ~64 MiB whatever the window length."""
-
-SumsFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,7 @@ def _windows_as_rows(window_ids: Any) -> list[torch.Tensor]:
     return rows
 
 
-class Layer0Scorer:
+class Layer0Scorer(KernelPaths):
     """Scores windows with one model's attention at layer N (see the module docstring).
 
     ``scorer_id`` identifies what this scorer computes with the sequence length left to the
@@ -146,9 +143,26 @@ class Layer0Scorer:
         self.n_kv_heads = int(self.config.num_key_value_heads)
         self.rope = RotaryEmbedding(self.config, checkpoint.model_type, self.device)
         self._kernel_requested = kernel
-        self._triton_sums, self.kernel_note = resolve_triton_kernel(kernel, self.device)
+        try:  # the fused path needs the Triton sums as kernel "triton" does
+            self._triton_sums, self.kernel_note = resolve_triton_kernel(
+                "triton" if kernel == "fused" else kernel, self.device)
+        except InputError as exc:
+            if kernel != "fused":
+                raise
+            raise InputError(str(exc).replace("kernel 'triton'", "kernel 'fused'")) from None
         self.kernel = "torch" if self._triton_sums is None else "triton"
+        self._fused: Any = None
+        if kernel in ("fused", "auto") and self._triton_sums is not None:
+            self._fused, why_not = self._fused_candidate()
+            if why_not:
+                self._refuse_fused(why_not)
         self._load_weights()
+        if self._fused is not None:
+            why_not = self._fused_self_check()
+            if why_not:
+                self._refuse_fused(why_not)
+            else:
+                self.kernel = "fused"
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -195,6 +209,8 @@ class Layer0Scorer:
             else None
         self._k_bias = tensors["k_proj.bias"].to(**on_device) if "k_proj.bias" in tensors \
             else None
+        if self._fused is not None:
+            self._build_fused_weights()
         self._lower_layers = [] if self.device.type == "meta" else self._build_lower_layers()
 
     def _build_lower_layers(self) -> list[torch.nn.Module]:
@@ -288,6 +304,7 @@ class Layer0Scorer:
             "n_kv_heads": self.n_kv_heads,
             "head_dim": self.head_dim,
             "rms_norm_eps": float(self.config.rms_norm_eps),
+            "max_position_embeddings": int(self.config.max_position_embeddings),
             "rope_parameters": self.rope.parameters,
             "rope_theta_override": self.rope_theta,
             "min_distance": "L//4" if self.min_distance is None else self.min_distance,
@@ -309,7 +326,7 @@ class Layer0Scorer:
         min_distance = self._checked_min_distance(seq_len)
         self._check_sliding_window(seq_len)
         with torch.inference_mode():
-            q, k = self.rotated_query_key(ids)
+            q, k = self._query_key(ids, min_distance)
             sum_p, sum_p2 = self._tail_sums(q, k, min_distance)
             ds_heads, var_heads = ds_and_variance(sum_p, sum_p2, seq_len)
         ds_heads = ds_heads.cpu().numpy()
@@ -317,24 +334,6 @@ class Layer0Scorer:
         return ScoreOutput(ds=ds_heads.mean(axis=1), variance=var_heads.mean(axis=1),
                            ds_heads=ds_heads, var_heads=var_heads, seq_len=seq_len,
                            min_distance=min_distance)
-
-    def _tail_sums(self, q: torch.Tensor, k: torch.Tensor,
-                   min_distance: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ_R P and Σ_R P² per head: the Triton kernel when selected, else the torch one.
-
-        With kernel="auto", inputs the kernel rejects (ValueError, e.g. a head dim it has no
-        tiles for) switch this scorer to the torch kernel for good, noted in kernel_note."""
-        scale = self.head_dim ** -0.5
-        if self._triton_sums is not None:
-            try:
-                return self._triton_sums(q, k, min_distance, scale=scale)
-            except ValueError as exc:
-                if self._kernel_requested == "triton":
-                    raise InputError(f"kernel 'triton' cannot score these inputs: {exc}") \
-                        from exc
-                self._triton_sums, self.kernel = None, "torch"
-                self.kernel_note = f"triton refused the inputs ({exc}); torch kernel used"
-        return tail_attention_sums(q, k, min_distance, scale=scale, block_size=self.block_size)
 
     def rotated_query_key(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The scored layer's queries ``[B, Hq, L, D]`` and keys ``[B, Hkv, L, D]`` after
@@ -437,43 +436,6 @@ def layer_sliding_window(config: Any, model_type: str, layer: int = 0) -> int | 
             layer_types[layer] == "sliding_attention":
         return int(window)
     return None
-
-
-
-def resolve_triton_kernel(kernel: str, device: torch.device) -> tuple[SumsFn | None, str]:
-    """(the Triton sums function or None for the torch kernel, a note on the choice).
-
-    ``torch``: never Triton. ``auto``: Triton on CUDA when
-    ``longattn_spark.scorers.longattn.triton_sums`` imports and says it can run, else torch
-    (the reason goes in the note).
-    ``triton``: Triton or an error; on the CPU only under ``TRITON_INTERPRET=1``."""
-    if kernel not in KERNELS:
-        raise InputError(f"kernel {kernel!r} is not one of {', '.join(KERNELS)}")
-    if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
-        return None, ""
-    if kernel == "triton" and device.type != "cuda" and \
-            os.environ.get("TRITON_INTERPRET") != "1":
-        raise InputError("kernel 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run "
-                         "it slowly on the CPU)")
-    try:
-        module = importlib.import_module("longattn_spark.scorers.longattn.triton_sums")
-        function = module.tail_attention_sums_triton
-        if kernel == "auto":
-            usable = getattr(module, "triton_available", lambda: True)()
-        else:
-            usable = getattr(module, "triton", True) is not None
-    except Exception as exc:  # noqa: BLE001 - a broken triton install fails in many ways
-        if kernel == "triton":
-            raise InputError(f"kernel 'triton' was requested but longattn_spark.scorers."
-                             f"longattn.triton_sums cannot be imported ({type(exc).__name__}: "
-                             f"{exc})") from None
-        return None, f"triton unavailable ({type(exc).__name__}: {exc}); torch kernel used"
-    if not usable:
-        if kernel == "triton":
-            raise InputError("kernel 'triton' was requested but triton is not installed or "
-                             "cannot run on this machine")
-        return None, "triton cannot run on this machine; torch kernel used"
-    return function, ""
 
 
 def _bos_token_id(checkpoint: Layer0Checkpoint) -> int | None:

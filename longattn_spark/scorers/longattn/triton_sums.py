@@ -32,9 +32,12 @@ so only the few tiles that straddle the tail boundary or the diagonal pay for ma
 Tiles outside R add nothing to a and b, but a and b still take the exp(m_old - m_new)
 rescale there: they live in the frame of the running max, which any later tile may raise.
 
-Tiles above the diagonal are never visited. Per-row results are reduced to per-(block, head)
-partials in a [num_blocks, B, Hq] float32 buffer that torch sums in float64: deterministic,
-no atomics.
+Tiles above the diagonal are never visited, and neither are the row blocks whose rows are
+all n < min_distance (no key of theirs is in R, so they would add exactly 0: at k = L/4 that
+is 1/16 of the causal cells); query rows n < min_distance are never read, so a caller may
+leave them unset. Per-row results are reduced to per-(block, head) partials in a
+[num_blocks, B, Hq] float32 buffer (num_blocks counts the visited blocks only) that torch
+sums in float64: deterministic, no atomics.
 
 Importing this module never touches a GPU; :func:`triton_available` says whether the
 kernel can run. With ``TRITON_INTERPRET=1`` set before triton is imported, the kernel runs
@@ -220,7 +223,9 @@ if triton is not None:
         16-bit dot with float32 accumulation, for the CPU interpreter, which has no
         bfloat16 dot.
         """
-        block = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows start first
+        # Longest causal rows start first. The grid holds only the blocks with a row at or
+        # past min_distance: rows n < min_distance have no key in R and add exactly 0.
+        block = tl.cdiv(seq_len, BLOCK_M) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // num_kv_heads
         kv_head = pid_bh % num_kv_heads
@@ -230,7 +235,7 @@ if triton is not None:
         group_head = rows // BLOCK_M
         pos = m0 + rows % BLOCK_M
         tail_end = pos - min_distance
-        row_valid = (group_head < n_rep) & (pos < seq_len)
+        row_valid = (group_head < n_rep) & (pos < seq_len) & (pos >= min_distance)
         q_head = (kv_head * n_rep + group_head).to(tl.int64)
         offs_d = tl.arange(0, HEAD_DIM)
         q_ptrs = (Q + b.to(tl.int64) * stride_qb + q_head[:, None] * stride_qh
@@ -277,7 +282,7 @@ if triton is not None:
 
         heads = tl.arange(0, GROUP)
         num_heads = num_kv_heads * n_rep
-        out = (block * batch + b).to(tl.int64) * num_heads + kv_head * n_rep + heads
+        out = (tl.program_id(0) * batch + b).to(tl.int64) * num_heads + kv_head * n_rep + heads
         tl.store(PartP + out, head_p, mask=heads < n_rep)
         tl.store(PartP2 + out, head_p2, mask=heads < n_rep)
 
@@ -333,7 +338,9 @@ def plan_launch(
     if not scale > 0:
         raise ValueError(f"scale must be > 0 (the row max is taken before scaling); got {scale}")
     dot_fp32 = interpreter and q.dtype == torch.bfloat16
-    num_blocks = -(-seq_len // config.block_m)
+    # Only the row blocks holding a query n >= min_distance (the rest add exactly 0).
+    num_blocks = max(1, -(-seq_len // config.block_m) - min(min_distance, seq_len)
+                     // config.block_m)
     part_p = torch.empty(num_blocks, batch, num_heads, dtype=torch.float32, device=q.device)
     part_p2 = torch.empty_like(part_p)
     stride_names = ("stride_{}b", "stride_{}h", "stride_{}n", "stride_{}d")

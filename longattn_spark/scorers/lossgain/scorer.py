@@ -10,6 +10,12 @@ call stacked into one batch of sequences of 2S + 1 tokens (the last block of a w
 shorter; blocks of one length go together, so nothing is padded): about L + 2(L - 2S) tokens
 per window, 2L at S = L/4, with shorter attention spans in the short passes.
 
+GPU path: attention is PyTorch's fused SDPA (transformers' default ``attn_implementation``
+for these models, recorded as ``attn_implementation``: flash / memory-efficient kernels on
+CUDA), the short passes of a call are one gather and one batch per block length (no Python
+loop over blocks on the device), and the per-target losses stay on the device until one
+copy to the host per pass.
+
 Memory: the model's body runs to its last hidden state; the LM head is applied only at the
 positions whose targets the score reads (t in [2S, L)), a chunk of positions at a time,
 log-softmax in float32 and only the target's log-probability kept, so a large vocabulary never
@@ -63,6 +69,9 @@ class LossGainScorer:
         #: sequences of one call hold about this many tokens (at least one batch's full pass)
         self.tokens_per_call = int(tokens_per_call or 0)
         self._split: bool | None = None   # body + head == the model's logits (probed once)
+        #: the attention transformers runs ("sdpa": PyTorch's fused attention)
+        self.attn_implementation = str(getattr(getattr(model, "config", None),
+                                               "_attn_implementation", None))
 
     # ---- construction -----------------------------------------------------------------
 
@@ -122,8 +131,10 @@ class LossGainScorer:
         for block_length in sorted({b.length for b in blocks}, reverse=True):
             group = [b for b in blocks if b.length == block_length]
             count = group[0].stop_target - group[0].first_target
-            index = torch.stack([torch.arange(b.start, b.stop, device=inputs.device)
-                                 for b in group])  # [G, len-1]
+            # [G, len-1] gather index of every block of this length, built in one step (no
+            # per-block op on the device)
+            starts = torch.tensor([b.start for b in group], dtype=torch.long)
+            index = (starts[:, None] + torch.arange(block_length - 1)).to(inputs.device)
             passes = torch.cat([torch.full((batch, len(group), 1), self.bos_id,
                                            dtype=torch.long, device=inputs.device),
                                 inputs[:, index]], dim=2).reshape(-1, block_length)
@@ -133,8 +144,12 @@ class LossGainScorer:
                 out[begin:begin + rows] = self._target_losses(
                     passes[begin:begin + rows], first=group[0].first_position, count=count)
             out = out.reshape(batch, len(group), count)
-            for g, b in enumerate(group):
-                short[:, b.first_target:b.stop_target] = out[:, g]
+            first, stop = group[0].first_target, group[-1].stop_target
+            if stop - first == len(group) * count:  # consecutive blocks: one slice
+                short[:, first:stop] = out.reshape(batch, -1)
+            else:
+                for g, b in enumerate(group):
+                    short[:, b.first_target:b.stop_target] = out[:, g]
         return full, short
 
     # ---- model passes -----------------------------------------------------------------
@@ -162,15 +177,16 @@ class LossGainScorer:
         width = int(states.shape[-1]) if head is None else int(
             getattr(head, "out_features", 0) or self.vocab_size)
         step = max(1, self.head_budget_bytes // (12 * width))
-        out = torch.empty(n * count, dtype=torch.float32)
+        # kept on the model's device and copied to the host once (no sync per chunk)
+        out = torch.empty(n * count, dtype=torch.float32, device=flat_states.device)
         for begin in range(0, n * count, step):
             part = flat_states[begin:begin + step]
             logits = (part if head is None else head(part)).float()
             wanted = flat_targets[begin:begin + step]
             picked = logits.gather(1, wanted.unsqueeze(1)).squeeze(1)
-            out[begin:begin + step] = (torch.logsumexp(logits, dim=1) - picked).cpu()
+            out[begin:begin + step] = torch.logsumexp(logits, dim=1) - picked
             del logits
-        return out.view(n, count).numpy()
+        return out.view(n, count).cpu().numpy()
 
     def _use_split(self) -> bool:
         """Once: does body (``base_model``) + LM head give the model's own log-probs on a
