@@ -1,9 +1,14 @@
-"""What several test modules share: counting the Spark jobs an action starts, and the LDS
-computed independently of the product (pandas), as the paper defines it."""
+"""What several test modules share: counting the Spark jobs an action starts, the LDS
+computed independently of the product (pandas), as the paper defines it, and a windows table
+ingested from standard-library modules."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -34,3 +39,25 @@ def lds_reference(frame: pd.DataFrame, alpha: float = 0.5,
     z_ds = (frame["ds"] - per_row[("ds", "mean")]) / per_row[("ds", "std")]
     z_du = (per_row[("variance", "mean")] - frame["variance"]) / per_row[("variance", "std")]
     return z_ds + alpha * z_du
+
+
+def ingest_stdlib_modules(spark, root: Path, tokenizer_dir: Path, modules: Sequence[str], *,
+                          window_size: int, chars: int, categories: Sequence[str] = ("code",)):
+    """Standard-library modules as documents (the first ``chars`` characters of each, in
+    category ``categories[i % len(categories)]``), ingested for real into ``root/windows``
+    as windows of ``window_size`` tokens: (the table's path, the ingest summary)."""
+    from longattn_spark.config import IngestConfig
+    from longattn_spark.ingest import ingest
+    from longattn_spark.tokenizer import load_tokenizer_spec
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    source = root / "docs.jsonl"
+    with source.open("w") as f:
+        for i, name in enumerate(modules):
+            f.write(json.dumps({"id": name, "text": (stdlib / name).read_text()[:chars],
+                                "category": categories[i % len(categories)]}) + "\n")
+    table = str(root / "windows")
+    summary = ingest(spark, IngestConfig(input=str(source), tokenizer=str(tokenizer_dir),
+                                         window_size=window_size, table=table, partitions=2),
+                     load_tokenizer_spec(tokenizer_dir))
+    return table, summary

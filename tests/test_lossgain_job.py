@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from longattn_spark.config import IngestConfig, ScoreConfig
+from longattn_spark.config import ScoreConfig
 from longattn_spark.demo.smoke_model import write_smoke_test_model
 from longattn_spark.errors import ConfigError, InputError
-from longattn_spark.ingest import ingest
 from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.score.job import score_windows
 from longattn_spark.scorers.lossgain.scorer import LossGainScorer
 from longattn_spark.select import SelectOptions, select_windows
 from longattn_spark.tables.refs import TableRef, table_properties
-from longattn_spark.tokenizer import load_tokenizer_spec
 
-from helpers import spark_jobs_in
+from helpers import ingest_stdlib_modules, spark_jobs_in
 
 W = 256
 MODULES = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]
@@ -50,17 +47,9 @@ def rows(spark, table: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def windows_table(spark, tmp_path_factory, llama3_tokenizer_dir) -> str:
     """Four standard-library modules in two categories, cut into W = 256 windows."""
-    root = tmp_path_factory.mktemp("lossgain_windows")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    source = root / "docs.jsonl"
-    with source.open("w") as f:
-        for i, name in enumerate(MODULES):
-            f.write(json.dumps({"id": name, "text": (stdlib / name).read_text()[:4000],
-                                "category": "code" if i % 2 else "docs"}) + "\n")
-    table = str(root / "windows")
-    summary = ingest(spark, IngestConfig(input=str(source), tokenizer=str(llama3_tokenizer_dir),
-                                         window_size=W, table=table, partitions=2),
-                     load_tokenizer_spec(llama3_tokenizer_dir))
+    table, summary = ingest_stdlib_modules(
+        spark, tmp_path_factory.mktemp("lossgain_windows"), llama3_tokenizer_dir, MODULES,
+        window_size=W, chars=4000, categories=("docs", "code"))
     assert summary.windows >= 8
     return table
 

@@ -9,19 +9,18 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
-from longattn_spark.config import IngestConfig, ReportConfig, ScoreConfig
+from longattn_spark.config import ReportConfig, ScoreConfig
 from longattn_spark.demo.smoke_model import write_smoke_test_model
-from longattn_spark.ingest import ingest
 from longattn_spark.scorers.executor import oom_message
 from longattn_spark.scorers.positions import extrapolation_note, trained_positions
 from longattn_spark.tables.refs import TableRef, table_properties
-from longattn_spark.tokenizer import load_tokenizer_spec
+
+from helpers import ingest_stdlib_modules
 
 W = 64
 TRAINED = 32
@@ -52,17 +51,9 @@ def test_model_too_large_for_the_gpu_is_one_line_naming_batch_size():
 
 @pytest.fixture(scope="module")
 def windows_table(spark, tmp_path_factory, llama3_tokenizer_dir) -> str:
-    root = tmp_path_factory.mktemp("positions")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    source = root / "docs.jsonl"
-    with source.open("w") as f:
-        for name in ("textwrap.py", "heapq.py"):
-            f.write(json.dumps({"id": name, "text": (stdlib / name).read_text()[:3000],
-                                "category": "code"}) + "\n")
-    table = str(root / "windows")
-    summary = ingest(spark, IngestConfig(input=str(source), tokenizer=str(llama3_tokenizer_dir),
-                                         window_size=W, table=table, partitions=2),
-                     load_tokenizer_spec(llama3_tokenizer_dir))
+    table, summary = ingest_stdlib_modules(
+        spark, tmp_path_factory.mktemp("positions"), llama3_tokenizer_dir,
+        ("textwrap.py", "heapq.py"), window_size=W, chars=3000)
     assert summary.windows >= 4
     return table
 
