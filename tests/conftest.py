@@ -115,6 +115,34 @@ def connect_server(tmp_path_factory):
         assert not left, f"Spark Connect server processes survived the teardown: {left}"
 
 
+BROWSERS = ("chromium", "chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session (per xdist worker that uses it): the
+    system's browser (Debian's ``chromium``: ``apt-get install chromium``) driven by Playwright
+    for Python (the ``test`` extra); Playwright's own browser download is not used. Skips,
+    naming what is missing, without the browser on the PATH or without playwright."""
+    import shutil
+
+    executable = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if executable is None:
+        pytest.skip(f"needs a Chromium browser: neither {' nor '.join(BROWSERS)} is on the "
+                    "PATH (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("needs playwright (pip install playwright, in the test extra) to drive "
+                    f"{executable}")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
 # pytest-xdist (`-n 2 --dist loadgroup` in pyproject.toml) hands out whole groups: a module, or
 # the modules that share the one test cluster, so that each session fixture starts once. A worker
 # takes the next group when its own has two tests left, so handing out the longest groups first
