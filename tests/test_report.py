@@ -162,7 +162,8 @@ def pipeline(spark, tmp_path_factory, llama3_tokenizer_dir) -> Pipeline:
                              "input_ids": ids[start:start + W], "tokenizer": spec.identity})
     windows, scores, selection = (str(root / n) for n in ("windows", "scores", "selection"))
     write_rows(spark, windows, WINDOWS, rows)
-    model = write_smoke_test_model(root / "model", hidden_size=32, num_attention_heads=4,
+    # 12 query heads: the probe's per-head AUC table is wider than a printed page
+    model = write_smoke_test_model(root / "model", hidden_size=96, num_attention_heads=12,
                                    num_key_value_heads=2, num_hidden_layers=1,
                                    intermediate_size=64, dtype="float32")
     score_windows(spark, ScoreConfig(windows=windows, model=str(model), table=scores,
@@ -631,8 +632,8 @@ def section_aucs(page, anchor: str) -> dict[tuple[str, str], tuple[str, str]]:
     return {(c, k): (v, interval) for c, k, v, interval in rows}
 
 
-def test_first_screen_says_what_was_selected_and_each_probes_verdict(spark, pipeline, probed,
-                                                                     render, tmp_path):
+def test_first_screen_says_what_was_selected_and_each_probes_verdict(browser, render, spark,
+                                                                     pipeline, probed, tmp_path):
     shown = render(probed.report, 1280, 800)
     page = shown.page
     page.screenshot(path=str(tmp_path / "probed-1280x800.png"))
@@ -706,7 +707,7 @@ def test_first_screen_says_what_was_selected_and_each_probes_verdict(spark, pipe
     assert abs(page.locator("#probe-2").bounding_box()["y"]) < 2
 
 
-def test_a_phone_renders_it_with_wide_tables_scrolling_in_their_own_box(probed, render,
+def test_a_phone_renders_it_with_wide_tables_scrolling_in_their_own_box(render, probed,
                                                                         tmp_path):
     shown = render(probed.report, 390, 844)
     shown.page.screenshot(path=str(tmp_path / "probed-390x844.png"))
@@ -721,9 +722,8 @@ def test_a_phone_renders_it_with_wide_tables_scrolling_in_their_own_box(probed, 
     assert all(right <= 390 for *_, right in boxes), boxes
 
 
-def test_not_probed_report_says_so_on_its_first_screen_with_the_command(spark, pipeline,
-                                                                        full_report, probed,
-                                                                        render, tmp_path):
+def test_not_probed_report_says_so_on_its_first_screen_with_the_command(render, pipeline,
+                                                                        probed, tmp_path):
     import shlex
 
     from longattn_spark.cli import parse_config
@@ -750,7 +750,7 @@ def test_not_probed_report_says_so_on_its_first_screen_with_the_command(spark, p
                                                     str(pipeline.model), probed.tables[0])
 
 
-def test_it_prints_to_pdf_on_pages_of_readable_width(probed, render, tmp_path):
+def test_it_prints_to_pdf_on_pages_of_readable_width(render, probed, tmp_path):
     """Print media at the A4 page's printable width (210 mm less two 12 mm margins = 703 CSS
     px): nothing wider than the page, rows and plots kept whole; then Chromium's PDF."""
     shown = render(probed.report, 703, 1000)
@@ -765,6 +765,16 @@ def test_it_prints_to_pdf_on_pages_of_readable_width(probed, render, tmp_path):
                        e.scrollWidth])}""")
     assert wide == []
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 703
+    # numbers are never broken across lines: every number cell is one line of text
+    broken = page.evaluate("""() => [...document.querySelectorAll('td[data-stat]')]
+        .filter(td => { const r = document.createRange(); r.selectNodeContents(td);
+                        return r.getClientRects().length > 1 })
+        .map(td => [td.closest('table').id, td.dataset.stat, td.textContent])""")
+    assert broken == []
+    # 12 heads: the per-head AUCs come as two tables of 8 and 4 heads
+    heads = [page.locator(f"#probe-heads{s} tr").first.locator("th").count()
+             for s in ("", "-2")]
+    assert heads == [2 + 16, 2 + 8]
     avoid = page.evaluate("['tr', 'img', '.win', '#summary'].map(s => "
                           "getComputedStyle(document.querySelector(s)).breakInside)")
     assert avoid == ["avoid"] * 4

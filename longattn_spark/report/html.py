@@ -23,11 +23,13 @@ STAT_COLUMNS = (("mean_ds", "mean", "f"), ("sd_ds", "std", "f"), ("min_ds", "min
 
 def number_text(value: float | None, kind: str = "g") -> str:
     """A number as the report's tables show it: ``e`` 3 decimals in scientific notation,
-    ``f`` 4 decimals, else 4 significant digits; a dash for none."""
+    ``f`` 4 decimals (``f2`` 2), else 4 significant digits; a dash for none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if kind == "e":
         return f"{value:.3e}"
+    if kind == "f2":
+        return f"{value:.2f}"
     if kind == "f":
         return f"{value:.4f}"
     return f"{value:.4g}"
