@@ -605,10 +605,21 @@ def assert_renders_cleanly(shown: Rendered, path: Path, plots: set[str]) -> None
     page = shown.page
     assert shown.errors == [] and shown.failed == []
     assert {u for u in shown.requests if not u.startswith("data:")} == {path.as_uri()}
-    images = page.eval_on_selector_all(
-        "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth, e.naturalHeight])")
+    # decoded to the last row: a plot's background is opaque, and a PNG cut short still has
+    # its size (from its header) but leaves its missing rows transparent
+    images = page.evaluate("""() => [...document.images].map(img => {
+        if (!img.complete || !img.naturalWidth) return [img.alt, false, img.naturalWidth, 0];
+        const canvas = document.createElement('canvas');
+        [canvas.width, canvas.height] = [img.naturalWidth, img.naturalHeight];
+        const context = canvas.getContext('2d');
+        context.drawImage(img, 0, 0);
+        const row = context.getImageData(0, canvas.height - 1, canvas.width, 1).data;
+        let opaque = 0;
+        for (let i = 3; i < row.length; i += 4) opaque += row[i] === 255;
+        return [img.alt, true, img.naturalWidth, opaque]})""")
     assert sorted(alt for alt, *_ in images) == sorted(plots)
-    assert all(done and w > 0 and h > 0 for _, done, w, h in images), images
+    assert all(done and width > 0 and opaque == width for _, done, width, opaque in images), \
+        images
     widths = page.evaluate("[document.scrollingElement.scrollWidth, "
                            "document.scrollingElement.clientWidth, window.innerWidth]")
     assert widths[0] <= widths[1] == widths[2], widths
@@ -778,6 +789,8 @@ def test_it_prints_to_pdf_on_pages_of_readable_width(render, probed, tmp_path):
     avoid = page.evaluate("['tr', 'img', '.win', '#summary'].map(s => "
                           "getComputedStyle(document.querySelector(s)).breakInside)")
     assert avoid == ["avoid"] * 4
+    shown_plots = page.eval_on_selector_all("img", "els => els.map(e => e.offsetWidth)")
+    assert len(shown_plots) == 9 and min(shown_plots) > 300, shown_plots
     height = page.evaluate("document.scrollingElement.scrollHeight")
     page.screenshot(path=str(tmp_path / "print-media-top.png"))
     pdf = page.pdf(format="A4", print_background=True, prefer_css_page_size=True)
@@ -786,6 +799,8 @@ def test_it_prints_to_pdf_on_pages_of_readable_width(render, probed, tmp_path):
     pages = len(re.findall(rb"/Type\s*/Page(?!s)", pdf))
     printable = (297 - 24) / 25.4 * 96  # CSS px per page
     assert math.ceil(height / printable) <= pages <= 2 * math.ceil(height / printable) + 2
+    # every plot is in it, as an image of the PDF, and its size is that of its plots and text
+    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) == len(shown_plots)
     images = sum(len(m) * 3 // 4 for m in re.findall(
         r'src="data:image/png;base64,([^"]+)"', probed.report.read_text()))
     assert images // 2 <= len(pdf) <= 20_000_000, (len(pdf), images)
