@@ -727,9 +727,10 @@ def test_a_phone_renders_it_with_wide_tables_scrolling_in_their_own_box(render, 
     assert_renders_cleanly(shown, probed.report, set(PLOTS) | probe_plots(labels))
     boxes = shown.page.eval_on_selector_all(
         ".scroll", "els => els.map(e => [e.querySelector('table').id, e.scrollWidth, "
-        "e.clientWidth, e.getBoundingClientRect().right])")
-    scrolling = [table for table, inner, outer, _ in boxes if inner > outer]
-    assert "score-stats" in scrolling and "summary-probe" in scrolling, boxes
+        "e.clientWidth, getComputedStyle(e).overflowX, e.getBoundingClientRect().right])")
+    wider = [(table, overflow) for table, inner, outer, overflow, _ in boxes if inner > outer]
+    assert {"score-stats", "summary-probe"} <= {table for table, _ in wider}, boxes
+    assert {overflow for _, overflow in wider} == {"auto"}, boxes  # scrolled, not cut off
     assert all(right <= 390 for *_, right in boxes), boxes
 
 
