@@ -490,8 +490,7 @@ def test_verdict_status_agrees_with_the_verdict_line():
 
 
 def test_several_probe_tables_are_comma_separated_each_once():
-    from longattn_spark.report.data import validate_report_config
-    from longattn_spark.report.summary import probe_tables
+    from longattn_spark.report.data import probe_tables, validate_report_config
 
     assert probe_tables("/a/probe") == ["/a/probe"]
     assert probe_tables("/a/p1, /a/p2") == ["/a/p1", "/a/p2"]

@@ -320,6 +320,11 @@ def snippet_note(identity: str | None, source: str | None, window_tokenizers: It
     return f"Decoded with {source} ({identity})."
 
 
+def probe_tables(text: str) -> list[str]:
+    """The tables of ``report --probe T1,T2,...`` (one table: a list of one)."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
 def validate_report_config(cfg: ReportConfig) -> None:
     """Cheap checks before Spark starts; messages name the option."""
     if not cfg.output:
@@ -332,8 +337,8 @@ def validate_report_config(cfg: ReportConfig) -> None:
     if cfg.profile_spacing not in ("log", "linear"):
         raise ConfigError(f"--profile-spacing must be log or linear, got "
                           f"{cfg.profile_spacing!r}")
-    tables = [t.strip() for t in (cfg.probe or "").split(",")]
-    if cfg.probe and (not all(tables) or len(set(tables)) < len(tables)):
+    tables = probe_tables(cfg.probe)
+    if cfg.probe and (len(tables) != cfg.probe.count(",") + 1 or len(set(tables)) < len(tables)):
         raise ConfigError(f"--probe {cfg.probe!r}: give probe tables separated by commas, "
                           "each once")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

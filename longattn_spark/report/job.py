@@ -12,13 +12,14 @@ from longattn_spark.config import LongAttnConfig, ReportConfig
 from longattn_spark.report.data import (
     ReportData,
     ReportInputs,
+    probe_tables,
     profile_howto_command,
     snippet_note,
     validate_report_config,
 )
 from longattn_spark.report.html import render_html
 from longattn_spark.report.profile import window_profile
-from longattn_spark.report.summary import probe_howto_commands, probe_tables
+from longattn_spark.report.summary import probe_howto_commands
 from longattn_spark.report.queries import (
     chosen_selection,
     default_profile_window,

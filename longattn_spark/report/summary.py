@@ -64,7 +64,7 @@ def probe_label(record: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class SelectedLine:
-    """One category of the selection (or the total, ``category`` None and ``total`` True)."""
+    """One category of the selection, or the total (``total`` True, labelled ``all``)."""
 
     label: str
     windows: int
@@ -126,7 +126,7 @@ def probe_anchor(index: int) -> str:
 
 
 def selection_cut(params: Mapping[str, Any]) -> str:
-    """The cut in words: keep-fraction, token budget (with its mix), min-lds, random."""
+    """The cut in words: keep-fraction, token budget (with its mix), min-lds."""
     parts = []
     if params.get("keep_fraction"):
         parts.append(f"the top {float(params['keep_fraction']):.0%} of each category")
@@ -194,11 +194,6 @@ def report_summary(data: ReportData) -> Summary:
         lines=selected_lines(data),
         probes=tuple(probe_verdicts(i, p) for i, p in enumerate(data.probes)),
         probe_command=commands[0], probe_report_command=commands[1])
-
-
-def probe_tables(text: str) -> list[str]:
-    """The tables of ``report --probe T1,T2,...`` (one table: a list of one)."""
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 def probe_howto_commands(inputs: ReportInputs, cfg: Any) -> tuple[str, str]:
