@@ -201,9 +201,10 @@ class ReportConfig:
     bins: int = _opt(40, "histogram bins (computed in Spark)")
     sample_points: int = _opt(2000, "at most this many windows per category in the DS vs "
                               "variance scatter (a hash sample)")
-    probe: str = _opt("", "probe table (longattn-spark probe): adds the probe section (AUCs, "
-                      "per-head AUCs, natural vs control distributions); with --model, the "
-                      "share of far attention going to the first tokens")
+    probe: str = _opt("", "probe table(s) (longattn-spark probe), comma separated: each adds "
+                      "its verdicts to the summary box and a probe section (AUCs, per-head "
+                      "AUCs, natural vs control distributions); with --model, the share of far "
+                      "attention going to the first tokens")
 
 
 @dataclass

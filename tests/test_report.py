@@ -160,7 +160,8 @@ def pipeline(spark, tmp_path_factory, llama3_tokenizer_dir) -> Pipeline:
                              "input_ids": ids[start:start + W], "tokenizer": spec.identity})
     windows, scores, selection = (str(root / n) for n in ("windows", "scores", "selection"))
     write_rows(spark, windows, WINDOWS, rows)
-    model = write_smoke_test_model(root / "model", hidden_size=32, num_attention_heads=4,
+    # 12 query heads: the probe's per-head AUC table is wider than a printed page
+    model = write_smoke_test_model(root / "model", hidden_size=96, num_attention_heads=12,
                                    num_key_value_heads=2, num_hidden_layers=1,
                                    intermediate_size=64, dtype="float32")
     score_windows(spark, ScoreConfig(windows=windows, model=str(model), table=scores,
@@ -431,3 +432,369 @@ def test_report_of_a_real_model_without_selection(spark, two_scorers):
         cell = re.search(rf'<tr data-category="{category}">.*?data-stat="spearman" '
                          r'data-value="([^"]+)"', comparison)
         assert float(cell.group(1)) == pytest.approx(expected, rel=1e-9), category
+
+
+# ------------------------------------------------------------------------------------------
+# The summary box's parts (pure)
+# ------------------------------------------------------------------------------------------
+
+def test_selection_and_probe_labels_name_the_recipe_else_the_scorer_method():
+    from longattn_spark.report.data import ReportInputs
+    from longattn_spark.report.summary import probe_label, selection_label
+
+    def inputs(params, method="longattn", selection_id="sel-1"):
+        return ReportInputs("w", "s", "x", 1, 1, 1, "w", "s", "x", "l0-abc", {}, {"l0-abc": 1},
+                            selection_id, params, (1, 1), scorer_method=method)
+
+    assert selection_label(inputs({"method": "lds"})) == "longattn (LDS)"
+    assert selection_label(inputs({"method": "lds", "normalize": "minmax"})) == \
+        "longattn (LDS, minmax)"
+    assert selection_label(inputs({"method": "lds"}, "prolong")) == "prolong (z(score))"
+    assert selection_label(inputs({"method": "lds"}, None)) == "longattn (LDS)"
+    assert selection_label(inputs({}, "lossgain", None)) == "lossgain (z(score))"
+    assert selection_label(inputs({"method": "random"})) == "random baseline"
+    recipe = {"name": "far-code", "sha256": "ab" * 32, "text": "rank: z(ds)"}
+    assert selection_label(inputs({"method": "lds", "recipe": recipe})) == "recipe far-code"
+    assert selection_label(inputs({"recipe": {"sha256": "cd"}})) == "longattn (LDS)"
+    assert probe_label({"method": "longattn"}) == "longattn (LDS)"
+    assert probe_label({"method": "probe_scorers:ORACLE"}) == "probe_scorers:ORACLE (z(score))"
+    assert probe_label({"method": "longattn", "recipe": {"name": "r1", "sha256": "ef"}}) == \
+        "recipe r1"
+
+
+def test_verdict_status_agrees_with_the_verdict_line():
+    """The colour of a summary cell (its status) says what the verdict's words say."""
+    from longattn_spark.probe.auc import AucResult
+    from longattn_spark.probe.report import verdict_status, verdict_words
+    from longattn_spark.probe.results import KindResult
+
+    starts = {"separates": "separates natural text from splice controls (",
+              "weak": "separates natural text from splice controls only weakly",
+              "no": "does not separate", "skipped": "splice: skipped"}
+    seen = set()
+    for auc, lo, hi in [(0.9, 0.8, 0.97), (0.6, 0.51, 0.7), (0.6, 0.5, 0.7), (0.65, 0.45, 0.8),
+                        (0.599, 0.52, 0.68), (0.3, 0.2, 0.45), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0)]:
+        r = KindResult("c", "splice", 5, 5, AucResult(auc, lo, hi, 5, 5))
+        status = verdict_status(r)
+        seen.add(status)
+        assert r.verdict.startswith(starts[status]), (auc, lo, r.verdict)
+        assert r.verdict.startswith(verdict_words(status).split(" only")[0])
+    skipped = KindResult("c", "splice", 5, 0, skipped="too few documents")
+    assert verdict_status(skipped) == "skipped" and skipped.verdict.startswith(starts["skipped"])
+    assert seen == {"separates", "weak", "no"}
+
+
+def test_several_probe_tables_are_comma_separated_each_once():
+    from longattn_spark.report.data import probe_tables, validate_report_config
+
+    assert probe_tables("/a/probe") == ["/a/probe"]
+    assert probe_tables("/a/p1, /a/p2") == ["/a/p1", "/a/p2"]
+    assert probe_tables("") == []
+    validate_report_config(ReportConfig(output="r.html", probe="/a/p1,/a/p2"))
+    for bad in ("/a/p1,,/a/p2", "/a/p1,/a/p1", "/a/p1,"):
+        with pytest.raises(ConfigError, match="--probe"):
+            validate_report_config(ReportConfig(output="r.html", probe=bad))
+
+
+# ------------------------------------------------------------------------------------------
+# In a real browser: the system's headless Chromium (Playwright) on the pipeline's reports
+# ------------------------------------------------------------------------------------------
+
+ORACLE_RECIPE = {"name": "oracle-kinds", "sha256": "0f" * 32}
+STATUS_WORDS = {"separates": "separates", "weak": "separates only weakly",
+                "no": "does not separate", "skipped": "skipped"}
+PLOTS = ("comparison with Table 10", "DS and variance histograms per category",
+         "LDS histograms", "windows and tokens kept", "DS against variance",
+         "attention-distance profile")
+
+
+@dataclass(frozen=True)
+class Probed:
+    report: Path                 # the report with --probe <the command's table>,<oracle>
+    tables: tuple[str, str]
+    scorer_ids: tuple[str, str]  # of each probe table's record
+    probe_command: str           # as the not-probed report shows them
+    report_command: str
+
+
+def not_probed_report(pipeline: Pipeline) -> Path:
+    return pipeline.root / "full" / "report.html"
+
+
+def summary_command(text: str, pre_id: str) -> str:
+    match = re.search(rf'<pre id="{pre_id}">(.*?)</pre>', text, re.DOTALL)
+    assert match, pre_id
+    return html.unescape(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def probed(spark, pipeline, full_report, llama3_tokenizer_dir) -> Probed:
+    """The pipeline probed twice: by the command the not-probed report's summary shows, run
+    as shown (the CLI, in this process), and by a scorer that knows each window's kind
+    (tests/probe_scorers.py ORACLE: AUC 1) whose probe record names a recipe, as issue 29's
+    probes will; then the report of both (``--probe T1,T2``)."""
+    import shlex
+
+    from longattn_spark.cli import parse_config
+    from longattn_spark.probe.job import PROPERTY, probe_record
+
+    probe_command = summary_command(full_report, "probe-command")
+    report_command = summary_command(full_report, "probe-report-command")
+    argv = shlex.split(probe_command)
+    assert argv[:2] == ["longattn-spark", "probe"]
+    assert cli.run(argv[1:]) == 0
+    table = parse_config(argv[1:])[1].probe.table
+    oracle = str(pipeline.root / "probe_oracle")
+    spark.sparkContext.addPyFile(str(Path(__file__).with_name("probe_scorers.py")))
+    assert cli.run(["probe", "--windows", pipeline.windows, "--model", str(pipeline.model),
+                    "--table", oracle, "--method", "probe_scorers:ORACLE", "--per-category",
+                    "4", "--bootstrap", "200", "--device", "cpu"]) == 0
+    record = probe_record(spark, TableRef(oracle))
+    set_properties(spark, TableRef(oracle), {PROPERTY: json.dumps(
+        {**record, "recipe": ORACLE_RECIPE}, sort_keys=True)})
+    path = build_report(spark, ReportConfig(
+        windows=pipeline.windows, scores=pipeline.scores, selection=pipeline.selection,
+        output=str(pipeline.root / "probed" / "report.html"), model=str(pipeline.model),
+        tokenizer=str(llama3_tokenizer_dir), device="cpu", top_windows=3,
+        probe=f"{table},{oracle}"))
+    scorer_ids = tuple(probe_record(spark, TableRef(t))["scorer_id"] for t in (table, oracle))
+    return Probed(Path(path), (table, oracle), scorer_ids, probe_command, report_command)
+
+
+@dataclass
+class Rendered:
+    page: object
+    errors: list[str]
+    failed: list[str]
+    requests: list[str]
+
+
+@pytest.fixture
+def render(browser):
+    """``render(path, width, height)``: the file opened in a fresh page of the session's
+    Chromium, recording console errors, page errors, failed requests and every request."""
+    contexts = []
+
+    def open_page(path: Path, width: int, height: int) -> Rendered:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        seen = Rendered(page, [], [], [])
+        page.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: seen.errors.append(str(e)))
+        page.on("requestfailed", lambda r: seen.failed.append(f"{r.url[:100]} {r.failure}"))
+        page.on("request", lambda r: seen.requests.append(r.url))
+        page.goto(path.as_uri(), wait_until="load")
+        return seen
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def assert_renders_cleanly(shown: Rendered, path: Path, plots: set[str]) -> None:
+    """No console or page error, no failed request, nothing fetched but the file itself, every
+    image decoded with its plot's name as alt text, and no horizontal scrolling of the page."""
+    page = shown.page
+    assert shown.errors == [] and shown.failed == []
+    assert {u for u in shown.requests if not u.startswith("data:")} == {path.as_uri()}
+    # decoded to the last row: a plot's background is opaque, and a PNG cut short still has
+    # its size (from its header) but leaves its missing rows transparent
+    images = page.evaluate("""() => [...document.images].map(img => {
+        if (!img.complete || !img.naturalWidth) return [img.alt, false, img.naturalWidth, 0];
+        const canvas = document.createElement('canvas');
+        [canvas.width, canvas.height] = [img.naturalWidth, img.naturalHeight];
+        const context = canvas.getContext('2d');
+        context.drawImage(img, 0, 0);
+        const row = context.getImageData(0, canvas.height - 1, canvas.width, 1).data;
+        let opaque = 0;
+        for (let i = 3; i < row.length; i += 4) opaque += row[i] === 255;
+        return [img.alt, true, img.naturalWidth, opaque]})""")
+    assert sorted(alt for alt, *_ in images) == sorted(plots)
+    assert all(done and width > 0 and opaque == width for _, done, width, opaque in images), \
+        images
+    widths = page.evaluate("[document.scrollingElement.scrollWidth, "
+                           "document.scrollingElement.clientWidth, window.innerWidth]")
+    assert widths[0] <= widths[1] == widths[2], widths
+
+
+def probe_plots(labels: list[tuple[str, bool]]) -> set[str]:
+    out = set()
+    for label, has_ds in labels:
+        out.add(f"selection score distributions of natural and control windows (probe: {label})")
+        if has_ds:
+            out.add(f"DS distributions of natural and control windows (probe: {label})")
+    return out
+
+
+def section_aucs(page, anchor: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(category, kind) -> (AUC data-value, interval text) of a probe section's AUC table."""
+    rows = page.eval_on_selector_all(
+        f"#{anchor}-auc tr[data-kind]", "rows => rows.map(r => [r.dataset.category, "
+        "r.dataset.kind, r.querySelector('[data-stat=auc]').dataset.value, "
+        "r.children[3].textContent])")
+    return {(c, k): (v, interval) for c, k, v, interval in rows}
+
+
+def test_first_screen_says_what_was_selected_and_each_probes_verdict(browser, render, spark,
+                                                                     pipeline, probed, tmp_path):
+    shown = render(probed.report, 1280, 800)
+    page = shown.page
+    page.screenshot(path=str(tmp_path / "probed-1280x800.png"))
+    page.screenshot(path=str(tmp_path / "probed-1280-full.png"), full_page=True)
+    labels = [("longattn (LDS)", True), (f"recipe {ORACLE_RECIPE['name']}", False)]
+    assert_renders_cleanly(shown, probed.report, set(PLOTS) | probe_plots(labels))
+
+    scorer_id = resolve_report_inputs(spark, ReportConfig(
+        windows=pipeline.windows, scores=pipeline.scores, selection=pipeline.selection)).scorer_id
+    for text in (page.title(), page.inner_text("h1")):
+        assert "longattn (LDS)" in text and scorer_id in text, text
+    # the summary box and every verdict cell lie in the first screen (top 800 px)
+    assert page.evaluate("window.scrollY") == 0
+    box = page.locator("#summary").bounding_box()
+    assert box["y"] < 200 and box["height"] > 100
+    cells = page.eval_on_selector_all(
+        "#summary td.verdict", "els => els.map(e => {const b = e.getBoundingClientRect(); "
+        "return {probe: e.closest('[data-probe]').dataset.probe, "
+        "category: e.parentElement.dataset.category, kind: e.dataset.kind, "
+        "status: e.dataset.status, value: e.dataset.value, text: e.innerText, "
+        "bottom: b.bottom, colour: getComputedStyle(e).backgroundColor}})")
+    assert len(cells) == 2 * 3 * 4  # probes x categories x kinds
+    assert max(c["bottom"] for c in cells) <= 800
+    lead = page.inner_text("#summary-lead")
+    assert "longattn (LDS)" in lead and scorer_id in lead and "top 50%" in lead
+    titles = page.eval_on_selector_all("#summary .probe-title", "els => els.map(e => e.innerText)")
+    assert "longattn (LDS)" in titles[0] and probed.scorer_ids[0] in titles[0]
+    assert f"recipe {ORACLE_RECIPE['name']}" in titles[1] and ORACLE_RECIPE["sha256"][:12] in \
+        titles[1] and probed.scorer_ids[1] == "probe-test-oracle" in titles[1]
+    # each cell: the probe section's AUC, and the verdict's status in words and colour
+    colours: dict[str, set[str]] = {}
+    for c in cells:
+        auc, interval = section_aucs(page, c["probe"])[(c["category"], c["kind"])]
+        assert c["value"] == auc
+        words = c["text"].splitlines()[0]
+        assert words == STATUS_WORDS[c["status"]], c
+        if c["kind"] == "concat":  # two documents per category: concat needs three
+            assert c["status"] == "skipped" and auc == ""
+        else:
+            lo = float(interval.strip("[]").split(",")[0])
+            expected = ("no" if float(auc) < 0.6 else "weak" if lo <= 0.5 else "separates")
+            assert c["status"] == expected, c
+            assert f"AUC {float(auc):.2f}" in c["text"]
+        if c["probe"] == "probe-2" and c["kind"] != "concat":
+            assert (c["status"], c["value"]) == ("separates", "1.0")
+        colours.setdefault(c["status"], set()).add(c["colour"])
+    assert {"separates", "skipped"} <= set(colours) and len(colours) >= 3
+    assert all(len(v) == 1 for v in colours.values()), colours
+    assert len({next(iter(v)) for v in colours.values()}) == len(colours), colours
+    # what was selected: the selection table's rows, counted here with pandas
+    selection = rows_frame(spark, pipeline.selection)
+    selection = selection[selection["selection_id"] == pipeline.selection_id]
+    kept = selection[selection["selected"]]
+    table = parse(probed.report.read_text()).tables["summary-selection"]
+    for category, part in selection.groupby("category"):
+        row = table[category]
+        assert (int(row["windows"]), int(row["kept"])) == (len(part), int(part["selected"].sum()))
+        tokens = int(kept[kept["category"] == category]["n_tokens"].sum())
+        assert int(row["tokens_kept"]) == tokens
+        assert float(row["mix"]) == pytest.approx(tokens / kept["n_tokens"].sum(), rel=1e-12)
+    assert int(table["__total__"]["kept"]) == len(kept)
+    # the links lead to the sections below, the last probe's included
+    targets = page.eval_on_selector_all("#summary a[href^='#']",
+                                        "els => els.map(e => e.getAttribute('href').slice(1))")
+    assert {"inputs", "scores", "selection", "windows", "profile", "probe", "probe-2",
+            "method"} <= set(targets)
+    assert page.evaluate("ids => ids.every(id => document.getElementById(id) !== null)",
+                         targets)
+    page.click("#summary nav a[href='#probe-2']")
+    page.wait_for_function("window.scrollY > 800")
+    assert abs(page.locator("#probe-2").bounding_box()["y"]) < 2
+
+
+def test_a_phone_renders_it_with_wide_tables_scrolling_in_their_own_box(render, probed,
+                                                                        tmp_path):
+    shown = render(probed.report, 390, 844)
+    shown.page.screenshot(path=str(tmp_path / "probed-390x844.png"))
+    shown.page.screenshot(path=str(tmp_path / "probed-390-full.png"), full_page=True)
+    labels = [("longattn (LDS)", True), (f"recipe {ORACLE_RECIPE['name']}", False)]
+    assert_renders_cleanly(shown, probed.report, set(PLOTS) | probe_plots(labels))
+    boxes = shown.page.eval_on_selector_all(
+        ".scroll", "els => els.map(e => [e.querySelector('table').id, e.scrollWidth, "
+        "e.clientWidth, getComputedStyle(e).overflowX, e.getBoundingClientRect().right])")
+    wider = [(table, overflow) for table, inner, outer, overflow, _ in boxes if inner > outer]
+    assert {"score-stats", "summary-probe"} <= {table for table, _ in wider}, boxes
+    assert {overflow for _, overflow in wider} == {"auto"}, boxes  # scrolled, not cut off
+    assert all(right <= 390 for *_, right in boxes), boxes
+
+
+def test_not_probed_report_says_so_on_its_first_screen_with_the_command(render, pipeline,
+                                                                        probed, tmp_path):
+    import shlex
+
+    from longattn_spark.cli import parse_config
+
+    path = not_probed_report(pipeline)
+    shown = render(path, 1280, 800)
+    shown.page.screenshot(path=str(tmp_path / "not-probed-1280x800.png"))
+    assert_renders_cleanly(shown, path, set(PLOTS))
+    page = shown.page
+    assert page.locator("#summary td.verdict").count() == 0
+    assert page.inner_text("#not-probed").startswith("Not probed")
+    assert page.locator("#probe-report-command").bounding_box()["y"] + \
+        page.locator("#probe-report-command").bounding_box()["height"] <= 800
+    assert page.inner_text("#probe-command") == probed.probe_command
+    # the command, run as shown (the probed fixture), probed this report's scorer
+    scorer_id = re.search(r"--scorer-id (\S+)", probed.report_command).group(1)
+    assert probed.scorer_ids[0] == scorer_id
+    assert scorer_id in page.title() and "longattn (LDS)" in page.title()
+    # and the report command is this report's, plus --probe with that table
+    _, cfg = parse_config(shlex.split(probed.report_command)[1:])
+    assert (cfg.report.windows, cfg.report.scores, cfg.report.selection, cfg.report.output,
+            cfg.report.model, cfg.report.probe) == (pipeline.windows, pipeline.scores,
+                                                    pipeline.selection, str(path),
+                                                    str(pipeline.model), probed.tables[0])
+
+
+def test_it_prints_to_pdf_on_pages_of_readable_width(render, probed, tmp_path):
+    """Print media at the A4 page's printable width (210 mm less two 12 mm margins = 703 CSS
+    px): nothing wider than the page, rows and plots kept whole; then Chromium's PDF."""
+    shown = render(probed.report, 703, 1000)
+    page = shown.page
+    page.emulate_media(media="print")
+    wide = page.evaluate("""() => {
+        const width = document.documentElement.clientWidth;
+        return [...document.querySelectorAll('table, img, pre, section, .scroll, .summary')]
+            .filter(e => e.getBoundingClientRect().right > width + 0.5
+                         || e.scrollWidth > e.clientWidth + 1)
+            .map(e => [e.tagName, e.id || e.className, e.getBoundingClientRect().right,
+                       e.scrollWidth])}""")
+    assert wide == []
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 703
+    # numbers are never broken across lines: every number cell is one line of text
+    broken = page.evaluate("""() => [...document.querySelectorAll('td[data-stat]')]
+        .filter(td => { const r = document.createRange(); r.selectNodeContents(td);
+                        return r.getClientRects().length > 1 })
+        .map(td => [td.closest('table').id, td.dataset.stat, td.textContent])""")
+    assert broken == []
+    # 12 heads: the per-head AUCs come as two tables of 8 and 4 heads
+    heads = [page.locator(f"#probe-heads{s} tr").first.locator("th").count()
+             for s in ("", "-2")]
+    assert heads == [2 + 16, 2 + 8]
+    avoid = page.evaluate("['tr', 'img', '.win', '#summary'].map(s => "
+                          "getComputedStyle(document.querySelector(s)).breakInside)")
+    assert avoid == ["avoid"] * 4
+    shown_plots = page.eval_on_selector_all("img", "els => els.map(e => e.offsetWidth)")
+    assert len(shown_plots) == 9 and min(shown_plots) > 300, shown_plots
+    height = page.evaluate("document.scrollingElement.scrollHeight")
+    page.screenshot(path=str(tmp_path / "print-media-top.png"))
+    pdf = page.pdf(format="A4", print_background=True, prefer_css_page_size=True)
+    (tmp_path / "report.pdf").write_bytes(pdf)
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    pages = len(re.findall(rb"/Type\s*/Page(?!s)", pdf))
+    printable = (297 - 24) / 25.4 * 96  # CSS px per page
+    assert math.ceil(height / printable) <= pages <= 2 * math.ceil(height / printable) + 2
+    # every plot is in it, as an image of the PDF, and its size is that of its plots and text
+    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) == len(shown_plots)
+    images = sum(len(m) * 3 // 4 for m in re.findall(
+        r'src="data:image/png;base64,([^"]+)"', probed.report.read_text()))
+    assert images // 2 <= len(pdf) <= 20_000_000, (len(pdf), images)

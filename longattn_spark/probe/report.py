@@ -9,11 +9,32 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from longattn_spark.probe.auc import SINK_TOKENS, uniform_head_ds
+from longattn_spark.probe.auc import SEPARATES_AT, SINK_TOKENS, uniform_head_ds
 from longattn_spark.probe.results import NATURAL, KindResult, probe_results
 
 KIND_COLORS = {"natural": "#2e7d32", "splice": "#1565c0", "shuffle": "#ef6c00",
                "repeat": "#6a1b9a", "concat": "#c62828"}
+
+
+#: a verdict's status (the report colours it and says it in words): the thresholds of
+#: ``probe.auc.verdict``, whose line each status starts
+VERDICT_STATUSES = {"separates": "separates", "weak": "separates only weakly",
+                    "no": "does not separate", "skipped": "skipped"}
+
+
+def verdict_status(result: KindResult) -> str:
+    """``separates`` (AUC >= 0.6, interval above 0.5), ``weak`` (AUC >= 0.6, interval
+    including 0.5), ``no`` (AUC < 0.6) or ``skipped``, as ``probe.auc.verdict`` decides."""
+    r = result.result
+    if r is None:
+        return "skipped"
+    if r.auc < SEPARATES_AT:
+        return "no"
+    return "weak" if r.lo <= 0.5 else "separates"
+
+
+def verdict_words(status: str) -> str:
+    return VERDICT_STATUSES[status]
 
 
 @dataclass

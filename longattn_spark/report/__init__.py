@@ -2,6 +2,11 @@
 
 What it shows (every plot is a PNG embedded as base64; the file needs nothing else):
 
+- first, a summary box (``report.summary``, ``templates/summary.html.j2``): what was selected
+  (windows, tokens, share per category), by which recipe or scorer, and each ``--probe``
+  table's verdict per category and control kind, in words and colour, with links to the
+  sections below; without a probe, "not probed" and the commands that probe the scorer and
+  show it. The page's title and heading name the recipe or scorer;
 - the inputs: tables and their Delta versions, the scorer (model, L, k), the selection and its
   parameters, and a banner when the scores come from the random smoke-test model;
 - DS and variance per category: a table of count, mean, std, min and max (one grouped Spark
@@ -13,7 +18,11 @@ What it shows (every plot is a PNG embedded as base64; the file needs nothing el
   category, chosen by ``xxhash64(window_id)``, so the same on every run);
 - the top and bottom windows by LDS with the start of their text;
 - with ``--model``, the attention-distance profile of one window (layer-0 attention mass per
-  distance bucket, ``longattn_spark.scorers.longattn.profile``), else the command that draws it.
+  distance bucket, ``longattn_spark.scorers.longattn.profile``), else the command that draws it;
+- with ``--probe T1[,T2,...]``, one probe section per table (``probe.report``).
+
+The page is laid out for a browser (wide tables scroll inside their own box; phone widths too)
+and for print (``@media print``: tables shrink to the page, rows and plots are not cut).
 
 The package reads top-down, and its parts are also used by ``notebooks/explore_scores.ipynb``:
 
@@ -23,6 +32,8 @@ The package reads top-down, and its parts are also used by ``notebooks/explore_s
   those dataclasses (``score_stats``, ``score_histograms``, ``lds_histograms``, ...);
   :mod:`~longattn_spark.report.profile` draws on the model for the attention profile;
 - :mod:`~longattn_spark.report.plots`: pure functions from that data to PNG bytes (``plot_*``);
+- :mod:`~longattn_spark.report.summary`: the summary box, pure, folded from the selection
+  summary and the probe sections the report already has (no number computed twice);
 - :mod:`~longattn_spark.report.html`: ``render_html``, pure, from a ``ReportData`` through the
   Jinja2 template ``templates/report.html.j2`` (autoescaped) to the HTML text;
 - :mod:`~longattn_spark.report.job`: ``build_report`` and ``run_report_job``.

@@ -59,6 +59,8 @@ class ReportInputs:
     selection_params: Mapping[str, Any]
     selection_built_on: tuple[int | None, int | None] | None
     notes: tuple[str, ...] = ()
+    #: the scorer's method: from its record (a plugin as asked for), else the scores' column
+    scorer_method: str | None = None
 
     @property
     def seq_len(self) -> int | None:
@@ -161,7 +163,15 @@ class ReportData:
     profile_window_id: str | None = None
     comparison: Any = None                       # compare.Comparison with a second scorer
     comparison_snippets: Mapping[str, str] = field(default_factory=dict)
-    probe: Any = None                            # probe.report.ProbeSection (--probe)
+    #: probe.report.ProbeSection per table of --probe T1,T2,... (in that order)
+    probes: tuple[Any, ...] = ()
+    #: not probed: the command that probes the scorer and the report command that shows it
+    probe_howto: tuple[str, str] | None = None
+
+    @property
+    def probe(self) -> Any:
+        """The first probe section (the one of a single ``--probe T``), or None."""
+        return self.probes[0] if self.probes else None
 
 
 def histogram_range(lo: float | None, hi: float | None) -> tuple[float, float]:
@@ -310,6 +320,11 @@ def snippet_note(identity: str | None, source: str | None, window_tokenizers: It
     return f"Decoded with {source} ({identity})."
 
 
+def probe_tables(text: str) -> list[str]:
+    """The tables of ``report --probe T1,T2,...`` (one table: a list of one)."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
 def validate_report_config(cfg: ReportConfig) -> None:
     """Cheap checks before Spark starts; messages name the option."""
     if not cfg.output:
@@ -322,5 +337,9 @@ def validate_report_config(cfg: ReportConfig) -> None:
     if cfg.profile_spacing not in ("log", "linear"):
         raise ConfigError(f"--profile-spacing must be log or linear, got "
                           f"{cfg.profile_spacing!r}")
+    tables = probe_tables(cfg.probe)
+    if cfg.probe and (len(tables) != cfg.probe.count(",") + 1 or len(set(tables)) < len(tables)):
+        raise ConfigError(f"--probe {cfg.probe!r}: give probe tables separated by commas, "
+                          "each once")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")

@@ -12,6 +12,7 @@ from typing import Any
 
 from longattn_spark.report import plots
 from longattn_spark.report.data import PAPER_TABLE10, ReportData, paper_comparison_note
+from longattn_spark.report.summary import probe_anchor, report_summary
 from longattn_spark.stats import category_label
 
 STAT_COLUMNS = (("mean_ds", "mean", "f"), ("sd_ds", "std", "f"), ("min_ds", "min", "f"),
@@ -22,11 +23,13 @@ STAT_COLUMNS = (("mean_ds", "mean", "f"), ("sd_ds", "std", "f"), ("min_ds", "min
 
 def number_text(value: float | None, kind: str = "g") -> str:
     """A number as the report's tables show it: ``e`` 3 decimals in scientific notation,
-    ``f`` 4 decimals, else 4 significant digits; a dash for none."""
+    ``f`` 4 decimals (``f2`` 2), else 4 significant digits; a dash for none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if kind == "e":
         return f"{value:.3e}"
+    if kind == "f2":
+        return f"{value:.2f}"
     if kind == "f":
         return f"{value:.4f}"
     return f"{value:.4g}"
@@ -84,14 +87,15 @@ def figures(data: ReportData) -> dict[str, bytes]:
         out["ds_variance_scatter"] = plots.plot_ds_variance_scatter(data.sample)
     if data.profile is not None:
         out["distance_profile"] = plots.plot_distance_profile(data.profile)
-    if data.probe is not None:
+    for index, probe in enumerate(data.probes):
         from longattn_spark.probe.report import plot_distributions
 
-        kinds = data.probe.record.get("kinds", [])
-        out["probe_selection"] = plot_distributions(data.probe.selection_scores, kinds,
-                                                    "selection score")
-        if data.probe.ds:
-            out["probe_ds"] = plot_distributions(data.probe.ds, kinds, "DS")
+        kinds = probe.record.get("kinds", [])
+        anchor = probe_anchor(index)
+        out[f"{anchor}:selection"] = plot_distributions(probe.selection_scores, kinds,
+                                                        "selection score")
+        if probe.ds:
+            out[f"{anchor}:ds"] = plot_distributions(probe.ds, kinds, "DS")
     if data.comparison is not None:
         from longattn_spark.compare import plot_scatter
 
@@ -118,6 +122,7 @@ def render_html(data: ReportData) -> str:
     method = str(params.get("method") or "lds")
     context = {
         "data": data,
+        "summary": report_summary(data),
         "figures": figures(data),
         "stat_columns": STAT_COLUMNS,
         "paper_table": PAPER_TABLE10,

@@ -12,6 +12,7 @@ from longattn_spark.config import LongAttnConfig, ReportConfig
 from longattn_spark.report.data import (
     ReportData,
     ReportInputs,
+    probe_tables,
     profile_howto_command,
     snippet_note,
     validate_report_config,
@@ -31,6 +32,7 @@ from longattn_spark.report.queries import (
     smoke_model_of,
     window_heads,
 )
+from longattn_spark.report.summary import probe_howto_commands
 
 
 def load_snippet_tokenizer(cfg: ReportConfig, spark=None):
@@ -85,12 +87,15 @@ def collect_report_data(spark, cfg: ReportConfig,
         say("comparison with a second scorer")
         comparison, comparison_snippets = compare_with_other_scorer(
             spark, inputs, cfg, tokenizer)
-    probe = None
+    probes, probe_howto = [], None
     if cfg.probe:
         from longattn_spark.probe.report import probe_section
 
-        say(f"probe section from {cfg.probe}")
-        probe = probe_section(spark, cfg.probe, cfg.model, cfg.device)
+        for table in probe_tables(cfg.probe):
+            say(f"probe section from {table}")
+            probes.append(probe_section(spark, table, cfg.model, cfg.device))
+    else:
+        probe_howto = probe_howto_commands(inputs, cfg)
     return ReportData(
         inputs=inputs, generated_at=_dt.datetime.now().astimezone().strftime(
             "%Y-%m-%d %H:%M:%S %Z"),
@@ -98,7 +103,8 @@ def collect_report_data(spark, cfg: ReportConfig,
         counts=counts, lds=lds, sample=sample, top=top, bottom=bottom, snippet_note=note,
         profile=profile, profile_howto=howto, bins=cfg.bins, sample_points=cfg.sample_points,
         snippet_tokens=cfg.snippet_tokens, profile_window_id=window_id,
-        comparison=comparison, comparison_snippets=comparison_snippets, probe=probe)
+        comparison=comparison, comparison_snippets=comparison_snippets,
+        probes=tuple(probes), probe_howto=probe_howto)
 
 
 def compare_with_other_scorer(spark, inputs: ReportInputs, cfg: ReportConfig, tokenizer

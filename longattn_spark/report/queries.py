@@ -79,6 +79,11 @@ def resolve_report_inputs(spark, cfg: ReportConfig) -> ReportInputs:
     scorers = scorer_counts(spark, scores_view)
     scorer_id = choose_scorer(requested, scorers, str(scores))
     info = parse_scorer_property(table_properties(spark, scores), scorer_id)
+    method = info.get("method_plugin") or info.get("method")
+    if not method:  # no record: the scores' method column (NULL before it existed: longattn)
+        row = spark.sql(load_sql("compare_methods"), args={
+            "scores": scores_view, "a": scorer_id, "b": scorer_id}).first()
+        method = row["method"] if row else None
     notes: list[str] = []
     if info.get("positions_note"):  # recorded by the score job (scorers/positions.py)
         notes.append(f"Scored past the model's trained context: {info['positions_note']}.")
@@ -103,7 +108,8 @@ def resolve_report_inputs(spark, cfg: ReportConfig) -> ReportInputs:
         selection_version=selection_version, windows_view=windows_view,
         scores_view=scores_view, selection_view=selection_view, scorer_id=scorer_id,
         scorer_info=info, scorers=scorers, selection_id=selection_id,
-        selection_params=params, selection_built_on=built_on, notes=tuple(notes))
+        selection_params=params, selection_built_on=built_on, notes=tuple(notes),
+        scorer_method=method)
 
 
 def chosen_selection(spark, selection_view: str, scorer_id: str, requested: str,
