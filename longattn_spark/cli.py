@@ -92,8 +92,31 @@ def build_parser(cfg: LongAttnConfig) -> argparse.ArgumentParser:
         for section, skip in command.also:
             add_section_flags(p.add_argument_group(f"{section} options"),
                               getattr(cfg, section), skip=skip)
+        if "score" in (command.section, *(s for s, _ in command.also)):
+            add_option_aliases(p.add_argument_group("method options of earlier releases"))
         add_section_flags(p.add_argument_group("spark options"), cfg.spark)
     return parser
+
+
+_ALIAS_DEST = "option_alias__"
+
+
+def add_option_aliases(group) -> None:
+    """``--layer N`` and the other flags that set a built-in method's option of the same name
+    (``scorers.option_aliases``), each the same as ``--option NAME=N``."""
+    from longattn_spark.scorers import option_aliases
+
+    for name, owners in option_aliases().items():
+        methods = ", ".join(m for m, _ in owners)
+        group.add_argument("--" + name.replace("_", "-"), dest=_ALIAS_DEST + name, default=None,
+                           metavar=name.upper(),
+                           help=f"{owners[0][1]} (= --option {name}=VALUE; --method {methods})")
+
+
+def options_from_aliases(args: argparse.Namespace) -> list[str]:
+    """The ``NAME=VALUE`` items the alias flags given stand for."""
+    return [f"{key.removeprefix(_ALIAS_DEST)}={value}" for key, value in vars(args).items()
+            if key.startswith(_ALIAS_DEST) and value is not None]
 
 
 def parse_config(argv: Sequence[str]) -> tuple[Command, LongAttnConfig]:
@@ -107,6 +130,9 @@ def parse_config(argv: Sequence[str]) -> tuple[Command, LongAttnConfig]:
         values = {k: v for k, v in vars(args).items() if k not in skip}
         setattr(cfg, section, section_from_namespace(current, argparse.Namespace(**values)))
     cfg.spark = section_from_namespace(cfg.spark, args)
+    aliases = options_from_aliases(args)
+    if aliases:
+        cfg.score.option = [*aliases, *cfg.score.option]
     return command, cfg
 
 

@@ -3,12 +3,12 @@ lossgain, or one method with two models or settings) on the same windows, which 
 published anchors offers.
 
 Per category: Spearman's rank correlation of the two scorers' values (what ``select`` ranks
-by: a LongAttn scorer's LDS, ``z(DS) + alpha * z(DU)``; any other method's ``score``), the
-overlap (Jaccard)
-of two selections' kept sets, a scatter of one value against the other, and the windows the two
-rank furthest apart. The SQL lives in ``longattn_spark/sql/compare_*.sql``; this module binds
-its parameters, collects the results and prints them. The report draws the same section when
-its scores table holds two scorers.
+by without a recipe: each method's own ranking, ``ScorerMethod.ranking``, e.g. LongAttn's LDS
+``z(DS) + alpha * z(DU)``, loss gain's ``z(score)``), the overlap (Jaccard) of two selections'
+kept sets, a scatter of one value against the other, and the windows the two rank furthest
+apart. The values are the recipes' Column expressions (``select.ranked``); the rest is the SQL
+of ``longattn_spark/sql/compare_*.sql``. The report draws the same section when its scores
+table holds two scorers.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from longattn_spark.config import CompareConfig, LongAttnConfig
 from longattn_spark.errors import ConfigError, TableError
+from longattn_spark.inputs import (
+    StoredScorer,
+    scorer_counts_and_methods,
+    scorer_records,
+    stored_scorers,
+)
 from longattn_spark.sqlfiles import load_sql
 from longattn_spark.stats import category_order
 from longattn_spark.tables.refs import TableRef
@@ -57,13 +64,12 @@ class Comparison:
     disagreements: list[Disagreement]
     scatter: list[tuple[str | None, float, float]] = field(default_factory=list)
     selections: tuple[str, str] | None = None
-    #: each scorer's method (scores.method), in the order (a, b)
-    methods: tuple[str, str] = ("longattn", "longattn")
+    #: what each value is: the scorer's method and its ranking, in the order (a, b)
+    rankings: tuple[str, str] = ("", "")
 
     def value_name(self, which: str) -> str:
-        """What the value of scorer ``which`` ("a" or "b") is: its method and LDS or score."""
-        method = self.methods[0 if which == "a" else 1]
-        return f"{method} {'LDS' if method == 'longattn' else 'score'}"
+        """What the value of scorer ``which`` ("a" or "b") is: its method and ranking."""
+        return self.rankings[0 if which == "a" else 1]
 
 
 def scorer_pair(spark: SparkSession, scores: TableRef, a: str, b: str) -> tuple[str, str]:
@@ -82,17 +88,55 @@ def scorer_pair(spark: SparkSession, scores: TableRef, a: str, b: str) -> tuple[
     return found[0], found[1]
 
 
+def scorer_values(spark: SparkSession, scores, scorer: StoredScorer, alpha: float = 0.5
+                  ) -> tuple[DataFrame, str]:
+    """(window_id, category, value) of one scorer: its method's own ranking within each
+    category over the scorer's rows, and a label saying what the value is."""
+    from longattn_spark.recipes.checked import check_recipe, default_recipe
+    from longattn_spark.select.ranked import RankedInputs, ranked_rows
+
+    recipe = default_recipe(scorer.spec)
+    if "alpha" in recipe.params_dict:
+        recipe = recipe.with_params(alpha=float(alpha))
+    checked = check_recipe(recipe)
+    ranked = ranked_rows(spark, RankedInputs(scores=scores, windows=None, recipe=checked,
+                                             scorer_ids={recipe.scorers[0].name:
+                                                         scorer.scorer_id}))
+    return (ranked.filter(F.col("rank").isNotNull())
+            .select("window_id", "category", F.col("rank").alias("value")),
+            f"{scorer.method}: {recipe.rank}")
+
+
+def ranked_pairs(a: DataFrame, b: DataFrame) -> DataFrame:
+    """The windows both scorers rank, with both values and their average ranks within the
+    category (ties share the mean of their ranks, as Spearman's correlation defines them)."""
+    pairs = (a.withColumnRenamed("value", "value_a")
+             .join(b.select("window_id", F.col("value").alias("value_b")), "window_id"))
+    out = pairs
+    for side in ("a", "b"):
+        value = f"value_{side}"
+        ordered = Window.partitionBy("category").orderBy(value)
+        out = out.withColumn(f"rank_{side}", F.rank().over(ordered) + (
+            F.count(F.lit(1)).over(Window.partitionBy("category", value)) - 1) / 2.0)
+    return out.withColumn("n", F.count(F.lit(1)).over(Window.partitionBy("category")))
+
+
 def compare_scorers(spark: SparkSession, scores: TableRef | str, a: str, b: str, *,
                     alpha: float = 0.5, selection: TableRef | str | None = None,
                     selections: tuple[str, str] | None = None, disagreements: int = 10,
                     scatter_points: int = 2000) -> Comparison:
     """Compare scorers ``a`` and ``b`` of the scores table (see the module docstring).
     Tables are ``TableRef``s or names usable in ``IDENTIFIER()`` (e.g. the report's views)."""
-    scores_name = scores.sql_name(spark) if isinstance(scores, TableRef) else scores
-    ranked_view = "longattn_compare_" + hashlib.sha1(
-        f"{scores_name}{a}{b}".encode()).hexdigest()[:10]
-    ranked = spark.sql(load_sql("compare_ranks"), args={
-        "scores": scores_name, "a": a, "b": b, "alpha": float(alpha)})
+    frame = scores.read(spark) if isinstance(scores, TableRef) else spark.table(scores)
+    ref = scores if isinstance(scores, TableRef) else None
+    counts, methods = scorer_counts_and_methods(frame)
+    records = scorer_records(spark, ref) if ref is not None else {}
+    stored = stored_scorers(counts, records, methods)
+    value_a, label_a = scorer_values(spark, frame, stored[a], alpha)
+    value_b, label_b = scorer_values(spark, frame, stored[b], alpha)
+    ranked = ranked_pairs(value_a, value_b).localCheckpoint(eager=True)
+    ranked_view = "longattn_compare_" + hashlib.sha1(f"{id(ranked)}{a}{b}".encode()
+                                                     ).hexdigest()[:10]
     ranked.createOrReplaceTempView(ranked_view)
     agreement = {r["category"]: CategoryAgreement(r["category"], int(r["windows"]),
                                                   _finite(r["spearman"]))
@@ -114,17 +158,13 @@ def compare_scorers(spark: SparkSession, scores: TableRef | str, a: str, b: str,
                           float(r["gap"]))
              for r in spark.sql(load_sql("compare_disagreements"),
                                 args={"ranked": ranked_view, "n": int(disagreements)}).collect()]
-    from pyspark.sql import functions as F
-
     sample = (ranked.orderBy(F.xxhash64("window_id"), "window_id").limit(scatter_points)
               .select("category", "value_a", "value_b").collect())
-    methods = {r["scorer_id"]: r["method"] for r in spark.sql(
-        load_sql("compare_methods"), args={"scores": scores_name, "a": a, "b": b}).collect()}
+    spark.catalog.dropTempView(ranked_view)
     return Comparison(a=a, b=b, categories=[agreement[c] for c in sorted(
         agreement, key=category_order)], disagreements=worst,
         scatter=[(r["category"], float(r["value_a"]), float(r["value_b"])) for r in sample],
-        selections=selections,
-        methods=(methods.get(a, "longattn"), methods.get(b, "longattn")))
+        selections=selections, rankings=(label_a, label_b))
 
 
 def _finite(value) -> float | None:

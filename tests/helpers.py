@@ -1,6 +1,7 @@
-"""What several test modules share: counting the Spark jobs an action starts, the LDS
-computed independently of the product (pandas), as the paper defines it, and a windows table
-ingested from standard-library modules."""
+"""What several test modules share: counting the Spark jobs an action starts, score options
+with a method's own options among them, the LDS computed independently of the product
+(pandas), as the paper defines it, and a windows table ingested from standard-library
+modules."""
 
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ def spark_jobs_in(spark, action) -> list[int]:
         jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     return jobs
+
+
+def with_options(cfg, **overrides):
+    """``cfg`` (a ``ScoreConfig``) with ``overrides``: its own fields replaced, any other name
+    a method option (``layer=3`` -> ``options={"layer": 3}``)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    options = {**cfg.options, **{k: v for k, v in overrides.items() if k not in fields}}
+    return dataclasses.replace(cfg, options=options,
+                               **{k: v for k, v in overrides.items() if k in fields})
 
 
 def lds_reference(frame: pd.DataFrame, alpha: float = 0.5,

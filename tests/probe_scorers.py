@@ -31,6 +31,7 @@ class KindSettings:
 
 
 class KindScorer(ScorerMethod):
+    components = ("score",)
     out_fields = (SCORES.schema["score"],)
     natural = 1.0
     control = 0.0

@@ -35,7 +35,7 @@ def test_shipped_configs_are_inside_the_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("local", "databricks", "emr"):
         assert f"longattn_spark/conf/{name}.yaml" in names
-    assert "longattn_spark/sql/select_ranked.sql" in names
+    assert "longattn_spark/sql/select_flagged.sql" in names
 
 
 def test_unknown_config_name_is_one_line():

@@ -29,6 +29,7 @@ from transformers import (
 
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.reasons import NON_FINITE_LOSS
+from longattn_spark.scorers.lossgain.losses import copied_targets
 from longattn_spark.scorers.lossgain import (
     checked_short_context,
     lm_tokens_per_window,
@@ -172,6 +173,58 @@ def test_non_finite_loss_is_a_reason_not_a_nan_score():
     assert result.reason == NON_FINITE_LOSS
     assert result.score is None and result.full_loss is None and result.key_share is None
     assert "2 of 4 targets" in result.detail and "t = 5" in result.detail
+
+
+def reference_copies(x: list[int], s: int, m: int) -> list[bool]:
+    """copy[t] by the definition: some u <= t - S ends the same m tokens as t (double loop)."""
+    out = [False] * len(x)
+    for t in range(2 * s, len(x)):
+        if t - m + 1 < 0:
+            continue
+        gram = x[t - m + 1:t + 1]
+        out[t] = any(x[u - m + 1:u + 1] == gram for u in range(m - 1, t - s + 1))
+    return out
+
+
+def test_copies_of_hand_made_sequences():
+    s, m = 16, 8
+    fresh = list(range(1000, 1128))                    # L = 128, no token twice: no copy
+    assert not copied_targets(np.array(fresh), s, m).any()
+    passage = list(range(1000, 1040))                  # period 40 >= S: every t >= 40 + 7
+    repeat = (passage * 4)[:128]                       # whose 8-gram ends in a copy
+    copies = copied_targets(np.array(repeat), s, m)
+    assert copies[47:].all() and not copies[:47].any()
+    one = list(range(1000, 1128))
+    one[100:108] = one[76:84]                          # one 8-gram copied at distance 24
+    copies = copied_targets(np.array(one), s, m)
+    assert np.flatnonzero(copies).tolist() == [107]    # only the copy's last token
+    one[100:108] = one[88:96]                          # distance 12 < S: not a far copy
+    assert not copied_targets(np.array(one), s, m).any()
+
+
+def test_copies_equal_the_double_loop():
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        length = int(rng.integers(12, 150))
+        s = int(rng.integers(1, length // 2))
+        m = int(rng.integers(1, 12))
+        x = [int(v) for v in rng.integers(0, int(rng.integers(2, 8)), length)]
+        assert copied_targets(np.array(x), s, m).tolist() == reference_copies(x, s, m)
+
+
+def test_copy_components_by_hand():
+    nan = float("nan")
+    # L = 8, S = 2: targets t = 4..7, gains 2.5, 0, 0, 2.5; key tokens t = 4 and 7
+    full = np.array([nan] * 4 + [1.0, 3.0, 0.5, 1.5])
+    short = np.array([nan] * 4 + [3.5, 3.0, 0.5, 4.0])
+    copied = np.array([False] * 4 + [False, True, False, True])
+    result = lossgain_from_losses(full, short, 2, copied)
+    assert result.score == pytest.approx(1.25)          # the published score, unchanged
+    assert result.copy_share == 0.5
+    assert result.dependency_gain == pytest.approx(2.5 / 4)   # t = 7's gain counts zero
+    assert result.dependency_key_share == 0.25          # t = 4 only
+    plain = lossgain_from_losses(full, short, 2)
+    assert plain.copy_share is None and plain.score == result.score
 
 
 @pytest.mark.parametrize("s, seq_len, expected", [(0, 64, 16), (31, 64, 31), (1, 8, 1),
@@ -337,3 +390,19 @@ def test_real_model_matches_reference(smollm2_dir):
         assert result.key_share == want["key_share"]
     # a trained model: real text is far easier than random ids
     assert max(results[0].full_loss, results[1].full_loss) < results[2].full_loss - 3
+    # the copy components against the double loop and the reference's gains, on a real window
+    # and on the same window's first half repeated (every later target a far copy)
+    half = batch[0][:seq_len // 2]
+    repeated = (half * 2)[:seq_len]
+    for window, result in zip((batch[0], repeated),
+                              scorer.score_windows([batch[0], repeated], seq_len=seq_len),
+                              strict=True):
+        x = [scorer.bos_id] + window[:seq_len - 1]
+        copies = np.array(reference_copies(x, s, 8))[2 * s:]
+        want = reference(smollm2_dir, [window], seq_len, s)[0]
+        gain = np.asarray(want["short"]) - np.asarray(want["full"])
+        assert result.copy_share == pytest.approx(copies.mean(), abs=1e-12)
+        assert result.dependency_gain == pytest.approx(
+            float(np.where(copies, 0.0, gain).sum() / gain.size), abs=1e-4)
+    assert result.copy_share > 0.9 and result.score > 1.0
+    assert abs(result.dependency_gain) < 0.05 < result.score

@@ -27,7 +27,7 @@ from longattn_spark.scorers.lossgain.scorer import LossGainScorer
 from longattn_spark.select import SelectOptions, select_windows
 from longattn_spark.tables.refs import TableRef, table_properties
 
-from helpers import ingest_stdlib_modules, spark_jobs_in
+from helpers import ingest_stdlib_modules, spark_jobs_in, with_options
 
 W = 256
 MODULES = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]
@@ -35,7 +35,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def lossgain_config(windows: str, model: Path | str, table: str, **overrides) -> ScoreConfig:
-    return dataclasses.replace(
+    return with_options(
         ScoreConfig(windows=windows, model=str(model), table=table, device="cpu",
                     files_per_batch=100, method="lossgain", batch_size=4), **overrides)
 
@@ -176,8 +176,9 @@ def test_bad_input_fails_before_any_spark_job(spark, windows_table, lm, tmp_path
         overrides = {"layer": 2}
     expected = {"not_causal": (InputError, "'bert' is not a causal language model .lossgain"),
                 "short_context": (ConfigError, "--short-context 64: must be >= 1 and < L/2 = 64"),
-                "negative": (ConfigError, "--short-context -3"),
-                "layer": (ConfigError, "--layer 2 is for --method longattn")}[problem]
+                "negative": (ConfigError, "--option short_context=-3: must be >= 1"),
+                "layer": (ConfigError, "--option layer: --method lossgain has no option layer; "
+                                       "its options: short_context")}[problem]
     table = tmp_path / "scores"
     errors = []
 

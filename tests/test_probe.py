@@ -223,6 +223,12 @@ def test_probe_rows_hold_the_controls_of_issue_19(spark, probe_inputs, probed):
             blocks = [tuple(a_ids[i:i + b]) for i in range(0, W, b)]
             got = [tuple(ids[i:i + b]) for i in range(0, W, b)]
             assert sorted(got) == sorted(blocks) and got != blocks
+        elif row["kind"] == "nearrepeat":
+            p = row["param"]
+            assert k <= p <= L // 2 and ids[:p] == a_ids[:p]
+            copies = [ids[i] == a_ids[i % p] for i in range(p, W)]
+            assert 0.6 < sum(copies) / len(copies) < 0.95  # ~15% replaced by tokens of A
+            assert set(ids) <= set(a_ids)
         else:
             assert row["kind"] == "concat" and len({o["doc_id"] for o in others}) >= 2
             # every run of tokens comes from another document's window, in pieces < k
@@ -286,7 +292,8 @@ def test_aucs_equal_an_independent_computation_over_the_probe_rows(spark, probed
 
 
 def test_a_rerun_adds_nothing_and_another_probe_is_refused(spark, probe_inputs, probed):
-    from longattn_spark.probe.job import probe, staging_location
+    from longattn_spark.probe.job import probe
+    from longattn_spark.probe.plan import staging_location
 
     run, probe_cfg, score_cfg = probed
     before = TableRef(probe_cfg.table).version(spark)
@@ -297,9 +304,11 @@ def test_a_rerun_adds_nothing_and_another_probe_is_refused(spark, probe_inputs, 
     other = dataclasses.replace(probe_cfg, seed=1)
     with pytest.raises(TableError, match="holds probe .*use another --table"):
         probe(spark, other, score_cfg, progress=False)
-    from longattn_spark.probe.job import probe_id_for
+    from longattn_spark.probe.plan import probe_id_for
 
-    other_id = probe_id_for(other, score_cfg, run.kinds,
+    from longattn_spark.probe.plan import probe_recipe
+
+    other_id = probe_id_for(other, score_cfg, probe_recipe(other, score_cfg), run.kinds,
                             TableRef(probe_cfg.windows).version(spark))
     assert not Path(staging_location(other, other_id)).exists()
 
@@ -340,7 +349,7 @@ def test_report_shows_the_probe_section(spark, probe_inputs, probed, tmp_path):
 
     from longattn_spark.config import ReportConfig
     from longattn_spark.probe.auc import uniform_head_ds
-    from longattn_spark.probe.job import staging_location
+    from longattn_spark.probe.plan import staging_location
     from longattn_spark.report import build_report
 
     run, probe_cfg, _ = probed

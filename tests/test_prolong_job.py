@@ -29,7 +29,7 @@ from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tokenizer import get_tokenizer, load_tokenizer_spec
 from longattn_spark.weights.locate import files_needed_whole, locate_model
 
-from helpers import spark_jobs_in
+from helpers import spark_jobs_in, with_options
 
 W = 512
 C = 128
@@ -47,10 +47,10 @@ def tiny_llama(path: Path, tokenizer_dir: Path | None, seed: int = 0) -> Path:
 
 
 def prolong_config(windows: str, model: Path | str, table: str, **overrides) -> ScoreConfig:
-    return dataclasses.replace(
+    return with_options(
         ScoreConfig(windows=windows, model=str(model), table=table, device="cpu",
-                    files_per_batch=100, method="prolong", segment_size=C, pairs=-1,
-                    threshold=-1.0), **overrides)
+                    files_per_batch=100, method="prolong",
+                    options={"segment_size": C, "pairs": -1, "threshold": -1.0}), **overrides)
 
 
 def rows(spark, table: str) -> list[dict]:

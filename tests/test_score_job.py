@@ -31,7 +31,7 @@ from longattn_spark.tables.schemas import WINDOWS
 from longattn_spark.tables.writes import ensure_table
 from longattn_spark.tokenizer import load_tokenizer_spec
 
-from helpers import spark_jobs_in
+from helpers import spark_jobs_in, with_options
 
 W = 64
 CODE = ["argparse.py", "csv.py", "heapq.py", "textwrap.py"]
@@ -73,8 +73,8 @@ def model_a(tmp_path_factory) -> Path:
 
 
 def score_config(windows: str, model: Path | str, table: str, **overrides) -> ScoreConfig:
-    return dataclasses.replace(ScoreConfig(windows=windows, model=str(model), table=table,
-                                           device="cpu", files_per_batch=1), **overrides)
+    return with_options(ScoreConfig(windows=windows, model=str(model), table=table,
+                                    device="cpu", files_per_batch=1), **overrides)
 
 
 def rows(spark, table: str) -> list[dict]:
@@ -189,7 +189,9 @@ def test_scores_table_documents_itself(spark, scored, llama3_identity):
     assert recorded["seq_len"] == W and recorded["min_distance"] == W // 4
     assert recorded["model_type"] == "llama" and recorded["dtype"] == "float32"
     # What the executors ran (kernel "auto" on the CPU: torch, no fallback), from them.
-    assert recorded["requested"] == {"device": "cpu", "kernel": "auto", "dtype": "auto"}
+    assert recorded["requested"] == {"device": "cpu", "dtype": "auto"}
+    assert recorded["options"] == {"layer": 0, "rope_theta": 0.0, "kernel": "auto"}
+    assert recorded["components"] == ["ds", "variance"]
     assert recorded["executors"] == [{"device": "cpu", "kernel": "torch", "dtype": "float32",
                                       "kernel_note": None}]
     assert scored["summary"].ran == {"cpu/torch/float32": scored["summary"].scored}
@@ -425,7 +427,7 @@ def test_kernel_fallback_is_counted_printed_and_recorded_from_the_executors(
     assert recorded["executors"] == [{"device": "cpu", "kernel": "torch", "dtype": "float32",
                                       "kernel_note": note}]
     assert recorded["tokenizer"]["check"] == "match"
-    assert recorded["requested"]["kernel"] == "auto"
+    assert recorded["options"]["kernel"] == "auto"
 
 
 class _FakeGpus:

@@ -35,7 +35,7 @@ from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tables.schemas import WINDOWS
 from longattn_spark.tables.writes import ensure_table
 
-from helpers import lds_reference, spark_jobs_in
+from helpers import lds_reference, spark_jobs_in, with_options
 
 LAYERS = 3
 L = 48
@@ -150,12 +150,12 @@ def test_score_job_at_layer_n(spark, models, tmp_path):
     model, folder = models["llama"]
     windows = windows_table(spark, tmp_path / "windows")
     cfg = ScoreConfig(windows=windows, model=str(folder), table=str(tmp_path / "scores"),
-                      device="cpu", files_per_batch=100, layer=2)
+                      device="cpu", files_per_batch=100, options={"layer": 2})
     errors = []
 
     def bad_layer():
         with pytest.raises(ConfigError, match=f"--layer {LAYERS}: ") as info:
-            score_windows(spark, dataclasses.replace(cfg, layer=LAYERS), progress=False)
+            score_windows(spark, with_options(cfg, layer=LAYERS), progress=False)
         errors.append(str(info.value))
 
     assert spark_jobs_in(spark, bad_layer) == []
@@ -247,7 +247,7 @@ def test_plugin_method_in_the_job_with_rejects_and_compare(spark, models, tmp_pa
     longattn = score_windows(spark, dataclasses.replace(cfg, method="longattn"),
                              progress=False)
     result = compare_scorers(spark, TableRef(table), longattn.scorer_id, "meanid-1")
-    assert result.methods == ("longattn", "meanid")
+    assert [r.split(":")[0] for r in result.rankings] == ["longattn", "meanid"]
     got = pd.DataFrame([r.asDict() for r in TableRef(table).read(spark).collect()])
     lds = got[got.method == "longattn"].copy()
     lds["value"] = lds_reference(lds)

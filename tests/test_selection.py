@@ -14,6 +14,7 @@ import pytest
 from longattn_spark import cli
 from longattn_spark.config import SelectConfig
 from longattn_spark.errors import ConfigError, TableError
+from longattn_spark.select.recipe import RecipeRequest
 from longattn_spark.select import (
     HASH_MAX,
     HASH_MIN,
@@ -143,7 +144,8 @@ def pandas_budget(ranked: pd.DataFrame, budgets: dict[str, int]) -> set[str]:
 def computed(spark, tables: Tables, buckets: int = 1024, candidate_limit: int = 100_000,
              **options) -> pd.DataFrame:
     opts = select_options(SelectConfig(**options))
-    inputs = resolve_inputs(spark, tables.windows, tables.scores)
+    inputs = resolve_inputs(spark, tables.windows, tables.scores,
+                            RecipeRequest(normalize=opts.normalize, alpha=opts.alpha))
     with selection_rows(spark, inputs, opts, "0" * 24, "{}", buckets=buckets,
                         candidate_limit=candidate_limit) as rows:
         return rows.toPandas()
@@ -158,8 +160,8 @@ def selected_ids(rows: pd.DataFrame) -> set[str]:
 # ------------------------------------------------------------------------------------------
 
 def test_sql_is_in_package_text_files_with_named_parameters():
-    text = load_sql("select_ranked")
-    assert ":alpha" in text and "IDENTIFIER(:scored)" in text
+    text = load_sql("select_flagged")
+    assert ":min_lds" in text and "IDENTIFIER(:ranked)" in text
     assert "OVER (" not in load_sql("select_cut_histogram").upper()
 
 
@@ -408,7 +410,7 @@ def test_several_scorers_need_scorer_id(spark, table_path):
     with pytest.raises(ConfigError, match="'s9'.*s70"):
         select_windows(spark, options, w, s, TableRef(table_path("selection")),
                        scorer_id="s9")
-    assert resolve_inputs(spark, w, s, scorer_id="s70").scorer_id == "s70"
+    assert resolve_inputs(spark, w, s, RecipeRequest(scorer_id="s70")).scorer_id == "s70"
 
 
 def test_empty_scores_table_gives_a_message(spark, table_path, capsys):
@@ -668,11 +670,11 @@ def test_heads_with_a_scorer_without_heads_is_refused(spark, table_path, capsys)
     assert cli.run(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "--heads: scorer s8 stores no per-head scores (ds_heads, var_heads) (its rows are " \
-           "of another method); --heads needs a longattn scorer" in err
+    assert "--heads: recipe prolong reads no component with per-head scores (ds, variance)" \
+        in err
     set_scorer_record(spark, s, {"method": "prolong"})
     assert cli.run(argv) == 1
-    assert "--heads: scorer s8 is a prolong scorer, which stores no per-head scores" \
+    assert "--heads: recipe prolong reads no component with per-head scores" \
         in capsys.readouterr().err
     assert cli.run([*argv[:-1], "0,zero"]) == 1
     assert "--heads '0,zero': 'zero' is not a head index" in capsys.readouterr().err

@@ -66,9 +66,18 @@ def legal_documents(min_chars: int) -> Iterator[dict]:
         yield {"id": f"legal/{name.lower()}/{file.name}", "category": "legal", "text": text}
 
 
+def cut_at_line(text: str, max_chars: int) -> str:
+    """``text`` cut to at most ``max_chars`` characters at the end of a line (0: uncut)."""
+    if not max_chars or len(text) <= max_chars:
+        return text
+    end = text.rfind("\n", 0, max_chars)
+    return text[:end + 1 if end > 0 else max_chars]
+
+
 def build_demo_corpus(output: str | Path, max_docs_per_category: int = 40,
-                      min_chars: int = 8000) -> dict[str, int]:
-    """Write ``output`` (JSONL: id, category, text); return documents per category."""
+                      min_chars: int = 8000, max_chars: int = 0) -> dict[str, int]:
+    """Write ``output`` (JSONL: id, category, text), each text cut to about ``max_chars``
+    (0: whole); return documents per category."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -81,6 +90,7 @@ def build_demo_corpus(output: str | Path, max_docs_per_category: int = 40,
                 if doc["id"] in ids:  # two installed copies of one distribution
                     continue
                 ids.add(doc["id"])
+                doc = {**doc, "text": cut_at_line(doc["text"], max_chars)}
                 f.write(json.dumps(doc, ensure_ascii=False) + "\n")
                 counts[doc["category"]] = counts.get(doc["category"], 0) + 1
     return counts

@@ -68,9 +68,10 @@ def demo_config(cfg: LongAttnConfig, model: str, tokenizer: str) -> LongAttnConf
         spark=dataclasses.replace(cfg.spark, lakehouse=str(paths.root / "lakehouse")),
         ingest=IngestConfig(input=str(paths.corpus), tokenizer=tokenizer,
                             window_size=cfg.demo.window_size, table=windows),
-        score=ScoreConfig(windows=windows, model=model, table=scores, batch_size=4),
+        score=ScoreConfig(windows=windows, model=model, table=scores, batch_size=4,
+                          recipe=cfg.demo.recipe),
         select=SelectConfig(windows=windows, scores=scores, table=selection,
-                            keep_fraction=0.5),
+                            keep_fraction=0.5, recipe=cfg.demo.recipe),
         export=ExportConfig(selection=selection, windows=windows, output=str(paths.export),
                             format="jsonl", shards=4, tokenizer=tokenizer),
         report=ReportConfig(windows=windows, scores=scores, selection=selection,
@@ -165,24 +166,35 @@ def demo_model_and_tokenizer(cfg: LongAttnConfig) -> tuple[str, str]:
     return chosen.model, chosen.tokenizer
 
 
-def run_demo_probe(jobs: LongAttnConfig, paths: DemoPaths, scorer_id: str,
-                   per_category: int) -> str:
-    """The probe of the demo's windows with the demo's score options (``per_category``
-    natural windows per category, every control kind), into a probe table of this scorer;
-    its table, for the report ("" when ``per_category`` is 0)."""
+#: the recipes the demo probes: the one it selects with, and the paper's LDS beside it
+PROBED = ("longattn",)
+
+
+def run_demo_probes(jobs: LongAttnConfig, paths: DemoPaths, per_category: int
+                    ) -> dict[str, str]:
+    """The probes of the demo's windows (``per_category`` natural windows per category, every
+    control kind): the recipe it selects with, then the paper's LDS; recipe name -> probe
+    table, for the report (none when ``per_category`` is 0)."""
     if per_category <= 0:
-        return ""
+        return {}
     from longattn_spark.config import ProbeConfig
     from longattn_spark.probe.job import probe
     from longattn_spark.probe.summary import print_probe
+    from longattn_spark.recipes.recipe import load_recipe
     from longattn_spark.session import get_spark
 
-    table = paths.table(f"probe_{scorer_id}")  # a probe table holds one scorer's probe
-    run = probe(get_spark(jobs.spark),
-                ProbeConfig(windows=jobs.score.windows, table=table, per_category=per_category),
-                jobs.score)
-    print_probe(run)
-    return table
+    tables = {}
+    for recipe in dict.fromkeys((jobs.score.recipe, *PROBED)):
+        name = load_recipe(recipe).name
+        table = paths.table(f"probe_{name}")  # a probe table holds one probe
+        print(f"\nprobe: does recipe {name} rank natural windows above controls?", flush=True)
+        run = probe(get_spark(jobs.spark),
+                    ProbeConfig(windows=jobs.score.windows, table=table,
+                                per_category=per_category),
+                    dataclasses.replace(jobs.score, recipe=recipe))
+        print_probe(run)
+        tables[name] = table
+    return tables
 
 
 def run_demo(cfg: LongAttnConfig) -> DemoPaths:
@@ -191,34 +203,49 @@ def run_demo(cfg: LongAttnConfig) -> DemoPaths:
     from longattn_spark.ingest.job import run_ingest_job
     from longattn_spark.report.job import run_report_job
     from longattn_spark.score.job import run_score_job
+    from longattn_spark.score.recipe import score_recipe
     from longattn_spark.select.job import run_select_job
 
     started = time.perf_counter()
     paths = DemoPaths(Path(cfg.demo.output).resolve())
-    counts = build_demo_corpus(paths.corpus, cfg.demo.max_docs_per_category)
+    counts = build_demo_corpus(paths.corpus, cfg.demo.max_docs_per_category,
+                               max_chars=cfg.demo.max_doc_chars)
+    cut = f", each cut to about {cfg.demo.max_doc_chars:,} characters" \
+        if cfg.demo.max_doc_chars else ""
     print(f"demo corpus: {paths.corpus} ({', '.join(f'{c}: {n}' for c, n in counts.items())} "
-          "documents, from files on this machine)")
+          f"documents{cut}, from files on this machine; windows of {cfg.demo.window_size} "
+          f"tokens: a demo size, so that loss gain on the CPU takes minutes)")
     chosen = demo_model(cfg)
     print(f"model: {chosen.model} -- {chosen.description}")
     jobs = demo_config(cfg, chosen.model, chosen.tokenizer)
     run_ingest_job(jobs)
-    scorer_id = run_score_job(jobs).scorer_id
+    recipe = score_recipe(jobs.score)
+    print(f"recipe: {recipe.name} ({recipe.recipe.description}): scorers "
+          f"{', '.join(s.name for s in recipe.scorers)}", flush=True)
+    summaries = run_score_job(jobs)
     # select and report on this model's scores, even when an earlier demo run into the same
     # folder scored with another model
+    scorer_ids = ",".join(f"{s.name}={summary.scorer_id}"
+                          for s, summary in zip(recipe.scorers, summaries, strict=True))
     jobs = dataclasses.replace(jobs, select=dataclasses.replace(jobs.select,
-                                                                scorer_id=scorer_id))
-    selection_id = run_select_job(jobs).selection_id or ""
+                                                                scorer_id=scorer_ids))
+    selected = run_select_job(jobs)
+    selection_id = selected.selection_id or ""
     jobs = dataclasses.replace(
         jobs, export=dataclasses.replace(jobs.export, selection_id=selection_id),
-        report=dataclasses.replace(jobs.report, scorer_id=scorer_id,
+        report=dataclasses.replace(jobs.report, scorer_id=summaries[-1].scorer_id,
                                    selection_id=selection_id))
     run_export_job(jobs)
-    probe_table = run_demo_probe(jobs, paths, scorer_id, cfg.demo.probe_per_category)
-    jobs = dataclasses.replace(jobs, report=dataclasses.replace(jobs.report, probe=probe_table))
+    probes = run_demo_probes(jobs, paths, cfg.demo.probe_per_category)
+    jobs = dataclasses.replace(jobs, report=dataclasses.replace(jobs.report,
+                                                                probe=",".join(
+                                                                    probes.values())))
     run_report_job(jobs)
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s\n"
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s: selected by recipe "
+          f"{recipe.name}, probed {', '.join(probes) or 'no'} "
+          f"recipe(s) (the report's first screen shows how each did against the controls)\n"
           f"  tables:  {paths.root / 'tables'} (windows, windows_rejects, scores, "
-          f"scores_rejects, selection, probe_<scorer>; Delta)\n"
+          f"scores_rejects, selection, probe_<recipe>; Delta)\n"
           f"  export:  {paths.export}\n"
           f"  report:  {paths.report}")
     return paths

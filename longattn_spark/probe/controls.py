@@ -14,6 +14,11 @@ sees (BOS + the first L - 1 tokens) holds the property the control is built for:
 - ``concat``: pieces shorter than ``k`` (lengths uniform in ``[ceil(k/2), k - 1]``) taken at
   random offsets from windows of other documents of the category, consecutive pieces from
   different documents, to W tokens.
+- ``nearrepeat``: as ``repeat`` (``p`` uniform in ``[k, L // 2]``, token ``i`` is
+  ``A[i mod p]``), but in the copies (``i >= p``) each token is replaced, with probability
+  ``share`` (``--near-repeat-share``, default 0.15), by a token drawn uniformly from A's W
+  tokens: copy-paste with edits, boilerplate with changed fields. The first ``p`` tokens are
+  A's own.
 
 BOS: windows hold no BOS (ingest tokenizes without special tokens; the scorer prepends BOS to
 every scored sequence); controls are built from window tokens only, so the scorer adds exactly
@@ -33,7 +38,11 @@ import numpy as np
 
 from longattn_spark.errors import ConfigError
 
-KINDS = ("splice", "shuffle", "repeat", "concat")
+KINDS = ("splice", "shuffle", "repeat", "concat", "nearrepeat")
+#: the kinds a probe builds unless told otherwise
+DEFAULT_KINDS = KINDS
+#: nearrepeat: the share of copied tokens replaced by tokens drawn from A
+DEFAULT_NEAR_REPEAT_SHARE = 0.15
 #: kinds that take tokens from other documents of the category, and how many they need
 OTHER_DOCUMENTS_NEEDED = {"splice": 1, "concat": 2}
 
@@ -128,6 +137,26 @@ def repeat(a: SourceWindow, seq_len: int, min_distance: int,
     return Control("repeat", a.window_id, (), p, ids.astype(np.int32))
 
 
+def near_repeat(a: SourceWindow, seq_len: int, min_distance: int, share: float,
+                rng: np.random.Generator) -> Control:
+    """``repeat`` with edits: in the copies each token is, with probability ``share``, a token
+    drawn uniformly from A instead (the first period is A's own)."""
+    width = len(a.input_ids)
+    p = int(rng.integers(min_distance, seq_len // 2 + 1))
+    ids = a.input_ids[np.arange(width) % p].copy()
+    replaced = rng.random(width) < share
+    replaced[:p] = False
+    ids[replaced] = a.input_ids[rng.integers(0, width, int(replaced.sum()))]
+    return Control("nearrepeat", a.window_id, (), p, ids.astype(np.int32))
+
+
+def check_share(share: float) -> float:
+    """``--near-repeat-share`` must be a probability in (0, 1)."""
+    if not 0 < share < 1:
+        raise ConfigError(f"--near-repeat-share {share}: must be > 0 and < 1")
+    return float(share)
+
+
 def concat(a: SourceWindow, others: Sequence[SourceWindow], min_distance: int,
            rng: np.random.Generator) -> Control:
     """Pieces shorter than k from windows of other documents; consecutive pieces never come
@@ -165,7 +194,8 @@ def skip_reason(kind: str, n_other_documents: int, n_documents: int) -> str | No
 
 def build_controls(natural: Sequence[SourceWindow], donors: Sequence[SourceWindow],
                    kinds: Sequence[str], seed: int, seq_len: int, min_distance: int,
-                   block: int) -> tuple[list[Control], dict[str, str]]:
+                   block: int, near_repeat_share: float = DEFAULT_NEAR_REPEAT_SHARE
+                   ) -> tuple[list[Control], dict[str, str]]:
     """The controls of one category's natural sample, and the kinds skipped with why.
 
     ``donors``: windows of the category (the natural sample included) from which splice and
@@ -189,6 +219,8 @@ def build_controls(natural: Sequence[SourceWindow], donors: Sequence[SourceWindo
                 controls.append(shuffle(a, block, rng))
             elif kind == "repeat":
                 controls.append(repeat(a, seq_len, min_distance, rng))
+            elif kind == "nearrepeat":
+                controls.append(near_repeat(a, seq_len, min_distance, near_repeat_share, rng))
             else:
                 controls.append(concat(a, others, min_distance, rng))
     return controls, skipped

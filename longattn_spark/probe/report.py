@@ -67,7 +67,8 @@ def probe_section(spark, table: str, model: str = "", device: str = "auto",
                   windows_for_sink: int = 4) -> ProbeSection:
     """Read the probe table and compute its section; with ``model``, measure the share of
     far attention that goes to the first tokens on a few of its natural windows."""
-    from longattn_spark.probe.job import probe_record, read_probe_rows
+    from longattn_spark.probe.job import read_probe_rows
+    from longattn_spark.probe.plan import probe_record
     from longattn_spark.tables.refs import TableRef
     from longattn_spark.tables.schemas import PROBE_SCORE_COLUMNS
 
@@ -103,12 +104,14 @@ def _sink_share(spark, ref, record: dict, model: str, device: str, n_windows: in
     from longattn_spark.probe.reference import far_attention_sink_share
     from longattn_spark.scorers.longattn import Layer0Scorer, build_model_input
 
-    if (record.get("method") or "longattn") != "longattn":
-        return None, "measured for LongAttn probes only"
+    attention = [s for s in (record.get("score") or {}).get("scorers", [])
+                 if s.get("method") == "longattn"]
+    if not attention and (record.get("method") or "longattn") != "longattn":
+        return None, "measured for probes of attention (--method longattn) only"
     rows = (ref.read(spark).filter((F.col("probe_id") == F.lit(record["probe_id"]))
                                    & (F.col("kind") == F.lit(NATURAL)))
             .orderBy("window_id").select("window_id", "input_ids").limit(n_windows).collect())
-    options = record.get("score") or {}
+    options = attention[0].get("options", {}) if attention else record.get("score") or {}
     layer = int(options.get("layer") or 0)
     scorer = Layer0Scorer.from_pretrained(model, device=resolve_device(device),
                                           dtype="float32", kernel="torch", layer=layer,

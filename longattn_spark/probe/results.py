@@ -2,10 +2,13 @@
 score and on each component, from the probe table's rows; and ``ProbeRun``, what one probe run
 did and found (pure: no Spark).
 
-Components: ``selection_score``; for LongAttn ``ds`` and ``du`` (= -variance) and per query
-head ``ds_h<i>`` / ``du_h<i>``; for other methods ``score`` and every floating-point field of
-their component struct (``prolong.mean_strength``, ...) and per-element arrays. Rows whose value
-is null or not finite are left out of that component's AUC only.
+Components: ``selection_score`` (the probed ranking; a row that failed one of its filters
+ranks last, ``probe.ranking.FILTERED``); every entry of the row's ``components`` map (every
+scorer's components, qualified: ``lossgain.dependency_gain``); and from the typed columns of a
+single-scorer probe, as earlier releases named them: for LongAttn ``ds`` and ``du``
+(= -variance) and per query head ``ds_h<i>`` / ``du_h<i>``; for other methods ``score`` and every
+floating-point field of their component struct (``prolong.mean_strength``, ...). Rows whose
+value is null or not finite are left out of that component's AUC only.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from longattn_spark.probe.auc import AucResult, auc_with_interval, bootstrap_seed, finite, verdict
-
-NATURAL = "natural"
+from longattn_spark.probe.ranking import FILTERED, NATURAL
 #: the fewest natural windows a category needs (a sample standard deviation)
 MIN_NATURAL = 2
-_NOT_COMPONENTS = {"seq_len", "min_distance", "model", "method", "param"}
+_NOT_COMPONENTS = {"seq_len", "min_distance", "model", "method", "param", "components",
+                   "passed"}
 
 
 @dataclass
@@ -53,8 +56,9 @@ class KindResult:
 
 def components(row: Mapping[str, Any], score_columns: Sequence[str]) -> dict[str, float | None]:
     """The values of one probe row that get an AUC, by component name."""
-    out: dict[str, float | None] = {"selection_score": row.get("selection_score")}
-    longattn = (row.get("method") or "longattn") == "longattn"
+    selection = row.get("selection_score")
+    out: dict[str, float | None] = {
+        "selection_score": FILTERED if row.get("passed") is False else selection}
     for name in score_columns:
         if name in _NOT_COMPONENTS:
             continue
@@ -67,8 +71,6 @@ def components(row: Mapping[str, Any], score_columns: Sequence[str]) -> dict[str
         elif name == "ds_heads":
             for i, v in enumerate(value or []):
                 out[f"ds_h{i}"] = v
-        elif name == "score" and longattn:
-            continue  # null for longattn: its LDS is the selection score
         elif isinstance(value, Mapping):
             for sub, v in value.items():
                 if isinstance(v, float):
@@ -79,6 +81,8 @@ def components(row: Mapping[str, Any], score_columns: Sequence[str]) -> dict[str
                     out[f"{name}[{i}]"] = v
         elif isinstance(value, float) or (value is None and name in ("ds", "score")):
             out[name] = value
+    for key, value in (row.get("components") or {}).items():
+        out[key] = value
     return out
 
 
@@ -139,6 +143,7 @@ class ProbeRun:
     table: str
     scorer_id: str = ""
     method: str = ""
+    recipe: str = ""
     seq_len: int = 0
     min_distance: int = 0
     window_size: int = 0

@@ -67,24 +67,36 @@ from longattn_spark.score.plan import (
     validate_score_config,
     windows_facts,
 )
+from longattn_spark.score.recipe import score_recipe, scorer_config
 from longattn_spark.score.record import ScorerRecord
 from longattn_spark.score.summary import Progress, ScoreSummary, print_summary
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
 from longattn_spark.scorers.executor import ArrowFn
-from longattn_spark.session import arrow_batch_rows, get_spark, is_local_master, on_cluster
+from longattn_spark.session import arrow_batch_rows, get_spark, is_local_master
 from longattn_spark.tables.refs import TableRef
 from longattn_spark.tables.schemas import SCORE_REJECTS, SCORES
 from longattn_spark.tables.writes import ensure_table
 from longattn_spark.weights.location import ModelLocation
 
 
-def run_score_job(cfg: LongAttnConfig) -> ScoreSummary:
-    """``longattn-spark score``."""
-    validate_score_config(cfg.score)
+def run_score_job(cfg: LongAttnConfig) -> list[ScoreSummary]:
+    """``longattn-spark score``: the ``--method`` with its options, or with ``--recipe`` every
+    scorer the recipe names, one after the other (each resumable on its own)."""
+    recipe = score_recipe(cfg.score)
+    configs = [scorer_config(cfg.score, s) for s in recipe.scorers] if cfg.score.recipe \
+        else [cfg.score]
+    for scorer_cfg in configs:
+        validate_score_config(scorer_cfg)
     spark = get_spark(cfg.spark, app_name="longattn-spark score")
-    summary = score_windows(spark, cfg.score)
-    print_summary(summary, cfg.score)
-    return summary
+    summaries = []
+    for scorer, scorer_cfg in zip(recipe.scorers, configs, strict=True):
+        if cfg.score.recipe:
+            print(f"recipe {recipe.name}: scorer {scorer.name} (--method {scorer.method})",
+                  flush=True)
+        summary = score_windows(spark, scorer_cfg)
+        print_summary(summary, scorer_cfg)
+        summaries.append(summary)
+    return summaries
 
 
 def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
@@ -103,9 +115,13 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
     if summary.position_note:
         print(f"warning: {summary.position_note}", flush=True)
     done_before = _scored_count(spark, tables.scores, plan.scorer_id)
-    profile = gpu_resource_profile(spark, cfg.task_gpus)
+    windows_total = _windows_count(spark, tables.windows, cfg)
+    to_score = windows_total - done_before - _scored_count(spark, tables.rejects,
+                                                           plan.scorer_id)
+    # a method without torch runs on the CPU cores: no stage-level GPU request for it
+    profile = gpu_resource_profile(spark, cfg.task_gpus) if method.uses_torch else None
     started = time.perf_counter()
-    reporter = Progress(progress and not on_cluster())
+    reporter = Progress(progress, to_score, f"score {plan.scorer_id}")
     commit = MicroBatchCommit(spark, cfg, method, plan, tables, record, summary, reporter,
                               profile, udf_wrapper)
     with arrow_batch_rows(spark, max(cfg.batch_size, 16)):
@@ -114,7 +130,7 @@ def score_windows(spark: SparkSession, cfg: ScoreConfig, progress: bool = True,
         finally:
             reporter.close()
     summary.seconds = time.perf_counter() - started
-    summary.windows_total = _windows_count(spark, tables.windows, cfg)
+    summary.windows_total = windows_total
     summary.already_scored = done_before
     return summary
 
@@ -128,8 +144,9 @@ def plan_scorer(spark: SparkSession, cfg: ScoreConfig, method: ScorerMethod,
     files and a streamed hash of the weight bytes the method reads is read here. Then the
     windows table's sizes and tokenizers, and the method's plan with the shared tokenizer
     check."""
-    location = method.locate(spark, cfg)
-    model = method.inspect(spark, cfg, location)
+    options = method.options(cfg)
+    location = method.locate(spark, cfg, options)
+    model = method.inspect(spark, cfg, options, location)
     if not tables.windows.exists(spark):
         raise TableError(f"--windows {cfg.windows}: no such table (run ingest first)")
     sizes, window_tokenizers = windows_facts(spark, tables.windows, cfg)
@@ -142,7 +159,8 @@ def plan_scorer(spark: SparkSession, cfg: ScoreConfig, method: ScorerMethod,
         context.tokenizer_check = summary.tokenizer_check
         return record
 
-    context = PlanContext(spark=spark, cfg=cfg, location=location, model=model, sizes=sizes,
+    context = PlanContext(spark=spark, cfg=cfg, options=options, location=location,
+                          model=model, sizes=sizes,
                           window_tokenizers=window_tokenizers,
                           check_tokenizer=checked_tokenizer)
     plan = method.plan(context)

@@ -41,11 +41,13 @@ class ScoreTables:
 
 
 def validate_score_config(cfg: ScoreConfig) -> ScorerMethod:
-    """The options every method shares, then the method's own; returns the method."""
-    if not cfg.model:
-        raise ConfigError("--model is required: a folder with config.json and safetensors")
+    """The options every method shares, then the method's own (built from ``--option`` and
+    its aliases: an unknown option or a bad value is one line here); returns the method."""
     method = get_method(cfg.method)
-    method.validate(cfg)
+    if not cfg.model and method.needs_model:
+        raise ConfigError(f"--model is required for --method {cfg.method}: a folder with "
+                          f"config.json and safetensors")
+    method.validate(cfg, method.options(cfg))
     if cfg.seq_len and cfg.seq_len < 8:
         raise ConfigError(f"--seq-len must be at least 8, got {cfg.seq_len}")
     if cfg.min_distance < 0:

@@ -14,6 +14,7 @@ from longattn_spark.config import ScoreConfig
 from longattn_spark.scorers.base import MethodPlan, ScorerMethod
 from longattn_spark.scorers.executor import RUN_FIELDS
 from longattn_spark.scorers.positions import extrapolation_note, trained_positions
+from longattn_spark.scorers.options import options_as_dict
 from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tables.writes import set_properties
 from longattn_spark.weights.location import ModelLocation
@@ -83,11 +84,15 @@ def scorer_record(spark: SparkSession, scores_ref: TableRef, method: ScorerMetho
         tokenizer["check"] = "mismatch_allowed"
     executors = earlier.get("executors") if isinstance(earlier.get("executors"), list) else []
     plugin = {"method_plugin": cfg.method} if cfg.method != method.name else {}
+    options = method.options(cfg)
     trained = trained_positions(plan.describe)
     positions = {"trained_positions": trained, "positions_note": extrapolation_note(
-        trained, plan.seq_len, method=method.name, rope_theta=cfg.rope_theta or None)}
+        trained, plan.seq_len, method=method.name,
+        rope_theta=getattr(options, "rope_theta", None) or None)}
     return {**summary, **plugin, **positions, "method": method.name, "scorer_id": scorer_id,
-            "seq_len": plan.seq_len, "min_distance": plan.min_distance, "model": cfg.model,
-            "model_folder": location.folder,
-            "requested": {"device": cfg.device, "kernel": cfg.kernel, "dtype": cfg.dtype},
+            "options": options_as_dict(options), "components": list(method.components),
+            "seq_len": plan.seq_len, "min_distance": plan.min_distance,
+            "model": cfg.model or None,
+            "model_folder": location.folder if location is not None else None,
+            "requested": {"device": cfg.device, "dtype": cfg.dtype},
             "dtype": plan.dtype, "tokenizer": tokenizer, "executors": executors}

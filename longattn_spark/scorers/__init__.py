@@ -13,11 +13,13 @@ interface a method implements is ``scorers.base.ScorerMethod``. What all methods
 - models: ``longattn_spark.weights`` (locating, fetching, reading and fingerprinting weights,
   the pickle refusal, whole causal LMs), ``longattn_spark.devices`` (devices and dtypes).
 
-``--method`` takes a built-in name (``BUILTIN``) or a plugin, ``package.module:attr``: an
-importable object that is a ``ScorerMethod`` instance (or subclass, instantiated without
-arguments). The executors import the same module, so a plugin must be importable there too
-(installed, or shipped with ``spark.sparkContext.addPyFile``). Its ``out_fields`` must be
-columns of the scores table.
+``--method`` takes a built-in name (``BUILTIN``: every sub-package here with a ``method.py``,
+so a new method is one new package) or a plugin, ``package.module:attr``: an importable object
+that is a ``ScorerMethod`` instance (or subclass, instantiated without arguments). The
+executors import the same module, so a plugin must be importable there too (installed, or
+shipped with ``spark.sparkContext.addPyFile``). A plugin declares its options, components and
+default ranking as a built-in does; typed ``out_fields``, if any, must be columns of the
+scores table.
 """
 
 from __future__ import annotations
@@ -30,18 +32,40 @@ from longattn_spark.errors import ConfigError
 if TYPE_CHECKING:
     from longattn_spark.scorers.base import ScorerMethod
 
+def _builtin_methods() -> dict[str, str]:
+    """Every sub-package of ``scorers/`` with a ``method.py`` is a built-in method named after
+    it (``scorers/lossgain/method.py`` -> ``lossgain``), found without importing it."""
+    import pkgutil
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    return {m.name: f"{__name__}.{m.name}.method:METHOD"
+            for m in pkgutil.iter_modules([str(here)])
+            if m.ispkg and (here / m.name / "method.py").is_file()}
+
+
 #: built-in ``--method`` names -> ``module:attr`` of their ``ScorerMethod`` (imported lazily,
-#: so that the CLI starts without torch)
-BUILTIN: dict[str, str] = {
-    "longattn": "longattn_spark.scorers.longattn.method:METHOD",
-    "prolong": "longattn_spark.scorers.prolong.method:METHOD",
-    "lossgain": "longattn_spark.scorers.lossgain.method:METHOD",
-}
+#: so that the CLI starts without torch); ``longattn`` (the default) first
+BUILTIN: dict[str, str] = dict(sorted(_builtin_methods().items(),
+                                      key=lambda item: (item[0] != "longattn", item[0])))
 
 
 def method_names() -> list[str]:
     """The built-in methods, in ``--help`` order."""
     return list(BUILTIN)
+
+
+def option_aliases() -> dict[str, list[tuple[str, str]]]:
+    """The flags of earlier releases that set a built-in method's option of the same name
+    (``--layer`` is ``--option layer=N``): option name -> [(method, help)]."""
+    import dataclasses
+
+    aliases: dict[str, list[tuple[str, str]]] = {}
+    for name in BUILTIN:
+        for f in dataclasses.fields(get_method(name).Options):
+            if f.metadata.get("alias"):
+                aliases.setdefault(f.name, []).append((name, f.metadata.get("help", "")))
+    return aliases
 
 
 def get_method(spec: str) -> ScorerMethod:
@@ -66,16 +90,25 @@ def get_method(spec: str) -> ScorerMethod:
     if not isinstance(found, ScorerMethod):
         raise ConfigError(f"--method {spec}: {target} is not a "
                           f"longattn_spark.scorers.base.ScorerMethod")
-    _check_out_fields(spec, found)
+    _check_declarations(spec, found)
     return found
 
 
-def _check_out_fields(spec: str, method: ScorerMethod) -> None:
-    """A method writes only columns of the scores table, with their types."""
+def _check_declarations(spec: str, method: ScorerMethod) -> None:
+    """A method has a name, components named like identifiers, options as a dataclass, and
+    writes only columns of the scores table, with their types."""
+    import dataclasses
+
     from longattn_spark.tables.schemas import SCORES
 
     if not method.name:
         raise ConfigError(f"--method {spec}: the method has no name")
+    if not method.components or not all(str(c).isidentifier() for c in method.components):
+        raise ConfigError(f"--method {spec}: components must be a non-empty list of names "
+                          f"(identifiers), got {list(method.components)!r}")
+    if not dataclasses.is_dataclass(method.Options):
+        raise ConfigError(f"--method {spec}: Options must be a dataclass "
+                          f"(longattn_spark.scorers.options)")
     columns = {f.name: f.dataType for f in SCORES.schema.fields}
     for out in method.out_fields:
         if columns.get(out.name) != out.dataType:

@@ -1,24 +1,38 @@
 """The one interface every scoring method implements (``longattn-spark score --method M``).
 
-A method is one object (an instance of a ``ScorerMethod`` subclass) that the registry
-(``longattn_spark.scorers``) finds by name. The score job (``longattn_spark.score.job``) calls
-it in this order and has no other knowledge of it:
+A method is one object (an instance of a ``ScorerMethod`` subclass) in one package beside its
+math (``scorers/<name>/``); the registry (``longattn_spark.scorers``) finds the built-in ones
+by package and a plugin by ``package.module:attr``. A method owns three things the rest of the
+product reads without naming it:
+
+- **its options**: ``Options``, a frozen dataclass (``scorers.options``), reaching it as
+  ``--option NAME=VALUE``, YAML ``score: {options: {...}}`` or a recipe's ``options``;
+- **its components**: ``components``, the numbers it computes per window, stored in the
+  scores table's ``components`` map (no schema edit for a new method);
+- **its default ranking**: ``ranking(normalize)``, an expression over its components
+  evaluated per category (``recipes.expr``), used by select, probe, compare and report when no
+  recipe or ``--rank`` says otherwise.
+
+The score job (``longattn_spark.score.job``) calls it in this order and has no other knowledge
+of it:
 
 Driver, before any Spark job:
 
-1. ``validate(cfg)``: the method's options in ``ScoreConfig`` (one-line ``ConfigError``).
-2. ``locate(spark, cfg)``: which model files it needs (``weights.locate.locate_model``:
-   every file of a whole causal LM by default, LongAttn's files up to its layer).
+1. ``validate(cfg, options)``: checks of its options against the shared ones (``--seq-len``,
+   ...) that need no Spark (one-line ``ConfigError``); unknown options and bad values were
+   refused when the options were built.
+2. ``locate(spark, cfg)``: which model files it needs (``weights.locate.locate_model``: every
+   file of a whole causal LM by default; None for a method without a model).
 3. ``inspect(spark, cfg, location)``: the model checked and described from config.json and
    the weight headers, without loading it (errors: one line, before the windows are read).
 
 Driver, before any task (the windows table is read once for its window sizes and tokenizers):
 
-4. ``plan(ctx)`` -> ``MethodPlan``: the scorer_id (with its fingerprint of the weights), the
-   settings the executors get (a frozen, hashable dataclass with a ``run: RunSettings``), the
-   description recorded in the table property ``longattn.scorer.<scorer_id>``, the
-   tokenizer decision (``ctx.check_tokenizer(scorer_id)`` for the shared check), and the
-   constant columns of its rows (e.g. ``seq_len``).
+4. ``plan(ctx)`` -> ``MethodPlan``: the scorer_id (with its fingerprint of the weights and
+   its options), the settings the executors get (a frozen, hashable dataclass with a
+   ``run: RunSettings``), the description recorded in the table property
+   ``longattn.scorer.<scorer_id>``, the tokenizer decision (``ctx.check_tokenizer(scorer_id)``
+   for the shared check), and the constant columns of its rows (e.g. ``seq_len``).
 
 Executors (``scorers.executor``: one mapInArrow function for every method):
 
@@ -29,17 +43,18 @@ Executors (``scorers.executor``: one mapInArrow function for every method):
    (``batch.reject(i, reason, detail)``, reasons from ``longattn_spark.reasons``) and return
    whatever ``score_rows`` needs (e.g. the ``[N, L]`` id matrix).
 7. ``score_rows(prepared, rows, scorer, settings)``: one dict per row of ``rows`` (at most
-   ``--batch-size`` of them), keyed by the names of ``out_fields`` (a struct column: a dict),
-   or a ``batch.Reject(reason, detail)`` for a window it cannot score after all. CUDA
-   running out of memory here becomes one line naming ``--batch-size``; a row whose
-   ``finite_columns`` are not finite becomes a ``non_finite_score`` reject.
+   ``--batch-size`` of them) holding every name of ``components`` (a float each) and of
+   ``out_fields`` (a struct column: a dict), or a ``batch.Reject(reason, detail)`` for a window
+   it cannot score after all. CUDA running out of memory here becomes one line naming
+   ``--batch-size``; a row with a component that is not finite becomes a ``non_finite_score``
+   reject.
 8. ``run_info(scorer)``: (kernel, note) of what ran, read after each chunk.
 
-Output columns: ``out_fields`` are columns of the scores table (``tables.schemas.SCORES``, same name
-and type), e.g. ``score`` and a struct of the method's components; ``MethodPlan.constants``
-fills others with one value per run; ``method`` is set to ``name``; every other column is null.
-``score`` is what ``select``, ``compare`` and ``probe`` rank by, for every method but LongAttn
-(whose rows have ``ds`` and ``variance`` and are ranked by their per-category LDS).
+Output columns: the ``components`` map; ``out_fields`` are typed columns of the scores table
+that a built-in method also fills (``tables.schemas.SCORES``, same name and type: LongAttn's
+``ds`` and per-head arrays, ``score`` and the ProLong / loss gain structs of earlier releases);
+``MethodPlan.constants`` fills others with one value per run; ``method`` is set to ``name``;
+every other column is null.
 """
 
 from __future__ import annotations
@@ -50,11 +65,12 @@ from typing import Any
 
 from pyspark.sql import types as T
 
-from longattn_spark.errors import ConfigError
 from longattn_spark.scorers.batch import Reject, WindowBatch
+from longattn_spark.scorers.options import NoOptions, build_options, given_options
 from longattn_spark.scorers.settings import RunSettings, run_settings
 
-__all__ = ["MethodPlan", "PlanContext", "Reject", "RunSettings", "ScorerMethod", "WindowBatch"]
+__all__ = ["MethodPlan", "PlanContext", "Ranking", "Reject", "RunSettings", "ScorerMethod",
+           "WindowBatch"]
 
 
 @dataclass
@@ -64,7 +80,8 @@ class PlanContext:
 
     spark: Any
     cfg: Any                     # ScoreConfig
-    location: Any                # weights.location.ModelLocation
+    options: Any                 # the method's Options, built and checked
+    location: Any                # weights.location.ModelLocation (None: no model)
     model: Any                   # what ``inspect`` returned
     sizes: list[int]             # window sizes (n_tokens) in the windows table
     window_tokenizers: list[str]  # tokenizer identities of the windows to score
@@ -77,6 +94,18 @@ class PlanContext:
     def run_settings(self) -> RunSettings:
         """The executors' device, dtype (``auto`` decided here), threads and model files."""
         return run_settings(self.spark, self.cfg, self.location)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a method ranks windows by default: ``rank``, an expression over its components
+    (``recipes.expr``; category statistics such as ``z()`` are taken per category), the
+    numbers it names (``params``, e.g. alpha), and the selection-table columns it fills
+    (``record``: ``ds``, ``variance``, ``z_ds``, ``z_du`` -> expressions)."""
+
+    rank: str
+    params: tuple[tuple[str, float], ...] = ()
+    record: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -98,44 +127,61 @@ class MethodPlan:
 
 
 class ScorerMethod:
-    """Base class of a scoring method (module docstring). Subclasses set ``name`` and
-    ``out_fields`` and implement ``plan``, ``load``, ``prepare`` and ``score_rows``."""
+    """Base class of a scoring method (module docstring). Subclasses set ``name``,
+    ``components`` (and ``Options``, ``out_fields``) and implement ``plan``, ``load``,
+    ``prepare`` and ``score_rows``."""
 
     #: the ``--method`` name and the value of the scores table's ``method`` column
     name: str = ""
     #: one line for ``--help`` and the README
     summary: str = ""
-    #: the method's columns of the scores table (``tables.schemas.SCORES`` fields)
+    #: the method's own options: a frozen dataclass of ``scorers.options.option`` fields
+    Options: type = NoOptions
+    #: the numbers it computes per window (names of the scores table's ``components`` map)
+    components: Sequence[str] = ()
+    #: components a window may lack (None: not stored, not a reject), e.g. a mean over none
+    optional_components: Sequence[str] = ()
+    #: typed columns of the scores table it also fills (``tables.schemas.SCORES`` fields)
     out_fields: Sequence[T.StructField] = ()
-    #: columns that must be finite for a row to be kept (else a ``non_finite_score`` reject)
-    finite_columns: Sequence[str] = ("score",)
-    #: whether the executors need the whole model folder (a causal LM) rather than LongAttn's
-    #: layer files
-    whole_model: bool = True
-    #: whether ``--windows-tokenizer`` (decode and re-tokenize the windows) is supported
-    retokenizes: bool = False
+    #: whether it reads a model (``--model``); a method without one locates and inspects
+    #: nothing and its executors load no weights
+    needs_model: bool = True
+    #: whether its executors run torch (device, threads, CUDA out-of-memory)
+    uses_torch: bool = True
+
+    # --- what it owns ---------------------------------------------------------------------
+
+    def options(self, cfg) -> Any:
+        """Its ``Options`` from a ``ScoreConfig`` (``--option``, aliases, YAML), checked."""
+        return build_options(self.name, self.Options, given_options(cfg))
+
+    def options_from(self, given) -> Any:
+        """Its ``Options`` from a mapping (a recipe's ``options``), checked."""
+        return build_options(self.name, self.Options, dict(given))
+
+    def ranking(self, normalize: str = "zscore") -> Ranking:
+        """The default ranking: its ``score`` component normalized within the category
+        (``z``; ``minmax`` with ``normalize="minmax"``)."""
+        function = "minmax" if normalize == "minmax" else "z"
+        return Ranking(rank=f"{function}(score)",
+                       record=(("z_ds", f"{function}(score)"), ("z_du", "0")))
 
     # --- driver ---------------------------------------------------------------------------
 
-    def validate(self, cfg) -> None:
-        """One-line ``ConfigError`` for options this method cannot use (no Spark here)."""
-        if cfg.windows_tokenizer and not self.retokenizes:
-            raise ConfigError(f"--windows-tokenizer is for --method prolong; --method "
-                              f"{self.name} scores the window's ids and needs the windows' "
-                              f"tokenizer in the model")
+    def validate(self, cfg, options) -> None:
+        """One-line ``ConfigError`` for options that do not fit the shared ones (no Spark
+        here). Default: nothing to check."""
 
-    def locate(self, spark, cfg):
+    def locate(self, spark, cfg, options):
         """The model files this method reads (``weights.location.ModelLocation``): the whole
-        model folder, or (``whole_model`` False) LongAttn's files of layer 0."""
-        if not self.whole_model:
-            from longattn_spark.scorers.longattn.locate import locate_layers
-
-            return locate_layers(spark, cfg.model)
+        model folder by default; None without a model."""
+        if not self.needs_model:
+            return None
         from longattn_spark.weights.locate import locate_model
 
         return locate_model(spark, cfg.model)
 
-    def inspect(self, spark, cfg, location) -> Any:
+    def inspect(self, spark, cfg, options, location) -> Any:
         """The model checked and described without loading it; passed to ``plan`` as
         ``ctx.model``. Default: nothing to check."""
         return None

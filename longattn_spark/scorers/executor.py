@@ -16,15 +16,17 @@ output columns. Everything below is the same for every method:
   replaces its older version.
 - **Batches** (``score_batches`` -> ``score_record_batch``): the Arrow batch becomes a
   ``WindowBatch``; the method marks the windows it cannot score with a reason; the rest are
-  scored ``--batch-size`` windows at a time; a row whose ``finite_columns`` are not finite
-  becomes a ``non_finite_score`` reject (never a NaN in the scores table); each row says what
-  ran (device type, kernel, dtype, note: ``RUN_FIELDS``).
+  scored ``--batch-size`` windows at a time; the components a row holds (``ScorerMethod.
+  components``) go to the scores table's ``components`` map, and a row with a component that
+  is missing or not finite becomes a ``non_finite_score`` reject naming it (never a NaN in the
+  scores table); each row says what ran (device type, kernel, dtype, note: ``RUN_FIELDS``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -52,13 +54,14 @@ _WINDOW_FIELDS = [
     T.StructField("reason", T.StringType()),     # null: scored (a reject reason otherwise)
     T.StructField("detail", T.StringType()),
 ]
+COMPONENTS_FIELD = T.StructField("components", T.MapType(T.StringType(), T.DoubleType(), False))
 
 
 def udf_schema(out_fields: Sequence[T.StructField]) -> T.StructType:
     """The rows a method's mapInArrow returns: the window, a reject reason with its detail,
-    the method's own columns (``out_fields``, named and typed as in the scores table), what
-    the executor ran."""
-    return T.StructType([*_WINDOW_FIELDS, *out_fields,
+    the method's components (a map), its typed columns of the scores table (``out_fields``),
+    what the executor ran."""
+    return T.StructType([*_WINDOW_FIELDS, COMPONENTS_FIELD, *out_fields,
                          *(T.StructField(name, T.StringType()) for name in RUN_FIELDS)])
 
 
@@ -126,14 +129,17 @@ def cached_scorer(method: ScorerMethod, settings: Any, device: str) -> Any:
     version of the same model (other file sizes or mtimes) replaces the older one."""
     key = (method.name, method.cache_key(settings), device)
     if key not in _SCORERS:
-        import torch
-
         run: RunSettings = settings.run
-        for stale in [k for k, v in _SCORERS.items() if k[0] == method.name
-                      and v[0].location.model == run.location.model
-                      and v[0].location != run.location]:
-            del _SCORERS[stale]
-        torch.set_num_threads(run.threads)
+        if run.location is not None:
+            for stale in [k for k, v in _SCORERS.items() if k[0] == method.name
+                          and v[0].location is not None
+                          and v[0].location.model == run.location.model
+                          and v[0].location != run.location]:
+                del _SCORERS[stale]
+        if method.uses_torch:
+            import torch
+
+            torch.set_num_threads(run.threads)
         _SCORERS[key] = (run, method.load(settings, device))
     return _SCORERS[key][1]
 
@@ -158,8 +164,6 @@ def score_record_batch(batch: pa.RecordBatch, method: ScorerMethod, scorer: Any,
                        settings: Any, batch_size: int) -> pa.RecordBatch:
     """Score one Arrow batch of windows with ``method``; a row that cannot be scored gets a
     reason (never an exception for a bad window)."""
-    import torch
-
     windows = WindowBatch.from_arrow(batch)
     prepared = method.prepare(windows, scorer, settings)
     n = len(windows)
@@ -172,7 +176,7 @@ def score_record_batch(batch: pa.RecordBatch, method: ScorerMethod, scorer: Any,
         chunk = rows[begin:begin + step]
         try:
             scored = method.score_rows(prepared, chunk, scorer, settings)
-        except torch.cuda.OutOfMemoryError as exc:
+        except out_of_memory() as exc:
             raise MemoryError(oom_message(batch_size, getattr(settings, "seq_len", None),
                                           str(getattr(scorer, "device", "cuda")), exc,
                                           method.name)) from None
@@ -184,7 +188,8 @@ def score_record_batch(batch: pa.RecordBatch, method: ScorerMethod, scorer: Any,
             windows.reject(i, values[i].reason, values[i].detail)
             values[i] = None
             continue
-        bad = [name for name in method.finite_columns if not _finite(values[i].get(name))]
+        bad = [name for name in method.components if not _finite(values[i].get(name))
+               and not (name in method.optional_components and values[i].get(name) is None)]
         if bad:
             windows.reject(i, NON_FINITE_SCORE, ", ".join(
                 f"{name} = {values[i].get(name)}" for name in bad))
@@ -194,7 +199,11 @@ def score_record_batch(batch: pa.RecordBatch, method: ScorerMethod, scorer: Any,
     dtype = dtype_name(scorer.dtype) if hasattr(scorer, "dtype") else settings.run.dtype
     columns = [pa.array(windows.window_ids, pa.string()),
                pa.array(windows.categories, pa.string()),
-               pa.array(windows.reasons, pa.string()), pa.array(windows.details, pa.string())]
+               pa.array(windows.reasons, pa.string()), pa.array(windows.details, pa.string()),
+               pa.array([None if v is None else [(name, float(v[name]))
+                                                 for name in method.components
+                                                 if v.get(name) is not None]
+                         for v in values], schema.field("components").type)]
     for out in method.out_fields:
         columns.append(pa.array([None if v is None else v.get(out.name) for v in values],
                                 schema.field(out.name).type))
@@ -205,8 +214,17 @@ def score_record_batch(batch: pa.RecordBatch, method: ScorerMethod, scorer: Any,
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
+def out_of_memory() -> tuple[type[BaseException], ...]:
+    """CUDA's out-of-memory error when torch is loaded (a method without torch has none)."""
+    torch = sys.modules.get("torch")
+    return (torch.cuda.OutOfMemoryError,) if torch is not None else ()
+
+
 def _finite(value: Any) -> bool:
-    return value is not None and math.isfinite(value)
+    try:
+        return value is not None and math.isfinite(value)
+    except TypeError:
+        return False
 
 
 def score_batches(method_spec: str, settings: Any, batch_size: int) -> ArrowFn:
@@ -221,10 +239,10 @@ def score_batches(method_spec: str, settings: Any, batch_size: int) -> ArrowFn:
         method = get_method(method_spec)
         run_settings_: RunSettings = settings.run
         device = task_device(run_settings_.device, run_settings_.dtype_for_gpu,
-                             run_settings_.dtype)
+                             run_settings_.dtype) if method.uses_torch else "cpu"
         try:
             scorer = cached_scorer(method, settings, device)
-        except torch.cuda.OutOfMemoryError as exc:  # the model (or its self-check) too large
+        except out_of_memory() as exc:  # the model (or its self-check) too large
             raise MemoryError(oom_message(batch_size, getattr(settings, "seq_len", None),
                                           device, exc, method.name, loading=True)) from None
         for batch in batches:

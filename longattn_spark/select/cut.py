@@ -19,7 +19,6 @@ from typing import Any
 
 from longattn_spark.config import SelectConfig
 from longattn_spark.errors import ConfigError
-from longattn_spark.stats import CategoryStats
 
 MAX_ABS_ALPHA = 10.0
 HASH_MIN = -float(2 ** 63)
@@ -233,42 +232,35 @@ class Bracket:
         return self.rows <= candidate_limit or (self.stage == 2 and self.lo == self.hi)
 
 
-def _interval(lo: float, hi: float, scale: float) -> tuple[float, float]:
-    a, b = lo * scale, hi * scale
-    return (min(a, b), max(a, b))
+@dataclass(frozen=True)
+class CutStats:
+    """What the cut arithmetic needs of a category (``select.ranked.cut_statistics_columns``):
+    the windows that passed (count, tokens, largest) and the range of their ordering key,
+    with the category's windows and exclusions for the summary."""
 
+    category: str | None
+    n: int
+    tokens: int
+    max_window_tokens: int | None
+    key_min: float | None
+    key_max: float | None
+    windows: int = 0
+    excluded: int = 0
 
-def _z_range(lo: float | None, hi: float | None, center: float | None, spread: float | None,
-             normalize: str, negate: bool) -> tuple[float, float]:
-    """Range of a normalized score over a category, computed as select_ranked.sql does."""
-    if lo is None or hi is None:
-        return (0.0, 0.0)
-    if normalize == "minmax":
-        return (0.0, 1.0) if hi > lo else (0.0, 0.0)
-    if spread is None or not spread > 0:
-        return (0.0, 0.0)
-    if negate:
-        return ((center - hi) / spread, (center - lo) / spread)
-    return ((lo - center) / spread, (hi - center) / spread)
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> CutStats:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
 
-
-def sort_key_bounds(options: SelectOptions, method: str, stats: CategoryStats
-                    ) -> tuple[float, float]:
-    """Bounds of the ordering key over a category: no pass over the data needed, since the
-    z-scores of the extremes bound every window's (IEEE arithmetic is monotone)."""
-    if method == "random":
-        return (HASH_MIN, HASH_MAX)
-    z_ds = _z_range(stats.min_ds, stats.max_ds, stats.mean_ds, stats.sd_ds,
-                    options.normalize, negate=False)
-    z_du = _z_range(stats.min_var, stats.max_var, stats.mean_var, stats.sd_var,
-                    options.normalize, negate=True)
-    weight = -options.alpha if options.normalize == "minmax" else options.alpha
-    du_lo, du_hi = _interval(z_du[0], z_du[1], weight)
-    lo, hi = z_ds[0] + du_lo, z_ds[1] + du_hi
-    if lo == hi:
-        return (lo, hi)
-    margin = 1e-9 * max(1.0, abs(lo), abs(hi))
-    return (lo - margin, hi + margin)
+    def key_bounds(self) -> tuple[float, float]:
+        """The ordering key's range over the windows that passed, widened by a hair so that
+        the extremes fall inside the first histogram's outer buckets."""
+        if self.key_min is None or self.key_max is None:
+            return (0.0, 0.0)
+        lo, hi = float(self.key_min), float(self.key_max)
+        if lo == hi:
+            return (lo, hi)
+        margin = 1e-9 * max(1.0, abs(lo), abs(hi))
+        return (lo - margin, hi + margin)
 
 
 def initial_bracket(category: str, target: Target, n: int, tokens: int,

@@ -1,11 +1,12 @@
-"""The selection's Spark part: the statements of ``longattn_spark/sql/select_*.sql`` run in
-order over temporary views, the cut passes of :mod:`longattn_spark.select.cut`, and the write.
+"""The selection's Spark part: the ranked rows of a recipe (:mod:`longattn_spark.select.
+ranked`), the cut passes of :mod:`longattn_spark.select.cut` over them (the statements of
+``longattn_spark/sql/select_*.sql``, run over temporary views), and the write.
 
-No step gathers a category into one task. Per-category statistics are one grouped aggregate
-(``category_stats.sql``), collected to the driver (a few numbers per category) and broadcast
-back. The approximate cut is a grouped ``percentile_approx`` and one grouped count of the
-windows above and at it; the exact cut is found by histogram refinement (:func:`exact_cuts`).
-Ranking is never done by a window function over a category.
+No step gathers a category into one task (except the window functions a ``pct()`` in a recipe
+asks for). Per-category statistics are grouped aggregates collected to the driver (a few
+numbers per category) and broadcast back. The approximate cut is a grouped
+``percentile_approx`` and one grouped count of the windows above and at it; the exact cut is
+found by histogram refinement (:func:`exact_cuts`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from typing import Any
 from longattn_spark.select.cut import (
     DEFAULT_BUCKETS,
     DEFAULT_CANDIDATE_LIMIT,
+    HASH_MAX,
+    HASH_MIN,
     MAX_REFINEMENTS,
     Bracket,
     Cut,
+    CutStats,
     SelectOptions,
     Target,
     approx_cut,
@@ -32,17 +36,11 @@ from longattn_spark.select.cut import (
     initial_bracket,
     keep_counts,
     narrowed_bracket,
-    sort_key_bounds,
     token_budgets,
 )
 from longattn_spark.select.summary import with_budgets
 from longattn_spark.sqlfiles import load_sql
-from longattn_spark.stats import (
-    CategoryStats,
-    CategorySummary,
-    category_stats_frame,
-    selection_summary,
-)
+from longattn_spark.stats import CategorySummary, selection_summary
 
 _SELECTION_ID = re.compile(r"^[0-9a-f]{24}$")
 
@@ -55,7 +53,9 @@ class SelectionInputs:
     scores: Any  # TableRef
     windows_version: int
     scores_version: int
-    scorer_id: str
+    scorer_id: str               # the recipe's scorer_ids joined by "+" (one: its id)
+    recipe: Any = None           # recipes.checked.CheckedRecipe
+    scorer_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class _Views:
@@ -82,7 +82,7 @@ class _Views:
 
 def _scores_view(views: _Views, inputs: SelectionInputs) -> str:
     """The scores table at its pinned version, with ``method`` and ``score`` as NULL when
-    that version predates them (LongAttn rows), so select_scored.sql reads any scorer."""
+    that version predates them, so the statements read any scorer's rows."""
     from pyspark.sql import functions as F
 
     frame = inputs.scores.read(views.spark, inputs.scores_version)
@@ -91,14 +91,6 @@ def _scores_view(views: _Views, inputs: SelectionInputs) -> str:
         if column not in present:
             frame = frame.withColumn(column, F.lit(None).cast(kind))
     return views.add("scores", frame)
-
-
-def heads_literal(heads: tuple[int, ...]):
-    """The ``:heads`` parameter of select_scored.sql: an ``array(...)`` of int literals (empty:
-    all heads). A Column, not a Python list: Spark Connect cannot type an empty list."""
-    from pyspark.sql import functions as F
-
-    return F.array(*[F.lit(int(h)) for h in heads])
 
 
 @dataclass(frozen=True)
@@ -112,12 +104,12 @@ class StoredHeads:
     short_window: str | None  # a window storing ``min_heads``
 
 
-def stored_heads(spark, inputs: SelectionInputs) -> StoredHeads:
-    """How many per-head scores the scorer's rows store (one aggregate over its rows)."""
+def stored_heads(spark, inputs: SelectionInputs, scorer_id: str) -> StoredHeads:
+    """How many per-head scores a scorer's rows store (one aggregate over its rows)."""
     views = _Views(spark)
     try:
         row = spark.sql(load_sql("select_heads_stored"), args={
-            "scores": _scores_view(views, inputs), "scorer_id": inputs.scorer_id}).collect()[0]
+            "scores": _scores_view(views, inputs), "scorer_id": scorer_id}).collect()[0]
         return StoredHeads(int(row["n_rows"]), int(row["other_method"]),
                            None if row["min_heads"] is None else int(row["min_heads"]),
                            None if row["max_heads"] is None else int(row["max_heads"]),
@@ -136,7 +128,7 @@ _CUT_SCHEMA = ("category string, mode string, threshold double, key double, tieb
 
 
 def exact_cuts(views: _Views, ranked: str, targets: Mapping[str, Target],
-               stats: Mapping[str, CategoryStats], bounds: Mapping[str, tuple[float, float]],
+               stats: Mapping[str, CutStats], bounds: Mapping[str, tuple[float, float]],
                buckets: int = DEFAULT_BUCKETS, candidate_limit: int = DEFAULT_CANDIDATE_LIMIT
                ) -> dict[str, Cut]:
     """Exact cut per category by histogram refinement.
@@ -206,7 +198,7 @@ def _bracket_rows(views: _Views, ranked: str, brackets: list[Bracket], statement
 
 
 def approx_cuts(views: _Views, ranked: str, options: SelectOptions,
-                stats: Mapping[str, CategoryStats], **refine: Any) -> dict[str, Cut]:
+                stats: Mapping[str, CutStats], **refine: Any) -> dict[str, Cut]:
     """Keep-fraction cut from a grouped ``percentile_approx`` of the LDS, ties at the
     threshold split in the exact cut's order (see :func:`approx_cut`)."""
     rows = views.spark.sql(load_sql("select_cut_approx"), args={
@@ -229,9 +221,10 @@ def approx_cuts(views: _Views, ranked: str, options: SelectOptions,
     return {**cuts, **refined_cuts(views, ranked, targets, brackets, **refine)}
 
 
-def lds_cuts(views: _Views, ranked: str, options: SelectOptions,
-             stats: Mapping[str, CategoryStats], **refine: Any) -> dict[str, Cut]:
-    """The LDS cut of every category (--min-lds is applied on top, in select_flagged.sql)."""
+def rank_cuts(views: _Views, ranked: str, options: SelectOptions,
+              stats: Mapping[str, CutStats], **refine: Any) -> dict[str, Cut]:
+    """The cut of every category by rank (--min-lds is applied on top, in
+    select_flagged.sql)."""
     usable = {c: s for c, s in stats.items() if c is not None and s.n > 0}
     if options.keep_fraction >= 1 or not (options.keep_fraction or options.token_budget):
         return {c: Cut(c, "all") for c in usable}
@@ -243,14 +236,14 @@ def lds_cuts(views: _Views, ranked: str, options: SelectOptions,
     else:
         budgets = token_budgets(options, {c: s.tokens for c, s in usable.items()})
         targets = {c: Target("tokens", b) for c, b in budgets.items()}
-    bounds = {c: sort_key_bounds(options, "lds", s) for c, s in usable.items()}
+    bounds = {c: s.key_bounds() for c, s in usable.items()}
     return exact_cuts(views, ranked, targets, usable, bounds, **refine)
 
 
 def random_cuts(views: _Views, ranked_random: str, flagged_lds: str, options: SelectOptions,
-                stats: Mapping[str, CategoryStats], **refine: Any) -> dict[str, Cut]:
+                stats: Mapping[str, CutStats], **refine: Any) -> dict[str, Cut]:
     """The random baseline: per category as many windows (or tokens, with a token budget) as
-    the LDS cut keeps, in seeded hash order."""
+    the rank's cut keeps, in seeded hash order."""
     totals = views.spark.sql(load_sql("select_totals"),
                              args={"flagged": flagged_lds}).collect()
     measure = "tokens" if options.token_budget else "count"
@@ -258,7 +251,7 @@ def random_cuts(views: _Views, ranked_random: str, flagged_lds: str, options: Se
                                                   else r["selected"]))
                for r in totals if r["category"] is not None and stats[r["category"]].n > 0}
     usable = {c: stats[c] for c in targets}
-    bounds = {c: sort_key_bounds(options, "random", s) for c, s in usable.items()}
+    bounds = {c: (HASH_MIN, HASH_MAX) for c in usable}
     return exact_cuts(views, ranked_random, targets, usable, bounds, **refine)
 
 
@@ -273,44 +266,64 @@ def selection_rows(spark, inputs: SelectionInputs, options: SelectOptions, selec
     """The rows of the selection table (a DataFrame with SELECTION's columns), valid inside the
     ``with`` block; the joined scores are cached meanwhile."""
     from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from longattn_spark.select.ranked import RankedInputs, cut_statistics_columns, ranked_rows
 
     views = _Views(spark)
-    scored_df = None
+    ranked_df = None
     refine = {"buckets": buckets, "candidate_limit": candidate_limit}
+    recipe = inputs.recipe
     try:
-        scored_df = spark.sql(load_sql("select_scored"), args={
-            "scores": _scores_view(views, inputs),
-            "windows": inputs.windows.sql_name(spark, inputs.windows_version),
-            "scorer_id": inputs.scorer_id,
-            "heads": heads_literal(options.heads)}).persist(StorageLevel.MEMORY_AND_DISK)
-        scored = views.add("scored", scored_df)
-        stats_df = category_stats_frame(spark, scored)
-        stats_rows = [r for r in stats_df.collect() if not r["is_total"]]
-        stats = {r["category"]: CategoryStats.from_mapping(r) for r in stats_rows}
-        check_mix_categories(options.mix, stats)
-        stats_view = views.add("stats", spark.createDataFrame(stats_rows, stats_df.schema))
-        ranked_args = {"scored": scored, "stats": stats_view, "normalize": options.normalize,
-                       "alpha": options.alpha, "seed": options.seed}
-        ranked = views.sql("ranked", "select_ranked", method="lds", **ranked_args)
-        cuts = _cuts_view(views, "cuts", lds_cuts(views, ranked, options, stats, **refine))
+        ranked_inputs = RankedInputs(
+            scores=inputs.scores.read(spark, inputs.scores_version),
+            windows=inputs.windows.read(spark, inputs.windows_version), recipe=recipe,
+            scorer_ids=inputs.scorer_ids, heads=options.heads)
+        ranked_df = ranked_rows(spark, ranked_inputs).persist(StorageLevel.MEMORY_AND_DISK)
+        ranked = views.add("ranked", ranked_df)
+        stats = _cut_stats(ranked_df.groupBy("category").agg(*cut_statistics_columns()))
+        check_mix_categories(options.mix, {c: s for c, s in stats.items() if s.n > 0})
+        cuts = _cuts_view(views, "cuts", rank_cuts(views, ranked, options, stats, **refine))
         min_lds = options.min_lds if options.min_lds is not None else float("-inf")
         flagged = views.sql("flagged", "select_flagged", ranked=ranked, cuts=cuts,
                             min_lds=min_lds)
-        if options.method == "random":
-            ranked = views.sql("ranked_random", "select_ranked", method="random", **ranked_args)
+        if options.method == "random" or recipe.recipe.draw == "random":
+            drawn = ranked_df.withColumn("sort_key", F.when(
+                F.col("sort_key").isNotNull(),
+                F.xxhash64(F.col("window_id"), F.lit(int(options.seed))).cast("double")))
+            ranked = views.add("ranked_random", drawn)
             cuts = _cuts_view(views, "cuts_random",
                               random_cuts(views, ranked, flagged, options, stats, **refine))
             flagged = views.sql("flagged_random", "select_flagged", ranked=ranked, cuts=cuts,
                                 min_lds=float("-inf"))
-        yield spark.sql(load_sql("select_rows"), args={
-            "flagged": flagged, "selection_id": selection_id, "scorer_id": inputs.scorer_id,
-            "params": params, "windows_version": inputs.windows_version,
-            "scores_version": inputs.scores_version})
+        yield selection_frame(spark.table(flagged), inputs, selection_id, params)
     finally:
         # unpersist first: on Spark Connect a DataFrame is a plan naming its views
-        if scored_df is not None:
-            scored_df.unpersist()
+        if ranked_df is not None:
+            ranked_df.unpersist()
         views.drop()
+
+
+def selection_frame(flagged, inputs: SelectionInputs, selection_id: str, params: str):
+    """The selection table's rows from the flagged rows (SELECTION's columns)."""
+    from pyspark.sql import functions as F
+
+    recipe = inputs.recipe.recipe
+    scorer_ids = F.create_map(*[x for name, sid in inputs.scorer_ids.items()
+                                for x in (F.lit(name), F.lit(sid))])
+    return flagged.select(
+        F.lit(selection_id).alias("selection_id"), "window_id", "category", "n_tokens", "ds",
+        "variance", "z_ds", "z_du", "lds", "selected", "excluded_reason",
+        F.lit(inputs.scorer_id).alias("scorer_id"), F.lit(params).alias("params"),
+        F.lit(inputs.windows_version).cast("bigint").alias("windows_version"),
+        F.lit(inputs.scores_version).cast("bigint").alias("scores_version"),
+        F.current_timestamp().alias("selected_at"), "rank", "passed", "dropped_by",
+        F.lit(recipe.name).alias("recipe"), F.lit(recipe.sha256).alias("recipe_sha256"),
+        scorer_ids.alias("scorer_ids"))
+
+
+def _cut_stats(frame) -> dict[str | None, CutStats]:
+    return {r["category"]: CutStats.from_mapping(r) for r in frame.collect()}
 
 
 def selection_present(spark, table, selection_id: str) -> bool:

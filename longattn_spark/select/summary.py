@@ -28,6 +28,7 @@ class SelectionResult:
     categories: tuple[CategorySummary, ...] = ()
     notes: tuple[str, ...] = ()
     message: str = ""
+    recipe: str = ""
 
 
 def with_budgets(summaries: Iterable[CategorySummary], options: SelectOptions
@@ -88,12 +89,13 @@ def format_summary(result: SelectionResult) -> str:
         cut = f"{cut}, min-lds {opts.min_lds:g}" if cut else f"min-lds {opts.min_lds:g}"
     state = "written to" if result.written else "already in"
     heads = f", heads {','.join(map(str, opts.heads))}" if opts.heads else ""
-    inputs = (f"  scorer {result.scorer_id}{heads}, windows v{result.windows_version}, scores "
-              f"v{result.scores_version}; {opts.method}, {opts.normalize}, "
+    recipe = f"recipe {result.recipe}, " if result.recipe else ""
+    inputs = (f"  {recipe}scorer {result.scorer_id}{heads}, windows v{result.windows_version}, "
+              f"scores v{result.scores_version}; {opts.method}, {opts.normalize}, "
               f"alpha {opts.alpha:g}, {cut}")
     lines = [f"selection {result.selection_id} {state} {result.table}", inputs]
     header = (f"  {'category':<16}{'windows':>10}{'excluded':>10}{'selected':>10}"
-              f"{'tokens selected':>18}{'budget':>16}{'cut (min lds)':>15}")
+              f"{'tokens selected':>18}{'budget':>16}{'cut (min rank)':>15}")
     lines.append(header)
     for c in result.categories:
         budget = f"{c.budget:,}" if c.budget is not None else "-"
@@ -106,6 +108,6 @@ def format_summary(result: SelectionResult) -> str:
                  f"{sum(c.selected for c in result.categories):>10,}"
                  f"{sum(c.tokens_selected for c in result.categories):>18,}")
     if opts.method == "random":
-        lines.append("  (random baseline: the cut column shows the smallest LDS drawn)")
+        lines.append("  (random baseline: the cut column shows the smallest rank drawn)")
     lines += [f"  note: {n}" for n in result.notes]
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 -- (its table of DS and variance). One grouped aggregate: a few numbers per category, plus an
 -- overall row (is_total, category NULL) that select leaves out.
 --   :scored   rows with category, ds, variance, n_tokens and excluded_reason (NULL: usable):
---             select_scored.sql, or report_scores.sql
+--             report_scores.sql
 SELECT
   category,
   grouping(category) = 1                                    AS is_total,

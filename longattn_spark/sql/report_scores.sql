@@ -1,6 +1,6 @@
 -- Report: the scores of one scorer as category_stats.sql and the report's histograms read
 -- them. A row is usable when ds and variance are finite numbers; otherwise excluded_reason
--- says why (the report's "not finite" column). Unlike select_scored.sql, no join to the
+-- says why (the report's "not finite" column). Unlike select's ranked rows, no join to the
 -- windows: the report describes the scores table as it is.
 --   :scores     scores table (read at a pinned Delta version)
 --   :scorer_id  the scorer

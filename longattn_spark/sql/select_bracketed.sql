@@ -1,6 +1,6 @@
 -- LongAttn selection, exact cut: the usable windows inside each category's current bracket,
 -- the range of the ordering known to hold the cut.
---   :ranked    output of select_ranked.sql
+--   :ranked    the ranked rows (longattn_spark/select/ranked.py)
 --   :brackets  one row per category being refined (a few rows: broadcast):
 --              stage 1 brackets sort_key in [lo, hi];
 --              stage 2 brackets tiebreak in [lo, hi] among windows whose sort_key = pinned_key

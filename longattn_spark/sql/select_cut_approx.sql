@@ -5,7 +5,7 @@
 -- equality is exact. Windows above are kept; of the windows tied at the threshold, as many as
 -- the keep count still needs are taken in the exact cut's tie order (tiebreak desc, window_id
 -- asc; see selection.approx_cuts), so ties are split as the exact cut splits them.
---   :ranked      output of select_ranked.sql
+--   :ranked      the ranked rows (longattn_spark/select/ranked.py)
 --   :percentage  1 - keep fraction
 --   :accuracy    percentile_approx accuracy
 WITH thresholds AS (

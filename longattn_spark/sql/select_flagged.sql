@@ -1,5 +1,5 @@
 -- LongAttn selection, step 4: apply each category's cut.
---   :ranked   output of select_ranked.sql
+--   :ranked   the ranked rows (longattn_spark/select/ranked.py)
 --   :cuts     one row per category (broadcast): mode 'all' keeps every usable window,
 --             'above' keeps sort_key > threshold and 'from' sort_key >= threshold (approximate
 --             cut; a tie split at its threshold is a 'before' cut), 'before' keeps the windows

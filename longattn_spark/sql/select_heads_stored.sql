@@ -4,11 +4,11 @@
 --   :scores     scores table (read at a pinned Delta version, with a method column)
 --   :scorer_id  the scorer
 -- min_heads / max_heads: the fewest and most heads over the rows that store both arrays (NULL
--- when none does); short_window: a window with the fewest; other_method: rows of a method
--- without per-head scores (ProLong and the like).
+-- when none does); short_window: a window with the fewest; other_method: rows without
+-- per-head scores.
 SELECT
   count(*) AS n_rows,
-  count_if(coalesce(method, 'longattn') <> 'longattn') AS other_method,
+  count_if(ds_heads IS NULL OR var_heads IS NULL) AS other_method,
   min(least(size(ds_heads), size(var_heads)))
     FILTER (WHERE ds_heads IS NOT NULL AND var_heads IS NOT NULL) AS min_heads,
   max(least(size(ds_heads), size(var_heads)))

@@ -127,10 +127,16 @@ SCORES = TableSpec(
         _f("device", T.StringType(), "device type the executor scored on (cpu, cuda)"),
         _f("kernel", T.StringType(), "kernel the executor ran (torch, triton)"),
         _f("dtype", T.StringType(), "compute dtype the executor ran"),
+        _f("components", T.MapType(T.StringType(), T.DoubleType()), "every number the method "
+           "computed for the window, by component name (the method declares them: longattn "
+           "ds, variance; lossgain score, copy_share, dependency_gain, ...; repetition "
+           "dup_10gram, compression, ...); null on rows written before the column existed, "
+           "whose ds, variance, score and struct columns are read as their components"),
     ]),
     keys=("window_id", "scorer_id"),
     partition_by=("scorer_id",),
-    comment="Per-window scores (LongAttn layer-0 attention, ProLong) per window and scorer",
+    comment="Per-window scores of every scoring method (LongAttn, ProLong, loss gain, "
+            "repetition, plugins) per window and scorer",
 )
 
 SCORE_REJECTS = TableSpec(
@@ -157,24 +163,42 @@ SELECTION = TableSpec(
         _f("window_id", T.StringType(), "window (windows.window_id)", nullable=False),
         _f("category", T.StringType(), "category of the window"),
         _f("n_tokens", T.IntegerType(), "tokens in the window"),
-        _f("ds", T.DoubleType(), "dependency strength (scores.ds)"),
-        _f("variance", T.DoubleType(), "variance (scores.variance); DU = -variance"),
-        _f("z_ds", T.DoubleType(), "normalized DS within the category (z-score or min-max)"),
+        _f("ds", T.DoubleType(), "dependency strength (scores.ds), when the recipe records "
+           "it (the longattn recipe)"),
+        _f("variance", T.DoubleType(), "variance (scores.variance); DU = -variance, when the "
+           "recipe records it"),
+        _f("z_ds", T.DoubleType(), "normalized DS within the category (z-score or min-max), "
+           "when the recipe records it"),
         _f("z_du", T.DoubleType(), "normalized DU within the category (z-score of -variance, "
-           "or min-max of variance for --normalize minmax)"),
-        _f("lds", T.DoubleType(), "long-distance dependency score used for the cut"),
+           "or min-max of variance for --normalize minmax), when the recipe records it"),
+        _f("lds", T.DoubleType(), "the value ranked by the cut: the recipe's rank (LongAttn's "
+           "LDS for the longattn recipe); null for windows that were not ranked"),
         _f("selected", T.BooleanType(), "whether the window is in the selection"),
         _f("excluded_reason", T.StringType(), "why the window could not be ranked (no_window, "
-           "no_n_tokens, null_score, nan_score, infinite_score); null for usable windows"),
-        _f("scorer_id", T.StringType(), "scorer whose scores were used"),
-        _f("params", T.StringType(), "JSON of the selection parameters"),
+           "no_n_tokens, missing_score (<scorer>), null_score, nan_score, infinite_score, "
+           "null_rank); null for usable windows"),
+        _f("scorer_id", T.StringType(), "scorer whose scores were used (the recipe's first)"),
+        _f("params", T.StringType(), "JSON of the selection parameters (the recipe's text "
+           "included)"),
         _f("windows_version", T.LongType(), "Delta version of the windows table read"),
         _f("scores_version", T.LongType(), "Delta version of the scores table read"),
         _f("selected_at", T.TimestampType(), "when the selection was made"),
+        _f("rank", T.DoubleType(), "the recipe's rank expression for the window (null when it "
+           "could not be ranked)"),
+        _f("passed", T.BooleanType(), "whether the window passed every filter (--where) of the "
+           "recipe; the cut keeps windows that passed"),
+        _f("dropped_by", T.StringType(), "the first filter the window failed (its text); null "
+           "when it passed or was not ranked"),
+        _f("recipe", T.StringType(), "name of the recipe that selected (longattn, random, "
+                                     "recommended, custom, ...)"),
+        _f("recipe_sha256", T.StringType(), "SHA-256 of the recipe's canonical form"),
+        _f("scorer_ids", T.MapType(T.StringType(), T.StringType()), "the scorer_id of each of "
+           "the recipe's scorers, by the name its components are qualified with"),
     ]),
     keys=("selection_id", "window_id"),
     partition_by=("selection_id",),
-    comment="LongAttn selections: per-category normalized scores and the cut",
+    comment="Selections: per-category ranks of a recipe over scorers' components, filters "
+            "and the cut",
 )
 
 #: Score columns a probe row carries: every column of a scores row but its key, its category
@@ -182,7 +206,7 @@ SELECTION = TableSpec(
 PROBE_SCORE_COLUMNS = tuple(
     f.name for f in SCORES.schema.fields
     if f.name not in ("window_id", "scorer_id", "category", "scored_at", "device", "kernel",
-                      "dtype"))
+                      "dtype", "components"))
 
 PROBE = TableSpec(
     kind="probe",
@@ -202,11 +226,19 @@ PROBE = TableSpec(
            "without BOS (the scorer adds BOS as for windows)"),
         _f("scored_window_id", T.StringType(), "window_id in the probe's staging tables: "
            "<probe_id>/<kind>/<window_id>"),
-        _f("scorer_id", T.StringType(), "scorer of every row of the table", nullable=False),
+        _f("scorer_id", T.StringType(), "scorer of every row of the table (scorers joined by "
+           "+ when the probe runs a recipe of several)", nullable=False),
         *(SCORES.schema[name] for name in PROBE_SCORE_COLUMNS),
-        _f("selection_score", T.DoubleType(), "longattn: LDS = z(DS) + alpha*z(DU) with the "
-           "natural sample's per-category mean and stddev; other methods: score"),
+        _f("selection_score", T.DoubleType(), "the probed ranking (a recipe's rank, else the "
+           "method's default, e.g. LongAttn's LDS = z(DS) + alpha*z(DU)) with the natural "
+           "sample's per-category statistics"),
         _f("probed_at", T.TimestampType(), "when the row was written"),
+        _f("components", T.MapType(T.StringType(), T.DoubleType()), "every component of every "
+           "scorer of the probe, qualified by the scorer's name (lossgain.dependency_gain, "
+           "repetition.compression): what probe --rank/--where ranks by without scoring "
+           "again"),
+        _f("passed", T.BooleanType(), "whether the row passed the probed recipe's filters "
+           "(a row that did not ranks last)"),
     ]),
     keys=("probe_id", "kind", "window_id"),
     partition_by=("probe_id",),

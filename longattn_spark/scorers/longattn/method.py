@@ -1,5 +1,8 @@
 """``--method longattn`` (the default): DS and variance of each window from the attention of
-layer ``--layer`` (0: the paper), as a ``ScorerMethod`` (``longattn_spark.scorers.base``).
+layer ``layer`` (0: the paper), as a ``ScorerMethod`` (``longattn_spark.scorers.base``).
+Options: ``options.py`` (``layer``, ``rope_theta``, ``kernel``); components ``ds`` and
+``variance``; default ranking the paper's LDS, ``z(ds) + alpha * z(-variance)`` per category
+(with ``--normalize minmax`` the authors' released ``minmax(ds) - alpha * minmax(variance)``).
 
 Driver: only the files holding the tensors of layers <= N are located (``locate.py``);
 config.json and the safetensors headers are read and the tensors read are hashed as they
@@ -15,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longattn_spark.errors import ConfigError
-from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
+from longattn_spark.scorers.base import MethodPlan, PlanContext, Ranking, ScorerMethod
 from longattn_spark.scorers.batch import WindowBatch
+from longattn_spark.scorers.longattn.options import LongAttnOptions
 from longattn_spark.scorers.settings import RunSettings, sequence_length
 from longattn_spark.tables.schemas import SCORES
 
@@ -37,39 +40,46 @@ class LongAttnSettings:
 
 class LongAttnMethod(ScorerMethod):
     name = "longattn"
-    summary = "attention of layer --layer (0: the paper): DS and variance"
+    summary = "attention of layer --option layer=N (0: the paper): DS and variance"
+    Options = LongAttnOptions
+    components = ("ds", "variance")
     out_fields = tuple(SCORES.schema[name] for name in ("ds", "variance", "ds_heads",
                                                         "var_heads"))
-    finite_columns = ("ds", "variance")
-    whole_model = False
 
-    def validate(self, cfg) -> None:
-        super().validate(cfg)
-        if cfg.layer < 0:
-            raise ConfigError(f"--layer {cfg.layer}: must be >= 0")
+    def ranking(self, normalize: str = "zscore") -> Ranking:
+        """The paper's LDS, z(DS) + alpha * z(DU) with DU = -variance (section 3.2.3), or the
+        authors' released min-max variant."""
+        if normalize == "minmax":
+            return Ranking(rank="minmax(ds) - alpha * minmax(variance)", params=(("alpha", 0.5),),
+                           record=(("ds", "ds"), ("variance", "variance"),
+                                   ("z_ds", "minmax(ds)"), ("z_du", "minmax(variance)")))
+        return Ranking(rank="z(ds) + alpha * z(-variance)", params=(("alpha", 0.5),),
+                       record=(("ds", "ds"), ("variance", "variance"), ("z_ds", "z(ds)"),
+                               ("z_du", "z(-variance)")))
 
-    def locate(self, spark, cfg):
+    def locate(self, spark, cfg, options: LongAttnOptions):
         from longattn_spark.scorers.longattn.locate import locate_layers
 
-        return locate_layers(spark, cfg.model, cfg.layer)
+        return locate_layers(spark, cfg.model, options.layer)
 
-    def inspect(self, spark, cfg, location):
-        """The ``Layer0Checkpoint`` from config.json and the headers (``--layer`` outside
+    def inspect(self, spark, cfg, options: LongAttnOptions, location):
+        """The ``Layer0Checkpoint`` from config.json and the headers (``layer`` outside
         the model: one-line ``ConfigError``)."""
         from longattn_spark.scorers.longattn.locate import describe_model
 
-        return describe_model(spark, location, allow_pickle=cfg.allow_pickle, layer=cfg.layer)
+        return describe_model(spark, location, allow_pickle=cfg.allow_pickle,
+                              layer=options.layer)
 
     def plan(self, ctx: PlanContext) -> MethodPlan:
         from longattn_spark.scorers.longattn.scorer import Layer0Scorer
 
-        cfg = ctx.cfg
+        cfg, options = ctx.cfg, ctx.options
         seq_len, expected_tokens = sequence_length(cfg, ctx.sizes)
         run = ctx.run_settings()
         settings = LongAttnSettings(run=run, min_distance=cfg.min_distance or None,
-                                    rope_theta=cfg.rope_theta or None, kernel=cfg.kernel,
-                                    layer=cfg.layer, seq_len=seq_len,
-                                    expected_tokens=expected_tokens)
+                                    rope_theta=options.rope_theta or None,
+                                    kernel=options.kernel, layer=options.layer,
+                                    seq_len=seq_len, expected_tokens=expected_tokens)
         # The scorer as the driver knows it, from config.json and the headers (no weights):
         # its scorer_id, summary, BOS id and limits; it fails here on a bad model.
         driver_scorer = Layer0Scorer.describing(ctx.model, dtype=run.dtype,

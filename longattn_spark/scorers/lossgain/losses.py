@@ -14,6 +14,21 @@ For a window, the model input is x = BOS + the window's first L-1 tokens (as Lon
 
 S defaults to the min distance k = L // 4 and must satisfy 1 <= S < L/2 (otherwise no target
 has a short pass).
+
+Copies (the components that keep loss gain from ranking copy-paste first): with m =
+``copy_ngram`` (default ``DEFAULT_COPY_NGRAM``), ``copy[t]`` for t in [2S, L) is true when
+the m tokens x[t-m+1 .. t] (the target and the m - 1 tokens before it) also end at some
+u <= t - S: an exact copy of text that only the far context holds. Over the same targets:
+
+- ``copy_share`` = mean of copy[t];
+- ``dependency_gain`` = sum of gain[t] over the targets that are not copies, divided by all
+  targets (a copied target counts zero): what far context adds beyond copying;
+- ``dependency_key_share`` = share of the targets that are key tokens (as ``key_share``) and
+  not copies.
+
+``copy`` is exact: n-grams are compared by exact integer codes (``longattn_spark.ngrams``),
+and the earliest end of each m-gram decides (an m-gram ending at t is a copy iff its first
+occurrence ends at or before t - S), in O(L) time and memory.
 """
 
 from __future__ import annotations
@@ -24,14 +39,19 @@ from typing import Any
 import numpy as np
 
 from longattn_spark.errors import ConfigError
+from longattn_spark.ngrams import first_occurrence, ngram_codes
 from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.scorers.identity import scorer_id
 
 #: Bump when a change to the definition or the computation changes scores.
-LOSSGAIN_MATH_VERSION = "lossgain-1"
+#: lossgain-2: the copy components (copy_share, dependency_gain, dependency_key_share) and
+#: copy_ngram join the scores and the identity; score, key_share and the losses are unchanged.
+LOSSGAIN_MATH_VERSION = "lossgain-2"
 #: LongPPL's key-token thresholds (nats): gain > KEY_GAIN and l_full < KEY_LOSS.
 KEY_GAIN = 2.0
 KEY_LOSS = 2.0
+#: tokens of the n-gram that makes a target a copy (``copy_ngram``)
+DEFAULT_COPY_NGRAM = 8
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,9 @@ class LossGainResult:
     targets: int
     reason: str | None = None
     detail: str | None = None
+    copy_share: float | None = None
+    dependency_gain: float | None = None
+    dependency_key_share: float | None = None
 
 
 def checked_short_context(short_context: Any, seq_len: int) -> int:
@@ -99,10 +122,33 @@ def short_blocks(seq_len: int, short_context: int) -> list[ShortBlock]:
     return blocks
 
 
-def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int
-                         ) -> LossGainResult:
+def copied_targets(x: np.ndarray, short_context: int, copy_ngram: int) -> np.ndarray:
+    """``copy[t]`` (boolean, length L = len(x)) for the model input x (BOS first): true for
+    t >= 2S whose m-gram x[t-m+1 .. t] also ends at some u <= t - S (module docstring);
+    false before 2S and where t < m - 1."""
+    x = np.asarray(x)
+    length, s, m = int(x.size), int(short_context), int(copy_ngram)
+    copied = np.zeros(length, dtype=bool)
+    codes = ngram_codes(x, m, min_n=m)[m]  # codes[i]: the m-gram x[i : i + m]
+    first_end = first_occurrence(codes) + (m - 1)
+    targets = np.arange(max(2 * s, m - 1), length)
+    copied[targets] = first_end[codes[targets - (m - 1)]] <= targets - s
+    return copied
+
+
+def checked_copy_ngram(copy_ngram: Any) -> int:
+    """``copy_ngram`` as an int >= 1 (one-line ``ConfigError`` otherwise)."""
+    if isinstance(copy_ngram, bool) or not isinstance(copy_ngram, (int, np.integer)) \
+            or copy_ngram < 1:
+        raise ConfigError(f"copy_ngram {copy_ngram!r}: must be an integer >= 1")
+    return int(copy_ngram)
+
+
+def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int,
+                         copied: np.ndarray | None = None) -> LossGainResult:
     """The score from one window's losses, both indexed by target t (length L; entries
-    before 2S are not read). Means are taken in float64."""
+    before 2S are not read). Means are taken in float64. ``copied`` (``copied_targets``,
+    length L) adds the copy components."""
     s = int(short_context)
     full_t = np.asarray(full, dtype=np.float64)[2 * s:]
     short_t = np.asarray(short, dtype=np.float64)[2 * s:]
@@ -120,9 +166,15 @@ def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int
                                      f"{float(full[first])!r}, short {float(short[first])!r})")
     gain = short_t - full_t
     key = (gain > KEY_GAIN) & (full_t < KEY_LOSS)
+    copies: dict[str, float] = {}
+    if copied is not None:
+        copy_t = np.asarray(copied, dtype=bool)[2 * s:]
+        copies = {"copy_share": float(copy_t.mean()),
+                  "dependency_gain": float(np.where(copy_t, 0.0, gain).sum() / targets),
+                  "dependency_key_share": float((key & ~copy_t).mean())}
     return LossGainResult(score=float(gain.mean()), key_share=float(key.mean()),
                           full_loss=float(full_t.mean()), short_loss=float(short_t.mean()),
-                          short_context=s, targets=targets)
+                          short_context=s, targets=targets, **copies)
 
 
 def lm_tokens_per_window(seq_len: int, short_context: int) -> int:
@@ -131,12 +183,14 @@ def lm_tokens_per_window(seq_len: int, short_context: int) -> int:
 
 
 def identity_fields(raw_config: dict[str, Any], *, weights_sha256: str, seq_len: int,
-                    short_context: int, dtype: str, bos_id: int) -> dict[str, Any]:
+                    short_context: int, dtype: str, bos_id: int,
+                    copy_ngram: int = DEFAULT_COPY_NGRAM) -> dict[str, Any]:
     """Everything that changes a loss-gain score (JSON-able)."""
     return {"method": "lossgain", "math_version": LOSSGAIN_MATH_VERSION,
             "model_config": raw_config, "weights_sha256": weights_sha256,
             "seq_len": int(seq_len), "short_context": int(short_context), "dtype": dtype,
-            "bos_id": int(bos_id), "key_gain": KEY_GAIN, "key_loss": KEY_LOSS}
+            "bos_id": int(bos_id), "key_gain": KEY_GAIN, "key_loss": KEY_LOSS,
+            "copy_ngram": int(copy_ngram)}
 
 
 def scorer_id_of(fields: dict[str, Any]) -> str:

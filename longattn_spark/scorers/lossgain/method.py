@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longattn_spark.errors import ConfigError, InputError
+from longattn_spark.errors import InputError
 from longattn_spark.reasons import NON_FINITE_LOSS
+from longattn_spark.scorers.lossgain.losses import DEFAULT_COPY_NGRAM
+from longattn_spark.scorers.lossgain.options import LossGainOptions
 from longattn_spark.scorers.base import MethodPlan, PlanContext, Reject, ScorerMethod
 from longattn_spark.scorers.batch import WindowBatch
 from longattn_spark.scorers.settings import RunSettings, sequence_length
@@ -51,29 +53,26 @@ class LossGainSettings:
     short_context: int
     bos_id: int
     expected_tokens: int | None  # the ids every window must have, or None (--seq-len given)
+    copy_ngram: int = DEFAULT_COPY_NGRAM
 
 
 class LossGainMethod(ScorerMethod):
     name = "lossgain"
     summary = ("loss gain with the whole causal LM: mean drop of the per-token loss with the "
-               "whole window against a short context (--short-context)")
+               "whole window against a short context (--option short_context=S), and how much "
+               "of it is copying (--option copy_ngram=m)")
+    Options = LossGainOptions
+    components = ("score", "key_share", "full_loss", "short_loss", "copy_share",
+                  "dependency_gain", "dependency_key_share")
     out_fields = (SCORES.schema["score"], SCORES.schema["lossgain"])
-    finite_columns = ("score",)
-    whole_model = True
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg, options: LossGainOptions) -> None:
         from longattn_spark.scorers.lossgain.losses import checked_short_context
 
-        super().validate(cfg)
-        if cfg.layer:
-            raise ConfigError(f"--layer {cfg.layer} is for --method longattn; lossgain runs "
-                              f"the whole model")
-        if cfg.short_context < 0:
-            raise ConfigError(f"--short-context {cfg.short_context}: must be >= 1 (0: L // 4)")
         if cfg.seq_len:
-            checked_short_context(cfg.short_context, cfg.seq_len)
+            checked_short_context(options.short_context, cfg.seq_len)
 
-    def inspect(self, spark, cfg, location) -> LossGainModel:
+    def inspect(self, spark, cfg, options: LossGainOptions, location) -> LossGainModel:
         """The causal LM checked and fingerprinted (``describe_causal_lm``) and its BOS id
         (config.json, else generation_config.json); one-line ``InputError`` otherwise."""
         described = describe_causal_lm(spark, location, allow_pickle=cfg.allow_pickle,
@@ -99,16 +98,18 @@ class LossGainMethod(ScorerMethod):
             scorer_id_of,
         )
 
-        cfg, model = ctx.cfg, ctx.model
+        cfg, model, options = ctx.cfg, ctx.model, ctx.options
         seq_len, expected_tokens = sequence_length(cfg, ctx.sizes)
-        short_context = checked_short_context(cfg.short_context, seq_len)
+        short_context = checked_short_context(options.short_context, seq_len)
         settings = LossGainSettings(run=ctx.run_settings(), seq_len=seq_len,
                                     short_context=short_context, bos_id=model.bos_id,
-                                    expected_tokens=expected_tokens)
+                                    expected_tokens=expected_tokens,
+                                    copy_ngram=options.copy_ngram)
         fields = identity_fields(model.described.raw_config,
                                  weights_sha256=model.described.weights_sha256,
                                  seq_len=seq_len, short_context=short_context,
-                                 dtype=settings.run.dtype, bos_id=model.bos_id)
+                                 dtype=settings.run.dtype, bos_id=model.bos_id,
+                                 copy_ngram=options.copy_ngram)
         scorer_id = scorer_id_of(fields)
         describe = {**fields, "vocab_size": model.described.vocab_size,
                     "lm_tokens_per_window": lm_tokens_per_window(seq_len, short_context)}
@@ -134,13 +135,14 @@ class LossGainMethod(ScorerMethod):
                    settings: LossGainSettings) -> list[dict | Reject]:
         import torch
 
-        results = scorer.score(torch.from_numpy(prepared[rows]), settings.short_context)
+        results = scorer.score(torch.from_numpy(prepared[rows]), settings.short_context,
+                               copy_ngram=settings.copy_ngram)
         out: list[dict | Reject] = []
         for result in results:
             if result.reason is not None:
                 out.append(Reject(NON_FINITE_LOSS, result.detail or ""))
                 continue
-            out.append({"score": result.score,
+            out.append({**{name: getattr(result, name) for name in self.components},
                         "lossgain": {name: getattr(result, name)
                                      for name in LOSSGAIN_COMPONENTS.fieldNames()}})
         return out

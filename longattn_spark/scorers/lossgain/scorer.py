@@ -37,6 +37,8 @@ import torch
 from longattn_spark.devices import dtype_name
 from longattn_spark.errors import InputError
 from longattn_spark.scorers.lossgain.losses import (
+    DEFAULT_COPY_NGRAM,
+    copied_targets,
     LossGainResult,
     checked_short_context,
     lossgain_from_losses,
@@ -102,11 +104,15 @@ class LossGainScorer:
         inputs = model_inputs(windows, self.bos_id, seq_len)
         return self.score(inputs, short_context)
 
-    def score(self, inputs: torch.Tensor, short_context: int = 0) -> list[LossGainResult]:
-        """Loss gain of each row of ``inputs`` (``[B, L]``, BOS first)."""
+    def score(self, inputs: torch.Tensor, short_context: int = 0,
+              copy_ngram: int = DEFAULT_COPY_NGRAM) -> list[LossGainResult]:
+        """Loss gain of each row of ``inputs`` (``[B, L]``, BOS first), with its copy
+        components for m = ``copy_ngram``."""
         s = checked_short_context(short_context, int(inputs.shape[1]))
         full, short = self.losses(inputs, s)
-        return [lossgain_from_losses(full[b], short[b], s) for b in range(full.shape[0])]
+        ids = torch.as_tensor(inputs).cpu().numpy()
+        return [lossgain_from_losses(full[b], short[b], s, copied_targets(ids[b], s, copy_ngram))
+                for b in range(full.shape[0])]
 
     @torch.inference_mode()
     def losses(self, inputs: torch.Tensor, short_context: int

@@ -25,6 +25,7 @@ import numpy as np
 
 from longattn_spark.errors import ConfigError, InputError, TableError
 from longattn_spark.reasons import IDS_OUT_OF_VOCAB, WRONG_LENGTH
+from longattn_spark.scorers.prolong.options import ProLongOptions
 from longattn_spark.scorers.base import MethodPlan, PlanContext, ScorerMethod
 from longattn_spark.scorers.batch import WindowBatch
 from longattn_spark.scorers.settings import RunSettings
@@ -49,18 +50,16 @@ class ProLongSettings:
 
 class ProLongMethod(ScorerMethod):
     name = "prolong"
-    summary = "ProLong's LDS with the whole causal LM (--segment-size, --pairs, --threshold)"
+    summary = ("ProLong's LDS with the whole causal LM (--option segment_size=C, pairs=P, "
+               "threshold=T)")
+    Options = ProLongOptions
+    components = ("score", "pairs_kept", "pairs_scored", "segments", "mean_strength",
+                  "mean_distance", "mean_specificity")
+    #: the means over kept pairs are missing when no pair passed the threshold
+    optional_components = ("mean_strength", "mean_distance", "mean_specificity")
     out_fields = (SCORES.schema["score"], SCORES.schema["prolong"])
-    finite_columns = ("score",)
-    whole_model = True
-    retokenizes = True
 
-    def validate(self, cfg) -> None:
-        from longattn_spark.scorers.prolong.scorer import checked_settings
-
-        checked_settings(cfg.segment_size, cfg.pairs, cfg.threshold)
-
-    def inspect(self, spark, cfg, location):
+    def inspect(self, spark, cfg, options: ProLongOptions, location):
         return describe_causal_lm(spark, location, allow_pickle=cfg.allow_pickle,
                                   method="ProLong")
 
@@ -76,9 +75,10 @@ class ProLongMethod(ScorerMethod):
             scorer_id_of,
         )
 
-        spark, cfg, sizes, described = ctx.spark, ctx.cfg, ctx.sizes, ctx.model
-        segment_size, pairs, threshold, _ = checked_settings(cfg.segment_size, cfg.pairs,
-                                                             cfg.threshold)
+        spark, cfg, sizes, described, options = (ctx.spark, ctx.cfg, ctx.sizes, ctx.model,
+                                                  ctx.options)
+        segment_size, pairs, threshold, _ = checked_settings(options.segment_size,
+                                                             options.pairs, options.threshold)
         if not sizes:
             raise TableError(f"--windows {cfg.windows} holds no windows")
         if segment_size > min(sizes):
@@ -87,12 +87,12 @@ class ProLongMethod(ScorerMethod):
         model_tokenizer = tokenizer_identity(spark, cfg.model)
         retokenize = None
         window_size = None
-        if cfg.windows_tokenizer:
-            windows_spec = load_tokenizer_spec(cfg.windows_tokenizer, spark,
+        if options.windows_tokenizer:
+            windows_spec = load_tokenizer_spec(options.windows_tokenizer, spark,
                                                "--windows-tokenizer")
             others = [t for t in ctx.window_tokenizers if t != windows_spec.identity]
             if others:
-                raise InputError(f"--windows-tokenizer {cfg.windows_tokenizer} is "
+                raise InputError(f"--windows-tokenizer {options.windows_tokenizer} is "
                                  f"{windows_spec.identity}, but --windows {cfg.windows} holds "
                                  f"windows cut by {', '.join(others)}")
             if model_tokenizer is None:
@@ -131,7 +131,7 @@ class ProLongMethod(ScorerMethod):
                                  ) from None
         describe = {**fields, "vocab_size": described.vocab_size,
                     "segment_size": segment_size, "pairs": pairs,
-                    "windows_tokenizer": cfg.windows_tokenizer or None}
+                    "windows_tokenizer": options.windows_tokenizer or None}
         return MethodPlan(scorer_id=scorer_id, settings=settings, describe=describe,
                           tokenizer=tokenizer)
 
@@ -184,9 +184,9 @@ class ProLongMethod(ScorerMethod):
     def score_rows(self, prepared, rows: list[int], scorer, settings) -> list[dict]:
         results = scorer.score_windows([prepared["tokens"][i] for i in rows],
                                        [prepared["window_ids"][i] for i in rows])
-        components = [f.name for f in PROLONG_COMPONENTS.fields]
-        return [{"score": r.score, "prolong": {name: getattr(r, name) for name in components}}
-                for r in results]
+        fields = [f.name for f in PROLONG_COMPONENTS.fields]
+        return [{**{name: getattr(r, name) for name in self.components},
+                 "prolong": {name: getattr(r, name) for name in fields}} for r in results]
 
     def run_info(self, scorer) -> tuple[str, str | None]:
         return "torch", None if scorer.kv_reuse else (scorer.kv_note or None)

@@ -1,0 +1,263 @@
+"""Recipes against the probe's controls, on several corpora, large enough for intervals of
+about +-0.1: the evidence behind the ``recommended`` recipe (README, benchmarks/RESULTS.md).
+
+For each corpus and category: the first ``--natural`` windows (W tokens, Algorithm 1) in
+seeded hash order are the natural sample, the first twice as many the donors; every control
+kind is built from them by the probe's own code (``probe.controls``); every window is scored
+by the product's scorers called as libraries (no Spark: the same code the score job's
+executors run): loss gain with the real SmolLM2-135M (per-token losses, then
+``lossgain_from_losses`` with the copy components), the repetition statistics, and LongAttn at
+layer 0. Then each recipe is ranked as ``probe`` ranks it (``probe.ranking``: filters and rank
+over the natural sample's category statistics, a filtered row ranked last) and the AUC of
+natural over each control kind is printed with its seeded bootstrap 95% interval.
+
+Corpora: the demo corpus (standard-library sources, pydoc, license files), the generated
+boilerplate corpus (``demo.boilerplate``: bundled sources behind license headers, templated
+records, service logs), and, when ``--shared`` holds them, Gutenberg books and arXiv papers
+(held out: not used to choose the recipe).
+
+Model passes are cached per (corpus, category, chunk of 10 natural windows) under
+``--cache``, so an interrupted run resumes and recipes are re-ranked in seconds.
+
+    .venv/bin/python benchmarks/recipe_probe.py --natural 40 --json benchmarks/recipe_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from longattn_spark.ingest.windowing import sliding_windows  # noqa: E402
+from longattn_spark.probe.auc import auc_with_interval, bootstrap_seed  # noqa: E402
+from longattn_spark.probe.controls import (  # noqa: E402
+    KINDS,
+    SourceWindow,
+    build_controls,
+    default_block,
+)
+from longattn_spark.probe.ranking import FILTERED, rank_rows  # noqa: E402
+from longattn_spark.recipes.checked import check_recipe  # noqa: E402
+from longattn_spark.recipes.recipe import load_recipe  # noqa: E402
+from longattn_spark.scorers.lossgain.losses import (  # noqa: E402
+    copied_targets,
+    lossgain_from_losses,
+)
+from longattn_spark.scorers.repetition.stats import repetition_stats  # noqa: E402
+
+CHUNK = 10
+PLAN = [("demo", "code"), ("boilerplate", "logs"), ("demo", "legal"), ("boilerplate", "records"),
+        ("demo", "docs"), ("boilerplate", "bundle"), ("books", "book"), ("arxiv", "arxiv")]
+RECIPES = ("longattn", "lossgain", "recommended")
+
+
+def documents(source: str, shared: Path) -> list[dict] | None:
+    if source == "demo":
+        from longattn_spark.demo.corpus import code_documents, docs_documents, legal_documents
+
+        out = []
+        for gen in (code_documents, docs_documents, legal_documents):
+            out += [d for i, d in zip(range(40), gen(8000))]
+        return out
+    if source == "boilerplate":
+        from longattn_spark.demo.boilerplate import boilerplate_documents
+
+        return list(boilerplate_documents(40))
+    path = shared / f"{source}.jsonl"
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def sampled(tokenizer, docs: list[dict], category: str, width: int, seed: int
+            ) -> list[SourceWindow]:
+    """The category's windows in seeded hash order."""
+    windows = []
+    for doc in docs:
+        if doc["category"] != category:
+            continue
+        ids = np.asarray(tokenizer.encode(doc["text"], add_special_tokens=False).ids, np.int32)
+        windows += [SourceWindow(f"{doc['id']}#{start}", str(doc["id"]), ids[start:end])
+                    for start, end in sliding_windows(len(ids), width)]
+    return sorted(windows, key=lambda w: hashlib.sha256(f"{seed}|{w.window_id}".encode())
+                  .hexdigest())
+
+
+class Scorers:
+    """The product's scorers as libraries, loaded once."""
+
+    def __init__(self, model: str, min_distance: int) -> None:
+        from longattn_spark.scorers.longattn.scorer import Layer0Scorer
+        from longattn_spark.scorers.lossgain.scorer import LossGainScorer
+
+        self.lossgain = LossGainScorer.from_pretrained(model)
+        self.layer0 = Layer0Scorer.from_pretrained(model, min_distance=min_distance)
+
+    def model_passes(self, ids: np.ndarray, short_context: int) -> dict[str, np.ndarray]:
+        import torch
+
+        full, short, ds, var = [], [], [], []
+        for begin in range(0, len(ids), 4):
+            rows = torch.from_numpy(ids[begin:begin + 4].astype(np.int64))
+            x = torch.cat([torch.full((rows.shape[0], 1), self.lossgain.bos_id), rows], 1)
+            f, s = self.lossgain.losses(x, short_context)
+            out = self.layer0.score(x)
+            full.append(f)
+            short.append(s)
+            ds += [float(v) for v in out.ds]
+            var += [float(v) for v in out.variance]
+        return {"full": np.concatenate(full), "short": np.concatenate(short),
+                "ds": np.array(ds), "variance": np.array(var)}
+
+
+def chunk_file(cache: Path, source: str, category: str, first: int) -> Path:
+    return cache / f"{source}-{category}-{first:02d}.npz"
+
+
+def collect(args, scorers_factory) -> None:
+    """Score every missing chunk (model passes only; components come later)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(args.model) / "tokenizer.json"))
+    k = args.window // 4
+    loaded: dict[str, list[dict] | None] = {}
+    scorers = None
+    for first in range(0, args.natural, CHUNK):
+        for source, category in PLAN:
+            target = chunk_file(args.cache, source, category, first)
+            if target.exists():
+                continue
+            if source not in loaded:
+                loaded = {source: documents(source, args.shared)}
+            if loaded[source] is None:
+                continue
+            windows = sampled(tokenizer, loaded[source], category, args.window, args.seed)
+            natural = windows[:args.natural]
+            chunk = natural[first:first + CHUNK]
+            if not chunk:
+                continue
+            controls, _ = build_controls(chunk, windows[:2 * args.natural], KINDS, args.seed,
+                                         args.window, k, default_block(args.window, k))
+            rows = [("natural", w.window_id, -1, w.input_ids) for w in chunk] + \
+                   [(c.kind, c.window_id, c.param, c.input_ids) for c in controls]
+            scorers = scorers or scorers_factory()
+            started = time.time()
+            ids = np.stack([r[3][:args.window - 1] for r in rows])
+            passes = scorers.model_passes(ids, k)
+            np.savez_compressed(target, kind=np.array([r[0] for r in rows]),
+                                window_id=np.array([r[1] for r in rows]),
+                                param=np.array([r[2] for r in rows]),
+                                ids=np.stack([r[3] for r in rows]).astype(np.int32), **passes)
+            print(f"{target.name}: {len(rows)} windows in {time.time() - started:.0f} s",
+                  flush=True)
+
+
+def probe_rows(cache: Path, source: str, category: str, window: int, bos_id: int,
+               copy_ngram: int) -> list[dict]:
+    """Rows as the probe table holds them: kind, category, qualified components."""
+    rows = []
+    k = window // 4
+    for path in sorted(cache.glob(f"{source}-{category}-*.npz")):
+        z = np.load(path)
+        for i in range(len(z["kind"])):
+            x = np.concatenate([[bos_id], z["ids"][i][:window - 1]]).astype(np.int64)
+            lg = lossgain_from_losses(z["full"][i], z["short"][i], k,
+                                      copied_targets(x, k, copy_ngram))
+            components = {f"lossgain.{n}": getattr(lg, n) for n in (
+                "score", "key_share", "full_loss", "short_loss", "copy_share",
+                "dependency_gain", "dependency_key_share")}
+            components.update({f"repetition.{n}": v
+                               for n, v in repetition_stats(z["ids"][i]).items()})
+            components.update({"longattn.ds": float(z["ds"][i]),
+                               "longattn.variance": float(z["variance"][i])})
+            rows.append({"kind": str(z["kind"][i]), "category": category,
+                         "window_id": str(z["window_id"][i]), "components": components})
+    return rows
+
+
+def recipe_aucs(rows: list[dict], recipe_name: str, seed: int, replicates: int) -> dict:
+    """AUC of natural over each control kind for one recipe, as the probe ranks it."""
+    from longattn_spark.recipes.checked import default_recipe
+
+    recipe = check_recipe(default_recipe("lossgain") if recipe_name == "lossgain"
+                          else load_recipe(recipe_name))
+    values, passed = rank_rows(rows, recipe.rank, recipe.where)
+    ranked = np.where(passed, values, FILTERED)
+    kinds = np.array([r["kind"] for r in rows])
+    natural = ranked[kinds == "natural"]
+    out = {}
+    for kind in KINDS:
+        control = ranked[kinds == kind]
+        if len(control) and len(natural):
+            r = auc_with_interval(natural, control, bootstrap_seed(seed, rows[0]["category"],
+                                                                   kind, recipe_name),
+                                  replicates)
+            out[kind] = {"auc": r.auc, "lo": r.lo, "hi": r.hi, "n_natural": r.n_natural,
+                         "n_control": r.n_control,
+                         "filtered_natural": int((~passed[kinds == "natural"]).sum()),
+                         "filtered_control": int((~passed[kinds == kind]).sum())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="", help="model folder (default: SmolLM2 imported)")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "corpus")
+    parser.add_argument("--cache", type=Path,
+                        default=Path.home() / ".cache" / "longattn-spark" / "recipe-probe")
+    parser.add_argument("--natural", type=int, default=40)
+    parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", default="")
+    parser.add_argument("--no-collect", action="store_true",
+                        help="rank what the cache holds; score nothing")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not args.model:
+        from longattn_spark.models.gguf import cached_smollm2
+
+        args.model = str(cached_smollm2())
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if not args.no_collect:
+        collect(args, lambda: Scorers(args.model, args.window // 4))
+    from longattn_spark.weights.configs import bos_token_id
+
+    bos = bos_token_id(json.loads((Path(args.model) / "config.json").read_text()), None)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"model {args.model}; W = L = {args.window}, S = k = {args.window // 4}; "
+          f"{args.natural} natural windows per category, seed {args.seed}")
+    results: dict = {}
+    for recipe in RECIPES:
+        print(f"\nrecipe {recipe}: AUC of natural over control [95% interval]")
+        print(f"{'corpus/category':22}" + "".join(f"{k:>20}" for k in KINDS))
+        for source, category in PLAN:
+            rows = probe_rows(args.cache, source, category, args.window, bos, 8)
+            if not rows:
+                continue
+            res = recipe_aucs(rows, recipe, args.seed, args.bootstrap)
+            results.setdefault(recipe, {})[f"{source}/{category}"] = res
+            print(f"{source + '/' + category:22}" + "".join(
+                f"{res[k]['auc']:8.2f} [{res[k]['lo']:.2f},{res[k]['hi']:.2f}]" if k in res
+                else f"{'-':>20}" for k in KINDS))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "model": args.model, "window": args.window, "natural": args.natural,
+            "seed": args.seed, "results": results}, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
