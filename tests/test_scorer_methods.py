@@ -200,6 +200,7 @@ class Loaded:
 
 class MeanId(ScorerMethod):
     name = "meanid"
+    components = ("score",)
     out_fields = (SCORES.schema["score"],)
 
     def plan(self, ctx):

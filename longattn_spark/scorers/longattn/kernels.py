@@ -26,7 +26,7 @@ import torch
 from longattn_spark.errors import InputError
 from longattn_spark.scorers.longattn.attention_sums import tail_attention_sums
 
-KERNELS = ("auto", "torch", "triton", "fused")
+from longattn_spark.scorers.longattn.options import KERNELS  # noqa: E402 - one definition
 _SELF_CHECK_TOKENS = 64
 _SELF_CHECK_MIN_DISTANCE = 16
 _SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}

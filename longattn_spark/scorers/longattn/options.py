@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from longattn_spark.errors import ConfigError
-from longattn_spark.scorers.longattn.kernels import KERNELS
 from longattn_spark.scorers.options import option
+
+#: the layer-N kernels (``kernels.py``): what ``--option kernel`` takes
+KERNELS = ("auto", "torch", "triton", "fused")
 
 
 @dataclass(frozen=True)
