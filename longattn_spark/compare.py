@@ -124,13 +124,16 @@ def ranked_pairs(a: DataFrame, b: DataFrame) -> DataFrame:
 def compare_scorers(spark: SparkSession, scores: TableRef | str, a: str, b: str, *,
                     alpha: float = 0.5, selection: TableRef | str | None = None,
                     selections: tuple[str, str] | None = None, disagreements: int = 10,
-                    scatter_points: int = 2000) -> Comparison:
+                    scatter_points: int = 2000, records: dict[str, dict] | None = None
+                    ) -> Comparison:
     """Compare scorers ``a`` and ``b`` of the scores table (see the module docstring).
-    Tables are ``TableRef``s or names usable in ``IDENTIFIER()`` (e.g. the report's views)."""
+    Tables are ``TableRef``s or names usable in ``IDENTIFIER()`` (e.g. the report's views);
+    ``records``: the scorers' records (``inputs.scorer_records``) when ``scores`` is a view
+    (a plugin's rows name its method, its record the ``package.module:attr`` that loads it)."""
     frame = scores.read(spark) if isinstance(scores, TableRef) else spark.table(scores)
-    ref = scores if isinstance(scores, TableRef) else None
     counts, methods = scorer_counts_and_methods(frame)
-    records = scorer_records(spark, ref) if ref is not None else {}
+    if records is None:
+        records = scorer_records(spark, scores) if isinstance(scores, TableRef) else {}
     stored = stored_scorers(counts, records, methods)
     value_a, label_a = scorer_values(spark, frame, stored[a], alpha)
     value_b, label_b = scorer_values(spark, frame, stored[b], alpha)

@@ -112,7 +112,7 @@ def test_a_rank_and_filters_over_two_scorers_equal_pandas(spark, two_scorers, tm
     assert got.loc[want.index, "dropped_by"].fillna("").tolist() == \
         want["dropped_by"].fillna("").tolist()
     assert set(got.index[got.selected]) == set(want.index[want.selected])
-    assert not got.loc[~got.passed, "selected"].any()
+    assert not got.loc[~got.passed.astype(bool), "selected"].any()
     params = json.loads(rows["params"].iloc[0])
     assert params["recipe"]["name"] == "custom" and "rank:" in params["recipe"]["text"]
     assert rows["scorer_ids"].iloc[0] == {"lossgain": "lg-x", "repetition": "rp-x"}

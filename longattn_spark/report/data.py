@@ -111,8 +111,8 @@ class WindowSnippet:
     window_id: str
     category: str | None
     lds: float
-    ds: float
-    variance: float
+    ds: float | None        # recorded by the recipe (LongAttn's), else None
+    variance: float | None
     selected: bool
     n_tokens: int | None
     doc_id: str | None
@@ -121,6 +121,19 @@ class WindowSnippet:
     head_ids: tuple[int, ...]
     text: str | None
     window_tokenizer: str | None = None
+
+
+@dataclass(frozen=True)
+class ComponentStats:
+    """One component of the report's scorer in one category (its ``components`` map)."""
+
+    category: str | None
+    component: str
+    n: int
+    mean: float | None
+    sd: float | None
+    min: float | None
+    max: float | None
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,8 @@ class ReportData:
     probes: tuple[Any, ...] = ()
     #: not probed: the command that probes the scorer and the report command that shows it
     probe_howto: tuple[str, str] | None = None
+    #: per category and component of the scorer: count, mean, sd, min, max
+    components: tuple[ComponentStats, ...] = ()
 
     @property
     def probe(self) -> Any:

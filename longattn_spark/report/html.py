@@ -114,6 +114,27 @@ def selection_parameters(params: dict[str, Any]) -> str:
             f"{cut.strip()}")
 
 
+def rank_formula(params: dict[str, Any]) -> str:
+    """What the selection ranked by: its recipe's rank (and filters), else LongAttn's LDS as
+    earlier releases' selections (no recipe recorded) ranked."""
+    recipe = params.get("recipe")
+    if isinstance(recipe, dict) and recipe.get("text"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(recipe["text"]) or {}
+        except yaml.YAMLError:
+            data = {}
+        rank = data.get("rank") if isinstance(data, dict) else None
+        where = data.get("where") if isinstance(data, dict) else None
+        if rank:
+            kept = f", among the windows where {' and '.join(where)}" if where else ""
+            return f"rank = {rank} (recipe {recipe.get('name')}{kept})"
+    return ("LDS = z(DS) + α·z(DU), z within the category, DU = −variance"
+            if params.get("normalize") != "minmax"
+            else "LDS = minmax(DS) − α·minmax(variance)")
+
+
 def render_html(data: ReportData) -> str:
     """The whole report as one HTML document."""
     i = data.inputs
@@ -131,9 +152,8 @@ def render_html(data: ReportData) -> str:
         if len(i.scorers) > 1 else [],
         "selection_parameters": selection_parameters(params),
         "no_selection_reason": " ".join(i.notes) or "No selection.",
-        "lds_formula": ("LDS = z(DS) + α·z(DU), z within the category, DU = −variance"
-                        if params.get("normalize") != "minmax"
-                        else "LDS = minmax(DS) − α·minmax(variance)"),
+        "lds_formula": rank_formula(params),
+        "has_ds": any(s.mean_ds is not None for s in data.stats),
         "random_note": (" This is the random baseline: kept windows are drawn by a seeded "
                         "hash, so there is no LDS cut line." if method == "random" else ""),
     }

@@ -21,6 +21,7 @@ from longattn_spark.report.html import render_html
 from longattn_spark.report.profile import window_profile
 from longattn_spark.report.queries import (
     chosen_selection,
+    component_stats,
     default_profile_window,
     extreme_windows,
     lds_histograms,
@@ -64,6 +65,7 @@ def collect_report_data(spark, cfg: ReportConfig,
     tokenizer, identity, source = load_snippet_tokenizer(cfg, spark)
     say("score statistics and histograms")
     stats = score_stats(spark, inputs.scores_view, inputs.scorer_id)
+    components = component_stats(spark, inputs.scores_view, inputs.scorer_id)
     histograms = score_histograms(spark, inputs.scores_view, inputs.scorer_id, stats, cfg.bins)
     counts, lds, sample = (), {}, ()
     if inputs.selection_view and inputs.selection_id:
@@ -104,7 +106,7 @@ def collect_report_data(spark, cfg: ReportConfig,
         profile=profile, profile_howto=howto, bins=cfg.bins, sample_points=cfg.sample_points,
         snippet_tokens=cfg.snippet_tokens, profile_window_id=window_id,
         comparison=comparison, comparison_snippets=comparison_snippets,
-        probes=tuple(probes), probe_howto=probe_howto)
+        probes=tuple(probes), probe_howto=probe_howto, components=components)
 
 
 def compare_with_other_scorer(spark, inputs: ReportInputs, cfg: ReportConfig, tokenizer
@@ -120,10 +122,14 @@ def compare_with_other_scorer(spark, inputs: ReportInputs, cfg: ReportConfig, to
         chosen = chosen_selection(spark, inputs.selection_view, other, "", inputs.selection)
         if chosen is not None:
             selections = (inputs.selection_id, chosen["selection_id"])
+    from longattn_spark.inputs import scorer_records
+    from longattn_spark.tables.refs import TableRef
+
     comparison = compare_scorers(spark, inputs.scores_view, inputs.scorer_id, other,
                                  selection=inputs.selection_view if selections else None,
                                  selections=selections, disagreements=cfg.top_windows,
-                                 scatter_points=cfg.sample_points)
+                                 scatter_points=cfg.sample_points,
+                                 records=scorer_records(spark, TableRef(inputs.scores)))
     heads = window_heads(spark, inputs.windows_view,
                          [d.window_id for d in comparison.disagreements], cfg.snippet_tokens)
     snippets = {}

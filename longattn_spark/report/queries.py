@@ -14,6 +14,7 @@ from longattn_spark.config import ReportConfig
 from longattn_spark.errors import ConfigError, TableError
 from longattn_spark.inputs import chosen_scorer_id, existing_table, scorer_counts, table_ref
 from longattn_spark.report.data import (
+    ComponentStats,
     DS,
     LOG10_VARIANCE,
     SAMPLE_SEED,
@@ -220,7 +221,8 @@ def scatter_sample(spark, selection_view: str, selection_id: str, points: int = 
         "selection": selection_view, "selection_id": selection_id, "seed": SAMPLE_SEED,
         "points": float(points), "limit": limit}).collect()
     return tuple(SamplePoint(r["category"], float(r["ds"]), float(r["variance"]),
-                             bool(r["selected"])) for r in rows)
+                             bool(r["selected"])) for r in rows
+                 if r["ds"] is not None and r["variance"] is not None)
 
 
 def extreme_windows(spark, inputs: ReportInputs, n: int, snippet_tokens: int,
@@ -243,12 +245,35 @@ def extreme_windows(spark, inputs: ReportInputs, n: int, snippet_tokens: int,
         side = snippets[r["side"]]
         side.append(WindowSnippet(
             side=r["side"], rank=len(side) + 1, window_id=r["window_id"],
-            category=r["category"], lds=float(r["lds"]), ds=float(r["ds"]),
-            variance=float(r["variance"]), selected=bool(r["selected"]),
+            category=r["category"], lds=float(r["lds"]), ds=_number(r["ds"]),
+            variance=_number(r["variance"]), selected=bool(r["selected"]),
             n_tokens=r["n_tokens"], doc_id=head.get("doc_id"),
             window_index=head.get("window_index"), token_start=head.get("token_start"),
             head_ids=ids, text=text, window_tokenizer=head.get("tokenizer")))
     return tuple(snippets["top"]), tuple(snippets["bottom"])
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def component_stats(spark, scores_view: str, scorer_id: str) -> tuple[ComponentStats, ...]:
+    """Per category and component of one scorer (the ``components`` map, or the typed
+    columns of older rows): count, mean, sample standard deviation, min and max; one grouped
+    aggregate over the exploded map."""
+    from pyspark.sql import functions as F
+
+    from longattn_spark.tables.components import components_map
+
+    frame = spark.table(scores_view).filter(F.col("scorer_id") == F.lit(scorer_id))
+    pairs = frame.select("category", F.explode(components_map(frame)).alias("k", "v"))
+    rows = (pairs.groupBy("category", "k")
+            .agg(F.count("v").alias("n"), F.avg("v").alias("mean"),
+                 F.stddev_samp("v").alias("sd"), F.min("v").alias("lo"),
+                 F.max("v").alias("hi")).collect())
+    return tuple(sorted((ComponentStats(r["category"], r["k"], int(r["n"]), r["mean"], r["sd"],
+                                        r["lo"], r["hi"]) for r in rows),
+                        key=lambda c: (category_order(c.category), c.component)))
 
 
 def window_heads(spark, windows_view: str, window_ids: Sequence[str], tokens: int

@@ -160,11 +160,11 @@ class ScorerMethod:
         return build_options(self.name, self.Options, dict(given))
 
     def ranking(self, normalize: str = "zscore") -> Ranking:
-        """The default ranking: its ``score`` component normalized within the category
-        (``z``; ``minmax`` with ``normalize="minmax"``)."""
+        """The default ranking: its ``score`` component (the selection table records it
+        normalized within the category as ``z_ds``: ``z``, or ``minmax`` with
+        ``normalize="minmax"``, as earlier releases did)."""
         function = "minmax" if normalize == "minmax" else "z"
-        return Ranking(rank=f"{function}(score)",
-                       record=(("z_ds", f"{function}(score)"), ("z_du", "0")))
+        return Ranking(rank="score", record=(("z_ds", f"{function}(score)"), ("z_du", "0")))
 
     # --- driver ---------------------------------------------------------------------------
 

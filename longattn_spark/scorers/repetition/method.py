@@ -5,7 +5,7 @@ GPU; vectorised numpy on the executors, a few milliseconds per 32k-token window.
 Every window is scored over all of its ids (no BOS, no ``--seq-len``); a window whose ids are
 missing or not ``n_tokens`` of them is a ``wrong_length`` reject. The scorer_id (``rp-...``)
 hashes the definitions (n-gram sizes, zlib level) and the math version, nothing else: the
-statistics of a window depend on its ids only. Default ranking: ``-z(compression)`` (less
+statistics of a window depend on its ids only. Default ranking: ``-compression`` (less
 repetitive first); as a gate in a recipe: ``where: z(repetition.compression) < 3``.
 """
 
@@ -51,9 +51,9 @@ class RepetitionMethod(ScorerMethod):
     uses_torch = False
 
     def ranking(self, normalize: str = "zscore") -> Ranking:
-        """Least repetitive first (within the category)."""
+        """Least repetitive first."""
         function = "minmax" if normalize == "minmax" else "z"
-        return Ranking(rank=f"-{function}(compression)",
+        return Ranking(rank="-compression",
                        record=(("z_ds", f"-{function}(compression)"), ("z_du", "0")))
 
     def plan(self, ctx: PlanContext) -> MethodPlan:
