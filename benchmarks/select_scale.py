@@ -51,11 +51,24 @@ def build_tables(spark, root: Path, rows: int) -> tuple[str, str]:
         "pow(10, -7 + 1.7 * rand(2)) AS variance", "CAST(NULL AS ARRAY<DOUBLE>) AS ds_heads",
         "CAST(NULL AS ARRAY<DOUBLE>) AS var_heads", f"{WINDOW_TOKENS} AS seq_len",
         f"{WINDOW_TOKENS // 4} AS min_distance", "'bench' AS model",
-        "current_timestamp() AS scored_at")
+        "current_timestamp() AS scored_at", "'longattn' AS method")
+    # as the score job writes a LongAttn row: its components map holds ds and variance
+    s = s.selectExpr("*", "map('ds', ds, 'variance', variance) AS components")
     for ref, spec, frame in ((TableRef(windows), WINDOWS, w), (TableRef(scores), SCORES, s)):
         ensure_table(spark, ref, spec)
-        frame.select(*spec.column_names).write.format("delta").mode("append").save(ref.location)
+        with_nulls(frame, spec).write.format("delta").mode("append").save(ref.location)
     return windows, scores
+
+
+def with_nulls(frame, spec):
+    """``frame`` with the spec's columns in order; the ones it lacks as typed NULLs (the
+    schemas gain columns: doc_sha256, method, score, the components map, ...)."""
+    from pyspark.sql import functions as F
+
+    have = set(frame.columns)
+    return frame.select(*[F.col(f.name) if f.name in have
+                          else F.lit(None).cast(f.dataType).alias(f.name)
+                          for f in spec.schema.fields])
 
 
 def time_spark(spark_settings, windows: str, scores: str, selection: str, cut: list[str]

@@ -160,6 +160,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# Summaries print at COLUMNS when it is set (longattn_spark/console.py): a CI runner's
+# COLUMNS=80 wraps a table cell mid-sentence, and tests read the printed text.
+os.environ["COLUMNS"] = "400"
 # Every local Spark driver the tests start (this session's, the CLI subprocesses', the notebook
 # kernel's) is a JVM that lives seconds to minutes on 2 cores, where C2 compilation took a third
 # to a half of a driver's CPU: C1 only and the serial collector, as tests/cluster.py's JVM_OPTS

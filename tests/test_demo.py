@@ -1,7 +1,7 @@
 """The README's main command, ``longattn-spark demo``, at a small size with the smoke-test model
-and no probe (tests/test_real_model.py runs it with the real model and its probe): corpus ->
-smoke-test model -> ingest -> score -> select -> export -> report, fewer documents and shorter
-windows. Expected counts come from the corpus file, the reference tokenizer and
+and no probe (tests/test_real_model.py runs it with the real model and its probes): corpus ->
+smoke-test model -> ingest -> score (the ``recommended`` recipe's two scorers) -> select (by
+the recipe) -> export -> report, two documents per category, the demo's own window size. Expected counts come from the corpus file, the reference tokenizer and
 Algorithm 1, not from the job."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from longattn_spark.demo import run_demo
 from longattn_spark.tables.refs import TableRef
 from longattn_spark.ingest.windowing import sliding_windows
 
-W = 2048
+W = DemoConfig().window_size
 DOCS_PER_CATEGORY = 2
 
 
@@ -64,10 +64,13 @@ def test_demo_writes_every_table_with_the_expected_rows(spark, demo, expected_wi
     assert TableRef(demo.table("windows_rejects")).read(spark).count() \
         == expected_windows["too_short"]
     scores = TableRef(demo.table("scores")).read(spark)
-    assert scores.select("scorer_id").distinct().count() == 1
-    assert per_category(spark, demo.table("scores")) == expected
+    # the recommended recipe's scorers, each over every window
+    methods = {r["method"]: r["count"] for r in scores.groupBy("method").count().collect()}
+    assert methods == {"repetition": sum(expected.values()), "lossgain": sum(expected.values())}
+    assert scores.select("scorer_id").distinct().count() == 2
+    assert per_category(spark, demo.table("scores")) == {c: 2 * n for c, n in expected.items()}
     assert scores.join(TableRef(demo.table("windows")).read(spark), "window_id").count() \
-        == sum(expected.values())
+        == 2 * sum(expected.values())
     assert TableRef(demo.table("scores_rejects")).read(spark).count() == 0
     assert per_category(spark, demo.table("selection")) == expected
 

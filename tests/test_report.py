@@ -652,14 +652,15 @@ def test_first_screen_says_what_was_selected_and_each_probes_verdict(browser, re
     # the summary box and every verdict cell lie in the first screen (top 800 px)
     assert page.evaluate("window.scrollY") == 0
     box = page.locator("#summary").bounding_box()
-    assert box["y"] < 200 and box["height"] > 100
+    # (y was 150-210 px across Chromium builds and their fonts: the heading above may wrap)
+    assert box["y"] < 300 and box["height"] > 100
     cells = page.eval_on_selector_all(
         "#summary td.verdict", "els => els.map(e => {const b = e.getBoundingClientRect(); "
         "return {probe: e.closest('[data-probe]').dataset.probe, "
         "category: e.parentElement.dataset.category, kind: e.dataset.kind, "
         "status: e.dataset.status, value: e.dataset.value, text: e.innerText, "
         "bottom: b.bottom, colour: getComputedStyle(e).backgroundColor}})")
-    assert len(cells) == 2 * 3 * 4  # probes x categories x kinds
+    assert len(cells) == 2 * 3 * 5  # probes x categories x kinds
     assert max(c["bottom"] for c in cells) <= 800
     lead = page.inner_text("#summary-lead")
     assert "longattn (LDS)" in lead and scorer_id in lead and "top 50%" in lead

@@ -678,3 +678,61 @@ def test_heads_with_a_scorer_without_heads_is_refused(spark, table_path, capsys)
         in capsys.readouterr().err
     assert cli.run([*argv[:-1], "0,zero"]) == 1
     assert "--heads '0,zero': 'zero' is not a head index" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# The `longattn` and `random` recipes against the SQL they replaced
+# ------------------------------------------------------------------------------------------
+
+def reference_ranked(spark, tables: Tables, normalize: str, method: str, seed: int = 0
+                     ) -> pd.DataFrame:
+    """The statements the selection ran before recipes (tests/reference_sql/, copied from the
+    release before them): scored rows, per-category stats, LDS and the random sort key."""
+    from pathlib import Path
+
+    def statement(name: str) -> str:
+        return (Path(__file__).parent / "reference_sql" / f"{name}.sql").read_text()
+
+    from pyspark.sql import functions as F
+
+    scored = spark.sql(statement("select_scored"), args={
+        "scores": tables.scores.sql_name(spark), "windows": tables.windows.sql_name(spark),
+        "scorer_id": "s8", "heads": F.array()})
+    scored.createOrReplaceTempView("reference_scored")
+    spark.sql(statement("category_stats"), args={"scored": "reference_scored"}) \
+        .where("NOT is_total").createOrReplaceTempView("reference_stats")
+    return spark.sql(statement("select_ranked"), args={
+        "scored": "reference_scored", "stats": "reference_stats", "normalize": normalize,
+        "alpha": ALPHA, "method": method, "seed": seed}).toPandas()
+
+
+@pytest.mark.parametrize("normalize", ["zscore", "minmax"])
+def test_longattn_recipe_gives_the_old_selection_bit_for_bit(spark, tables, normalize):
+    rows = computed(spark, tables, normalize=normalize, keep_fraction=0.3, exact=True)
+    old = reference_ranked(spark, tables, normalize, "lds")
+    merged = old.merge(rows, on="window_id", suffixes=("_old", ""), how="outer")
+    assert len(merged) == len(old) == len(rows)
+    for column in ("z_ds", "z_du", "lds"):
+        same = (merged[f"{column}_old"] == merged[column]) | (
+            merged[f"{column}_old"].isna() & merged[column].isna())
+        assert same.all(), merged.loc[~same, ["window_id", f"{column}_old", column]].head()
+    assert (merged["excluded_reason_old"].fillna("-") == merged["excluded_reason"]
+            .fillna("-")).all()
+    # the old cut: the top 30% of each category by (lds, tiebreak)
+    usable = old[old.excluded_reason.isna()].sort_values(
+        ["category", "sort_key", "tiebreak"], ascending=[True, False, False])
+    expected = set(usable.groupby("category", group_keys=False).apply(
+        lambda d: d.head(math.floor(0.3 * len(d) + 1e-9)))["window_id"])
+    assert selected_ids(rows) == expected
+
+
+def test_random_recipe_gives_the_old_draw(spark, tables):
+    rows = computed(spark, tables, method="random", seed=4, keep_fraction=0.3, exact=True)
+    old = reference_ranked(spark, tables, "zscore", "random", seed=4)
+    usable = old[old.excluded_reason.isna()]
+    lds_sizes = usable.groupby("category").size().map(lambda n: math.floor(0.3 * n + 1e-9))
+    expected = set()
+    for category, d in usable.groupby("category"):
+        d = d.sort_values(["sort_key", "tiebreak"], ascending=False)
+        expected |= set(d.head(int(lds_sizes[category]))["window_id"])
+    assert selected_ids(rows) == expected

@@ -77,13 +77,18 @@ def resolve_report_inputs(spark, cfg: ReportConfig) -> ReportInputs:
         row = spark.sql(load_sql("report_selection_scorer"), args={
             "selection": selection_view, "selection_id": cfg.selection_id}).first()
         requested = (row["scorer_id"] if row else None) or ""
+        # a recipe's selection holds its scorers' ids joined by "+": report on the last,
+        # which ranks (the model-free gates come first in the shipped recipes)
+        requested = requested.split("+")[-1]
     scorers = scorer_counts(spark, scores_view)
     scorer_id = choose_scorer(requested, scorers, str(scores))
     info = parse_scorer_property(table_properties(spark, scores), scorer_id)
     method = info.get("method_plugin") or info.get("method")
     if not method:  # no record: the scores' method column (NULL before it existed: longattn)
-        row = spark.sql(load_sql("compare_methods"), args={
-            "scores": scores_view, "a": scorer_id, "b": scorer_id}).first()
+        from pyspark.sql import functions as F
+
+        row = (spark.table(scores_view).where(F.col("scorer_id") == scorer_id)
+               .select(F.min(F.coalesce("method", F.lit("longattn"))).alias("method")).first())
         method = row["method"] if row else None
     notes: list[str] = []
     if info.get("positions_note"):  # recorded by the score job (scorers/positions.py)
@@ -113,10 +118,29 @@ def resolve_report_inputs(spark, cfg: ReportConfig) -> ReportInputs:
         scorer_method=method)
 
 
+def selections_of(spark, selection_view: str, scorer_id: str):
+    """The selections of one scorer in a selection table, newest first: those it made alone
+    (``scorer_id``) and those of recipes it took part in (``scorer_ids``' values; tables
+    written before recipes have no such column)."""
+    from pyspark.sql import functions as F
+
+    frame = spark.table(selection_view)
+    mine = F.col("scorer_id") == F.lit(scorer_id)
+    if "scorer_ids" in frame.columns:
+        mine = mine | F.coalesce(F.array_contains(F.map_values("scorer_ids"), scorer_id),
+                                 F.lit(False))
+    return (frame.where(mine).groupBy("selection_id")
+            .agg(F.max("selected_at").alias("selected_at"), F.max("params").alias("params"),
+                 F.max("windows_version").alias("windows_version"),
+                 F.max("scores_version").alias("scores_version"),
+                 F.count(F.lit(1)).alias("windows"),
+                 F.count_if(F.col("selected")).alias("selected"))
+            .orderBy(F.col("selected_at").desc(), "selection_id"))
+
+
 def chosen_selection(spark, selection_view: str, scorer_id: str, requested: str,
                       table: str) -> Mapping[str, Any] | None:
-    rows = [r.asDict() for r in spark.sql(load_sql("report_selections"), args={
-        "selection": selection_view, "scorer_id": scorer_id}).collect()]
+    rows = [r.asDict() for r in selections_of(spark, selection_view, scorer_id).collect()]
     if not requested:
         return rows[0] if rows else None
     match = next((r for r in rows if r["selection_id"] == requested), None)

@@ -26,9 +26,12 @@ LONGATTN = "longattn"
 
 
 def recipe_of(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The ``recipe`` object of a selection's params or a probe's record, when it names one."""
+    """The ``recipe`` object of a selection's params or a probe's record, when it names one
+    (a method's default ranking, recorded as the recipe of source ``--method NAME``, is named
+    by its method instead)."""
     recipe = (record or {}).get("recipe")
-    if isinstance(recipe, Mapping) and recipe.get("name"):
+    if isinstance(recipe, Mapping) and recipe.get("name") and \
+            not str(recipe.get("source") or "").startswith("--method "):
         return dict(recipe)
     return None
 

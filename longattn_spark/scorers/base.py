@@ -160,11 +160,12 @@ class ScorerMethod:
         return build_options(self.name, self.Options, dict(given))
 
     def ranking(self, normalize: str = "zscore") -> Ranking:
-        """The default ranking: its ``score`` component (the selection table records it
-        normalized within the category as ``z_ds``: ``z``, or ``minmax`` with
-        ``normalize="minmax"``, as earlier releases did)."""
+        """The default ranking: its ``score`` component normalized within the category
+        (``z``; ``minmax`` with ``normalize="minmax"``), the selection's ``lds`` of earlier
+        releases for every method but LongAttn."""
         function = "minmax" if normalize == "minmax" else "z"
-        return Ranking(rank="score", record=(("z_ds", f"{function}(score)"), ("z_du", "0")))
+        return Ranking(rank=f"{function}(score)",
+                       record=(("z_ds", f"{function}(score)"), ("z_du", "0")))
 
     # --- driver ---------------------------------------------------------------------------
 

@@ -290,7 +290,8 @@ def selection_rows(spark, inputs: SelectionInputs, options: SelectOptions, selec
         if options.method == "random" or recipe.recipe.draw == "random":
             drawn = ranked_df.withColumn("sort_key", F.when(
                 F.col("sort_key").isNotNull(),
-                F.xxhash64(F.col("window_id"), F.lit(int(options.seed))).cast("double")))
+                F.xxhash64(F.col("window_id"), F.lit(int(options.seed)).cast("bigint"))
+                .cast("double")))  # the seed as BIGINT: the hash differs by type
             ranked = views.add("ranked_random", drawn)
             cuts = _cuts_view(views, "cuts_random",
                               random_cuts(views, ranked, flagged, options, stats, **refine))

@@ -53,7 +53,7 @@ class RepetitionMethod(ScorerMethod):
     def ranking(self, normalize: str = "zscore") -> Ranking:
         """Least repetitive first."""
         function = "minmax" if normalize == "minmax" else "z"
-        return Ranking(rank="-compression",
+        return Ranking(rank=f"-{function}(compression)",
                        record=(("z_ds", f"-{function}(compression)"), ("z_du", "0")))
 
     def plan(self, ctx: PlanContext) -> MethodPlan:
