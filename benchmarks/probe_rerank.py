@@ -9,9 +9,13 @@ model-free recipe (one ``repetition`` scorer, rank ``-z(repetition.compression)`
 Timed, through the CLI entry (``longattn_spark.cli.run``), nothing scored or written:
 
 - in the warm session (the one that wrote the probe), ``probe --table T --rank EXPR --where
-  EXPR``, ``--repeats`` times: wall seconds of each call;
+  EXPR``, ``--repeats`` times: wall seconds of each call, and its CPU seconds (this Python
+  process + the session's JVM: less sensitive to a loaded machine than wall time);
 - in a fresh process (``.venv/bin/longattn-spark probe ...``, JVM start and Delta's jars
-  included), ``--repeats`` times, after the warm session has stopped.
+  included), ``--repeats`` times, after the warm session has stopped; each after a baseline
+  fresh process that only starts the session and runs ``spark.range(1).count()``.
+
+Each call's own timer (the summary box: read, rank and auc) is printed beside its wall time.
 
 Goal (issue 29): a rerank of a 3,000-row probe in <= 10 s locally.
 
@@ -43,21 +47,44 @@ RANK = "-z(repetition.dup_10gram) - 0.5 * z(repetition.top_2gram)"
 WHERE = "z(repetition.compression) < 3"
 
 
-def cli(argv: list[str]) -> tuple[int, float, str]:
-    """``longattn_spark.cli.run(argv)`` in this process: exit code, wall seconds, stdout."""
+def jvm_cpu_seconds(spark) -> float:
+    """User + system CPU seconds of the session's JVM so far (Linux /proc)."""
+    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cli(argv: list[str], spark=None) -> tuple[int, float, float, str]:
+    """``longattn_spark.cli.run(argv)`` in this process: exit code, wall seconds, CPU seconds
+    (this Python process + the session's JVM; NaN without ``spark``), stdout."""
     from longattn_spark.cli import run
 
     out = io.StringIO()
+    cpu0 = time.process_time() + (jvm_cpu_seconds(spark) if spark else float("nan"))
     start = time.perf_counter()
     with contextlib.redirect_stdout(out):
         code = run(argv)
-    return code, time.perf_counter() - start, out.getvalue()
+    wall = time.perf_counter() - start
+    cpu = time.process_time() + (jvm_cpu_seconds(spark) if spark else float("nan")) - cpu0
+    return code, wall, cpu, out.getvalue()
 
 
 def reported_seconds(text: str) -> str:
-    """The "seconds" line of the job's own summary box, if printed."""
-    m = re.search(r"│ seconds\s+│ ([0-9.]+)", text)
-    return m.group(1) if m else "?"
+    """The job's own timer from its summary box: total (read + rank and auc)."""
+    got = {name: re.search(rf"│ +{name}\s+│ ([0-9.]+)", text)
+           for name in ("seconds", "read", "rank and auc")}
+    s, r, a = (m.group(1) if m else "?" for m in got.values())
+    return f"{s} = read {r} + rank/auc {a}"
+
+
+SESSION_ONLY = """
+import sys
+from longattn_spark.config import SparkSettings
+from longattn_spark.session import get_spark
+spark = get_spark(SparkSettings(lakehouse=sys.argv[1], catalog="in-memory"))
+spark.range(1).count()
+spark.stop()
+"""
 
 
 def main() -> None:
@@ -98,7 +125,7 @@ def main() -> None:
         recipe = work / "rp_bench.yaml"
         recipe.write_text(RECIPE)
         table = str(work / "probe")
-        code, seconds, out = cli(["probe", "--windows", windows, "--table", table,
+        code, seconds, _, out = cli(["probe", "--windows", windows, "--table", table,
                                   "--recipe", str(recipe), "--per-category",
                                   str(args.per_category), *spark_flags])
         print(out)
@@ -110,23 +137,31 @@ def main() -> None:
         print(f"probe written in {seconds:.1f} s: {probe_rows:,} rows {kinds}")
 
         rerank = ["probe", "--table", table, "--rank", RANK, "--where", WHERE, *spark_flags]
-        warm = []
+        warm, warm_cpu = [], []
         for i in range(args.repeats):
-            code, seconds, out = cli(rerank)
+            code, seconds, cpu, out = cli(rerank, spark)
             if i == 0:
                 print(out)
             if code != 0:
                 raise SystemExit(f"probe --rank failed (exit {code}):\n{out}")
             warm.append((seconds, reported_seconds(out)))
-            print(f"rerank in the warm session #{i + 1}: {seconds:.2f} s wall "
+            warm_cpu.append(cpu)
+            print(f"rerank in the warm session #{i + 1}: {seconds:.2f} s wall, {cpu:.2f} s CPU "
                   f"(job's own summary: {reported_seconds(out)} s)")
     finally:
         spark.stop()
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     exe = str(Path(sys.executable).parent / "longattn-spark")
-    fresh = []
+    fresh, bare = [], []
     for i in range(args.repeats):
+        # baseline: a fresh process that only starts the session and runs one tiny job
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", SESSION_ONLY, lakehouse], capture_output=True,
+                       env=env, cwd=str(work), check=True)
+        bare.append(time.perf_counter() - start)
+        print(f"fresh process, session start + spark.range(1).count() only #{i + 1}: "
+              f"{bare[-1]:.2f} s wall")
         start = time.perf_counter()
         done = subprocess.run([exe, *rerank], capture_output=True, text=True, env=env,
                               cwd=str(work))
@@ -146,6 +181,11 @@ def main() -> None:
         print(f"  {name:<14} wall s: {', '.join(f'{w:.2f}' for w in walls)}; median "
               f"{statistics.median(walls):.2f} (goal <= 10); job's own: "
               f"{', '.join(s for _, s in runs)}")
+    print(f"  warm session CPU s (driver Python + JVM): "
+          f"{', '.join(f'{c:.2f}' for c in warm_cpu)}; median {statistics.median(warm_cpu):.2f}")
+    print(f"  fresh process, session only wall s: {', '.join(f'{w:.2f}' for w in bare)}; "
+          f"median {statistics.median(bare):.2f}; fresh rerank minus session, medians: "
+          f"{statistics.median([w for w, _ in fresh]) - statistics.median(bare):.2f}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

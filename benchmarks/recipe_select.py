@@ -19,7 +19,9 @@ Delta write of every row, the summary read back):
   --keep-fraction 0.5`` (two scorers joined by window_id, two filters, a rank of two
   z-scores).
 
-A warm-up of both at 20,000 rows runs first. Goal (issue 29): recipe <= 1.5x LDS at 10M.
+Each select's wall seconds and CPU seconds (this Python process + the session's JVM, from
+/proc: less sensitive to a loaded machine) are printed. A warm-up of both at 20,000 rows
+runs first. Goal (issue 29): recipe <= 1.5x LDS at 10M.
 Also checked: the recipe's selection table holds one row per window.
 
     .venv/bin/python benchmarks/recipe_select.py [--sizes 1000000 10000000] [--rounds 2 1]
@@ -36,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from select_scale import build_tables, with_nulls  # noqa: E402
+from select_scale import build_tables, with_nulls, work_session  # noqa: E402
 
 REPETITION = {  # component -> SQL over a uniform u in [0, 1) per window (plausible ranges)
     "top_2gram": "0.02 + 0.10 * {u}", "top_3gram": "0.01 + 0.06 * {u}",
@@ -85,17 +87,29 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
         "delta").mode("append").save(location)
 
 
-def time_select(settings, windows: str, scores: str, selection: str, flags: list[str]
-                ) -> float:
+def cpu_seconds(spark) -> float:
+    """CPU seconds so far of this Python process and the session's JVM (Linux /proc)."""
+    import os
+
+    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return time.process_time() + (int(fields[11]) + int(fields[12])) / os.sysconf(
+        "SC_CLK_TCK")
+
+
+def time_select(spark, settings, windows: str, scores: str, selection: str, flags: list[str]
+                ) -> tuple[float, float]:
+    """Wall and CPU (driver Python + JVM) seconds of one ``run_select_job``."""
     from longattn_spark.cli import parse_config
     from longattn_spark.select import run_select_job
 
     _, cfg = parse_config(["select", "--windows", windows, "--scores", scores,
                            "--table", selection, *flags])
     cfg.spark = settings
+    cpu = cpu_seconds(spark)
     start = time.perf_counter()
     run_select_job(cfg)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds(spark) - cpu
 
 
 LDS = ["--scorer-id", "bench", "--keep-fraction", "0.5"]
@@ -114,21 +128,15 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated tables")
     args = parser.parse_args()
 
-    from longattn_spark.config import SparkSettings
-    from longattn_spark.session import get_spark
-
-    root = Path(args.dir or tempfile.mkdtemp(prefix="recipe_select_")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    settings = SparkSettings(lakehouse=str(root / "lakehouse"), catalog="in-memory")
-    spark = get_spark(settings, app_name="recipe-select")
+    root, settings, spark = work_session(args.dir, "recipe-select")
     cores = spark.sparkContext.defaultParallelism
     results: list[tuple[int, int, float, float, int]] = []
     t0 = time.perf_counter()
     try:
         warm_w, warm_s = build_tables(spark, root, 20_000)
         add_recipe_scorers(spark, warm_s, 20_000)
-        time_select(settings, warm_w, warm_s, str(root / "sel_warm_lds"), LDS)
-        time_select(settings, warm_w, warm_s, str(root / "sel_warm_recipe"), RECIPE)
+        time_select(spark, settings, warm_w, warm_s, str(root / "sel_warm_lds"), LDS)
+        time_select(spark, settings, warm_w, warm_s, str(root / "sel_warm_recipe"), RECIPE)
         for i, rows in enumerate(args.sizes):
             if results and max(max(r[2], r[3]) for r in results) > args.max_small_s:
                 print(f"skipping {rows:,} rows: a select at a smaller size took over "
@@ -142,28 +150,34 @@ def main() -> None:
             for r in range(rounds):
                 # alternate which goes first, so neither always follows the other
                 order = (("lds", LDS), ("recipe", RECIPE))[::1 if r % 2 == 0 else -1]
-                seconds = {}
+                seconds, cpu = {}, {}
                 for tag, flags in order:
                     sel = str(root / f"sel_{rows}_{tag}_{r}")
-                    seconds[tag] = time_select(settings, windows, scores, sel, flags)
+                    seconds[tag], cpu[tag] = time_select(spark, settings, windows, scores, sel,
+                                                         flags)
                     if tag == "recipe":
                         n_sel = spark.read.format("delta").load(sel).count()
-                results.append((rows, r, seconds["lds"], seconds["recipe"], n_sel))
-                print(f"[{rows:,} rows] round {r + 1}: LDS {seconds['lds']:.1f} s, "
-                      f"recipe {seconds['recipe']:.1f} s, ratio "
-                      f"{seconds['recipe'] / seconds['lds']:.2f}; recipe selection rows "
+                results.append((rows, r, seconds["lds"], seconds["recipe"], n_sel, cpu["lds"],
+                                cpu["recipe"]))
+                print(f"[{rows:,} rows] round {r + 1}: LDS {seconds['lds']:.1f} s "
+                      f"({cpu['lds']:.1f} s CPU), recipe {seconds['recipe']:.1f} s "
+                      f"({cpu['recipe']:.1f} s CPU), ratio wall "
+                      f"{seconds['recipe'] / seconds['lds']:.2f}, CPU "
+                      f"{cpu['recipe'] / cpu['lds']:.2f}; recipe selection rows "
                       f"{n_sel:,} ({'=' if n_sel == rows else '!='} windows {rows:,})")
         print(f"\nrecipe_select: local Spark ({cores} cores), recipe 'recommended' over 2 "
               f"scorers vs LDS over 1, same windows, --keep-fraction 0.5")
         print(f"{'rows':>12}{'round':>7}{'LDS s':>9}{'recipe s':>10}{'recipe/LDS':>12}"
-              f"{'recipe rows':>13}")
-        for rows, r, lds, rec, n_sel in results:
-            print(f"{rows:>12,}{r + 1:>7}{lds:>9.1f}{rec:>10.1f}{rec / lds:>12.2f}{n_sel:>13,}")
+              f"{'LDS CPU':>9}{'rec CPU':>9}{'CPU ratio':>11}{'recipe rows':>13}")
+        for rows, r, lds, rec, n_sel, c_lds, c_rec in results:
+            print(f"{rows:>12,}{r + 1:>7}{lds:>9.1f}{rec:>10.1f}{rec / lds:>12.2f}"
+                  f"{c_lds:>9.1f}{c_rec:>9.1f}{c_rec / c_lds:>11.2f}{n_sel:>13,}")
         for rows in dict.fromkeys(r[0] for r in results):
             mine = [r for r in results if r[0] == rows]
             lds, rec = sum(r[2] for r in mine), sum(r[3] for r in mine)
+            c_lds, c_rec = sum(r[5] for r in mine), sum(r[6] for r in mine)
             print(f"{rows:>12,} rows: recipe / LDS over {len(mine)} round(s) = {rec / lds:.2f} "
-                  f"(goal at 10M: <= 1.5); rows check "
+                  f"wall, {c_rec / c_lds:.2f} CPU (goal at 10M: <= 1.5); rows check "
                   f"{'ok' if all(r[4] == rows for r in mine) else 'FAILED'}")
         print(f"total {time.perf_counter() - t0:.0f} s")
     finally:

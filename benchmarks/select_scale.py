@@ -127,6 +127,18 @@ def pandas_select(windows: str, scores: str, out: Path, keep_fraction: float | N
     return time.perf_counter() - start
 
 
+def work_session(folder: str, name: str):
+    """The benchmark's work folder (``folder`` or a temporary one), Spark settings with a
+    lakehouse in it, and the session."""
+    from longattn_spark.config import SparkSettings
+    from longattn_spark.session import get_spark
+
+    root = Path(folder or tempfile.mkdtemp(prefix=name.replace("-", "_") + "_")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    settings = SparkSettings(lakehouse=str(root / "lakehouse"), catalog="in-memory")
+    return root, settings, get_spark(settings, app_name=name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -134,13 +146,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated tables")
     args = parser.parse_args()
 
-    from longattn_spark.config import SparkSettings
-    from longattn_spark.session import get_spark
-
-    root = Path(args.dir or tempfile.mkdtemp(prefix="select_scale_")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    settings = SparkSettings(lakehouse=str(root / "lakehouse"), catalog="in-memory")
-    spark = get_spark(settings, app_name="select-scale")
+    root, settings, spark = work_session(args.dir, "select-scale")
     cores = spark.sparkContext.defaultParallelism
     try:
         warm_w, warm_s = build_tables(spark, root, 20_000)

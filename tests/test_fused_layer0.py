@@ -248,12 +248,18 @@ def test_fused_unavailable_reasons() -> None:
 
 
 def test_kernel_choice_reaches_the_cli() -> None:
-    from longattn_spark.config import ScoreConfig
+    """--kernel is LongAttn's option (scorers/longattn/options.py): every kernel, fused
+    included, is a value it takes, and anything else is one line naming the choices."""
+    from longattn_spark.errors import ConfigError
+    from longattn_spark.scorers import get_method
     from longattn_spark.scorers.longattn.kernels import KERNELS
 
-    choices = ScoreConfig.__dataclass_fields__["kernel"].metadata.get("choices")
-    assert set(KERNELS) <= set(choices or KERNELS)
+    method = get_method("longattn")
     assert "fused" in KERNELS
+    for kernel in KERNELS:
+        assert method.options_from({"kernel": kernel}).kernel == kernel
+    with pytest.raises(ConfigError, match="kernel"):
+        method.options_from({"kernel": "cuda-magic"})
 
 
 # ---- the compiled path, on the CPU: ahead-of-time for an H100 -------------------------

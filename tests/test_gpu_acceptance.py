@@ -69,7 +69,9 @@ def test_dry_run_json_structure(dry_run) -> None:
     assert sections["layer0_8b"]["kernel_fused"] == "fused"
     assert sections["layer0_8b"]["kernel_today"] == "triton"
     assert sections["probe"]["kernel"] == "fused"
-    assert sections["probe"]["controls"] == 4 * sections["probe"]["natural_windows"]
+    from longattn_spark.probe.controls import KINDS
+
+    assert sections["probe"]["controls"] == len(KINDS) * sections["probe"]["natural_windows"]
     assert sections["whole_lm_w128"]["attn_implementation"] == "sdpa"
     floor = sections["layer0_8b"]["floor"]["causal_half"]
     assert floor["total_s"] == pytest.approx(floor["sums_s"] + floor["projection_s"])

@@ -687,7 +687,8 @@ def test_heads_with_a_scorer_without_heads_is_refused(spark, table_path, capsys)
 def reference_ranked(spark, tables: Tables, normalize: str, method: str, seed: int = 0
                      ) -> pd.DataFrame:
     """The statements the selection ran before recipes (tests/reference_sql/, copied from the
-    release before them): scored rows, per-category stats, LDS and the random sort key."""
+    release before them): scored rows, LDS and the random sort key; the per-category stats
+    are the product's category_stats.sql, which the report still uses."""
     from pathlib import Path
 
     def statement(name: str) -> str:
@@ -699,7 +700,7 @@ def reference_ranked(spark, tables: Tables, normalize: str, method: str, seed: i
         "scores": tables.scores.sql_name(spark), "windows": tables.windows.sql_name(spark),
         "scorer_id": "s8", "heads": F.array()})
     scored.createOrReplaceTempView("reference_scored")
-    spark.sql(statement("category_stats"), args={"scored": "reference_scored"}) \
+    spark.sql(load_sql("category_stats"), args={"scored": "reference_scored"}) \
         .where("NOT is_total").createOrReplaceTempView("reference_stats")
     return spark.sql(statement("select_ranked"), args={
         "scored": "reference_scored", "stats": "reference_stats", "normalize": normalize,

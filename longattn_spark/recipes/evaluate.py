@@ -121,12 +121,15 @@ def category_statistic(function: str, x: np.ndarray, categories: np.ndarray,
         if ref.size == 0:
             continue
         values = x[rows]
+        # without spread in the reference, every reference row is 0 (as in select, where
+        # the reference is every row) and any other row keeps its distance from that value:
+        # a probe's controls still rank against natural windows that all scored the same
         if function == "z":
             sd = float(np.std(ref, ddof=1)) if ref.size > 1 else float("nan")
-            result = (values - ref.mean()) / sd if sd > 0 else np.zeros_like(values)
+            result = (values - ref.mean()) / sd if sd > 0 else values - ref[0]
         elif function == "minmax":
             spread = ref[-1] - ref[0]
-            result = (values - ref[0]) / spread if spread > 0 else np.zeros_like(values)
+            result = (values - ref[0]) / spread if spread > 0 else values - ref[0]
         else:
             below = np.searchsorted(ref, values, side="left")
             upto = np.searchsorted(ref, values, side="right")
