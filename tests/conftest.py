@@ -133,9 +133,9 @@ SHARED_FIXTURE_GROUPS = {"test_cluster_pipeline": "cluster", "test_cluster_smoke
 # then, times 1.7 for its browser tests (issue 32; 86 s -> 145 s serially on a quiet machine).
 GROUP_SECONDS = {
     "cluster": 690, "test_connect": 379, "test_crash_consistency": 296, "test_prolong_job": 259,
-    "test_score_job": 209, "test_selection": 197, "test_probe": 146, "test_export": 135,
-    "test_report": 130, "test_real_model": 200, "test_fourth_scorer": 120, "test_recipes": 90, "test_ingest": 106, "test_integrity": 88,
-    "test_notebook": 85, "test_lossgain_job": 72, "test_demo": 70, "test_triton_sums": 59,
+    "test_score_job": 209, "test_real_model": 200, "test_selection": 197, "test_probe": 146,
+    "test_export": 135, "test_report": 130, "test_fourth_scorer": 120, "test_ingest": 106,
+    "test_recipes": 90, "test_integrity": 88, "test_notebook": 85, "test_lossgain_job": 72, "test_demo": 70, "test_triton_sums": 59,
     "test_scorer_methods": 44, "test_compare": 19, "test_scorer": 15, "test_lossgain": 14}
 
 
