@@ -255,6 +255,8 @@ def test_score_select_recipe_probe_compare_report(spark, toy, capsys, tmp_path, 
                           str(tmp_path / "rerank.json")], capsys)
     assert code == 0, err
     assert TableRef(probe).version(spark) == version   # nothing written
+    assert "ranked by" in out and "--rank toy.mean_id" in out and "scored" in out
+    assert "nothing: ranked again" in out and "windows scored now" not in out
     reranked = json.loads((tmp_path / "rerank.json").read_text())
     for category in ("book", "code"):
         part = [r for r in probed if r["category"] == category]

@@ -186,7 +186,7 @@ def rerank(spark: SparkSession, probe_cfg: ProbeConfig) -> ProbeRun:
                        seq_len=record.get("seq_len", 0),
                        min_distance=record.get("min_distance", 0),
                        window_size=record.get("window_size", 0),
-                       block=record.get("shuffle_block", 0))
+                       block=record.get("shuffle_block", 0), reranked=True)
         run.results = probe_results(rows, kinds, record.get("skipped", {}), record["seed"],
                                     PROBE_SCORE_COLUMNS, probe_cfg.bootstrap)
     run.seconds, run.step_seconds = timer.seconds, dict(timer.step_seconds)

@@ -159,3 +159,4 @@ class ProbeRun:
     results: dict[str, dict[str, KindResult]] = field(default_factory=dict)
     seconds: float = 0.0
     step_seconds: dict[str, float] = field(default_factory=dict)
+    reranked: bool = False  # probe --rank: ranked again from the stored rows, nothing scored

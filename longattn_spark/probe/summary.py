@@ -11,6 +11,8 @@ from longattn_spark.probe.results import ProbeRun, results_json
 
 
 def stage_run(run: ProbeRun) -> StageRun:
+    if run.reranked:
+        return reranked_run(run)
     controls = sum(n for kinds in run.controls.values() for n in kinds.values())
     counts = [
         ("probe_id", run.probe_id), ("probe table", run.table), ("scorer_id", run.scorer_id),
@@ -26,8 +28,22 @@ def stage_run(run: ProbeRun) -> StageRun:
         ("probe rows written", str(run.rows_written)),
     ]
     after = [("uniform-head DS (position only)",
-              f"{uniform_head_ds(run.seq_len, run.min_distance):.4f}")] if run.seq_len else []
+              f"{uniform_head_ds(run.seq_len, run.min_distance):.4f}")] \
+        if run.seq_len and "longattn" in run.method.split("+") else []
     return StageRun("probe", counts, run.seconds, run.step_seconds, after)
+
+
+def reranked_run(run: ProbeRun) -> StageRun:
+    """``probe --rank``: what was ranked, over which rows; nothing was scored or written."""
+    natural = {category: max((r.n_natural for r in kinds.values()), default=0)
+               for category, kinds in run.results.items()}
+    counts = [
+        ("probe_id", run.probe_id), ("probe table", run.table), ("scorer_id", run.scorer_id),
+        ("method", run.method), ("ranked by", run.recipe),
+        ("natural windows", ", ".join(f"{c} {n}" for c, n in sorted(natural.items()))),
+        ("scored", "nothing: ranked again from the probe table's stored components"),
+    ]
+    return StageRun("probe --rank", counts, run.seconds, run.step_seconds, [])
 
 
 def verdict_rows(run: ProbeRun) -> list[tuple[str, str]]:
