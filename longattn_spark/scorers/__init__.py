@@ -36,11 +36,13 @@ def _builtin_methods() -> dict[str, str]:
     """Every sub-package of ``scorers/`` with a ``method.py`` is a built-in method named after
     it (``scorers/lossgain/method.py`` -> ``lossgain``), found without importing it."""
     import pkgutil
-    from pathlib import Path
+    from importlib.resources import files
 
-    here = Path(__file__).parent
+    # importlib.resources and the package's __path__, not pathlib: on a Spark Connect server
+    # the package is imported from the zip the client shipped (longattn_spark/ship.py)
+    here = files(__name__)
     return {m.name: f"{__name__}.{m.name}.method:METHOD"
-            for m in pkgutil.iter_modules([str(here)])
+            for m in pkgutil.iter_modules(__path__)
             if m.ispkg and (here / m.name / "method.py").is_file()}
 
 
