@@ -273,12 +273,12 @@ class DemoConfig:
                              "scores mean nothing)")
     recipe: str = _opt("recommended", "the recipe the demo scores and selects with (a shipped "
                        "name or a YAML file); the demo probes it and the longattn recipe")
-    probe_per_category: int = _opt(5, "natural windows per category of the demo's probes "
+    probe_per_category: int = _opt(4, "natural windows per category of the demo's probes "
                                    "(does each recipe separate them from controls?); 0: no "
                                    "probe")
     window_size: int = _opt(512, "window size of the demo (the recommended recipe's evidence "
                             "is at 1024: benchmarks/RESULTS.md)")
-    max_docs_per_category: int = _opt(8, "documents per demo category")
+    max_docs_per_category: int = _opt(6, "documents per demo category")
     max_doc_chars: int = _opt(6000, "each demo document is cut to about this many characters "
                               "(at a line end), so that loss gain on the CPU stays in minutes")
 

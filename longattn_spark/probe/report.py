@@ -13,7 +13,8 @@ from longattn_spark.probe.auc import SEPARATES_AT, SINK_TOKENS, uniform_head_ds
 from longattn_spark.probe.results import NATURAL, KindResult, probe_results
 
 KIND_COLORS = {"natural": "#2e7d32", "splice": "#1565c0", "shuffle": "#ef6c00",
-               "repeat": "#6a1b9a", "concat": "#c62828"}
+               "repeat": "#6a1b9a", "concat": "#c62828",
+               "nearrepeat": "#ad1457"}
 
 
 #: a verdict's status (the report colours it and says it in words): the thresholds of
