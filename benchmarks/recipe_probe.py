@@ -174,12 +174,22 @@ def collect(args, scorers_factory) -> None:
 
 def probe_rows(cache: Path, source: str, category: str, window: int, bos_id: int,
                copy_ngram: int) -> list[dict]:
-    """Rows as the probe table holds them: kind, category, qualified components."""
+    """Rows as the probe table holds them: kind, category, qualified components.
+
+    A natural window already in an earlier chunk (the demo corpus can change between
+    collections, shifting which windows a chunk's positions hold) is left out, with its
+    controls (they carry its window_id): each natural window counts once."""
     rows = []
     k = window // 4
+    seen: set[str] = set()
     for path in sorted(cache.glob(f"{source}-{category}-*.npz")):
         z = np.load(path)
+        earlier = set(seen)
         for i in range(len(z["kind"])):
+            if str(z["window_id"][i]) in earlier:
+                continue
+            if str(z["kind"][i]) == "natural":
+                seen.add(str(z["window_id"][i]))
             x = np.concatenate([[bos_id], z["ids"][i][:window - 1]]).astype(np.int64)
             lg = lossgain_from_losses(z["full"][i], z["short"][i], k,
                                       copied_targets(x, k, copy_ngram))

@@ -1,18 +1,20 @@
 """What issue 29's two new computations cost, side by side in one run:
 
-1. The repetition statistics (``scorers/repetition/stats.py``, per window, one core) against
-   tokenizing the same text with the bare fast tokenizer (``encode_batch``, Rust threads on
-   every core), per token. Ingest does more than the bare tokenizer (windows, Delta MERGE:
-   ``benchmarks/ingest_throughput.py`` measured the job at 0.7-0.9x the tokenizer's tokens/s),
-   so the ratio printed is an upper bound of the statistics' share of ingest's time per token.
-   Goal: <= 5%.
+1. The repetition statistics (``scorers/repetition/stats.py``) against ingest, per token, on
+   the same text (standard-library sources, the demo corpus's ``code``) and the same cores:
+   - ingest: the embedded Spark ingest job (``local[*]``: read, tokenize, window, Delta MERGE
+     of windows and rejects), its session warmed up first, wall seconds per token;
+   - the statistics: every window of the job's table, split over a process pool of one worker
+     per core (as a score job's tasks would), wall seconds per token;
+   - for reference, the bare fast tokenizer (``encode_batch``, Rust threads on every core) and
+     where the statistics' time goes on one core (exact n-gram codes, zlib, the shares).
+   Goal: statistics <= 5% of ingest's time per token.
 2. Loss gain's copy components (``copied_targets`` and the three components, per window)
    against loss gain without them (the model's full and short passes plus the same means), on
    the real SmolLM2-135M at L = 1024 on the CPU. Goal: <= 1.05x.
 
     .venv/bin/python benchmarks/repetition_cost.py [--window 32768] [--lossgain-windows 4]
-
-Texts: standard-library sources (the demo corpus's ``code``), the same on every machine.
+        [--skip-lossgain]
 """
 
 from __future__ import annotations
@@ -51,23 +53,76 @@ def best_of(repeats: int, work) -> float:
     return min(times)
 
 
-def repetition_vs_tokenizer(window: int, repeats: int) -> dict:
+def _stats_of(windows: list[np.ndarray]) -> int:
     from longattn_spark.scorers.repetition.stats import repetition_stats
+
+    for w in windows:
+        repetition_stats(w)
+    return len(windows)
+
+
+def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
+    """Ingest job and statistics on the same text and cores (module docstring)."""
+    import json
+    import shutil
+    import tempfile
+    import zlib
+    from concurrent.futures import ProcessPoolExecutor
+
+    from longattn_spark.config import IngestConfig, SparkSettings
+    from longattn_spark.ingest import ingest
+    from longattn_spark.ngrams import ngram_codes
+    from longattn_spark.scorers.repetition.stats import repetition_stats
+    from longattn_spark.session import get_spark
+    from longattn_spark.tables.refs import TableRef
     from longattn_spark.tokenizer import get_tokenizer, llama3_tokenizer_dir, load_tokenizer_spec
 
-    tokenizer = get_tokenizer(load_tokenizer_spec(llama3_tokenizer_dir()))
-    texts = code_text(8_000_000)
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    ids = np.concatenate([np.asarray(e.ids, dtype=np.int32) for e in encodings])
-    windows = [ids[i:i + window] for i in range(0, ids.size - window + 1, window)]
-    tokens = len(windows) * window
+    spec = load_tokenizer_spec(llama3_tokenizer_dir())
+    texts = code_text(chars)
+    work = Path(tempfile.mkdtemp(prefix="repetition-cost-"))
+    cores = os.cpu_count() or 1
+    try:
+        spark = get_spark(SparkSettings(lakehouse=str(work / "lake"), catalog="in-memory"))
+        source = work / "input.jsonl"
+        source.write_text("".join(json.dumps({"id": f"d{i}", "text": t, "category": "code"})
+                                  + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+        ingest_s, tokens = [], 0
+        for r in range(repeats + 1):  # the first run warms the session up, untimed
+            cfg = IngestConfig(input=str(source), tokenizer=str(llama3_tokenizer_dir()),
+                               window_size=window, table=str(work / f"windows{r}"),
+                               rejects_table=str(work / f"rejects{r}"))
+            summary = ingest(spark, cfg, spec)
+            tokens = summary.tokens
+            if r:
+                ingest_s.append(summary.seconds)
+        rows = TableRef(str(work / "windows1")).read(spark).select("input_ids").collect()
+        windows = [np.asarray(row["input_ids"], dtype=np.int32) for row in rows]
+        spark.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    window_tokens = sum(w.size for w in windows)
+    shares = [windows[i::cores] for i in range(cores)]
+    with ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_stats_of, shares))  # workers started and imports done, untimed
+        pooled = best_of(repeats, lambda: list(pool.map(_stats_of, shares)))
+    tokenizer = get_tokenizer(spec)
     tokenize = best_of(repeats, lambda: tokenizer.encode_batch(texts, add_special_tokens=False))
-    stats = best_of(repeats, lambda: [repetition_stats(w) for w in windows])
-    tokenized = int(ids.size)
-    return {"windows": len(windows), "window": window, "tokens": tokens,
-            "tokenizer_s_per_token": tokenize / tokenized,
-            "repetition_s_per_token": stats / tokens,
-            "ratio": (stats / tokens) / (tokenize / tokenized)}
+    big = [w for w in windows if w.size == window] or windows
+    big_tokens = sum(w.size for w in big)
+    one_core = {
+        "all": best_of(repeats, lambda: [repetition_stats(w) for w in big]),
+        "ngram codes n=2..5": best_of(repeats, lambda: [
+            ngram_codes(w.astype(np.int64), 5, min_n=2) for w in big]),
+        "zlib level 6": best_of(repeats, lambda: [
+            zlib.compress(w.astype("<i4").tobytes(), 6) for w in big]),
+    }
+    return {"cores": cores, "windows": len(windows), "tokens": tokens,
+            "window_tokens": window_tokens,
+            "ingest_s_per_token": min(ingest_s) / tokens,
+            "stats_s_per_token": pooled / window_tokens,
+            "tokenizer_s_per_token": tokenize / tokens,
+            "one_core_us_per_token": {k: v / big_tokens * 1e6 for k, v in one_core.items()},
+            "ratio": (pooled / window_tokens) / (min(ingest_s) / tokens)}
 
 
 def copy_overhead(n_windows: int, repeats: int) -> dict:
@@ -109,15 +164,25 @@ def copy_overhead(n_windows: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=int, default=32768)
+    parser.add_argument("--chars", type=int, default=12_000_000,
+                        help="characters of standard-library source to ingest")
     parser.add_argument("--lossgain-windows", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-lossgain", action="store_true")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    r = repetition_vs_tokenizer(args.window, args.repeats)
-    print(f"repetition statistics: {r['windows']} windows of {r['window']:,} tokens: "
-          f"{r['repetition_s_per_token'] * 1e6:.3f} us/token; bare tokenizer "
-          f"{r['tokenizer_s_per_token'] * 1e6:.3f} us/token; ratio {r['ratio']:.3f} "
-          f"(goal <= 0.05 of ingest, whose time per token is above the tokenizer's)")
+    r = repetition_vs_ingest(args.window, args.repeats, args.chars)
+    us = {k: f"{v:.3f}" for k, v in r["one_core_us_per_token"].items()}
+    print(f"ingest job (local[*], {r['cores']} cores): {r['tokens']:,} tokens, "
+          f"{r['ingest_s_per_token'] * 1e6:.3f} us/token wall; bare tokenizer "
+          f"{r['tokenizer_s_per_token'] * 1e6:.3f} us/token wall")
+    print(f"repetition statistics over the job's {r['windows']} windows, {r['cores']} "
+          f"processes: {r['stats_s_per_token'] * 1e6:.3f} us/token wall; one core, windows of "
+          f"{args.window:,}: {us}")
+    print(f"statistics / ingest per token: {r['ratio']:.3f} (goal <= 0.05); statistics / "
+          f"bare tokenizer: {r['stats_s_per_token'] / r['tokenizer_s_per_token']:.3f}")
+    if args.skip_lossgain:
+        return
     c = copy_overhead(args.lossgain_windows, args.repeats)
     print(f"loss gain, {c['windows']} windows at L = {c['seq_len']} ({c['threads']} threads): "
           f"model passes {c['model_passes_s']:.2f} s, means {c['means_s'] * 1e3:.2f} ms, "

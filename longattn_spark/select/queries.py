@@ -264,14 +264,20 @@ def selection_rows(spark, inputs: SelectionInputs, options: SelectOptions, selec
                    params: str, buckets: int = DEFAULT_BUCKETS,
                    candidate_limit: int = DEFAULT_CANDIDATE_LIMIT) -> Iterator[Any]:
     """The rows of the selection table (a DataFrame with SELECTION's columns), valid inside the
-    ``with`` block; the joined scores are cached meanwhile."""
+    ``with`` block; the joined scores and the ranked rows are cached meanwhile."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from longattn_spark.select.ranked import RankedInputs, cut_statistics_columns, ranked_rows
+    from longattn_spark.select.ranked import (
+        RankedInputs,
+        cut_statistics_columns,
+        joined_rows,
+        ranked_rows,
+        referenced_names,
+    )
 
     views = _Views(spark)
-    ranked_df = None
+    ranked_df = joined = None
     refine = {"buckets": buckets, "candidate_limit": candidate_limit}
     recipe = inputs.recipe
     try:
@@ -279,9 +285,20 @@ def selection_rows(spark, inputs: SelectionInputs, options: SelectOptions, selec
             scores=inputs.scores.read(spark, inputs.scores_version),
             windows=inputs.windows.read(spark, inputs.windows_version), recipe=recipe,
             scorer_ids=inputs.scorer_ids, heads=options.heads)
-        ranked_df = ranked_rows(spark, ranked_inputs).persist(StorageLevel.MEMORY_AND_DISK)
+        if len(recipe.scorers) > 1:
+            # several scorers: their full outer join, read by the category statistics and by
+            # the ranked rows, is computed once. One scorer's rows (a scan and a hash join) are
+            # computed twice as they always were: the statistics' sums then add in the same
+            # order as the previous release's, bit for bit (tests/test_selection.py).
+            joined = joined_rows(ranked_inputs, referenced_names(recipe)).persist(
+                StorageLevel.MEMORY_AND_DISK)
+        ranked_df = ranked_rows(spark, ranked_inputs, joined).persist(
+            StorageLevel.MEMORY_AND_DISK)
         ranked = views.add("ranked", ranked_df)
         stats = _cut_stats(ranked_df.groupBy("category").agg(*cut_statistics_columns()))
+        if joined is not None:  # ranked_df is cached now: free the memory for its blocks
+            joined.unpersist()
+            joined = None
         check_mix_categories(options.mix, {c: s for c, s in stats.items() if s.n > 0})
         cuts = _cuts_view(views, "cuts", rank_cuts(views, ranked, options, stats, **refine))
         min_lds = options.min_lds if options.min_lds is not None else float("-inf")
@@ -300,8 +317,9 @@ def selection_rows(spark, inputs: SelectionInputs, options: SelectOptions, selec
         yield selection_frame(spark.table(flagged), inputs, selection_id, params)
     finally:
         # unpersist first: on Spark Connect a DataFrame is a plan naming its views
-        if ranked_df is not None:
-            ranked_df.unpersist()
+        for cached in (ranked_df, joined):
+            if cached is not None:
+                cached.unpersist()
         views.drop()
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import pandas as pd
 
 from longattn_spark.ngrams import ngram_codes
 
@@ -57,21 +58,6 @@ def top_ngram_share(codes: np.ndarray, n: int, length: int) -> float:
     return covered_share(np.flatnonzero(codes == top), n, length)
 
 
-def duplicate_ngram_share(codes: np.ndarray, n: int, length: int) -> float:
-    """Share of the tokens covered by n-grams that occur more than once."""
-    if codes.size == 0:
-        return 0.0
-    counts = np.bincount(codes)
-    return covered_share(np.flatnonzero(counts[codes] > 1), n, length)
-
-
-def distinct_share(codes: np.ndarray) -> float:
-    """Distinct n-grams over n-grams (1.0 for a window without n-grams)."""
-    if codes.size == 0:
-        return 1.0
-    return float(int(codes.max()) + 1) / codes.size
-
-
 def compression_ratio(ids: np.ndarray) -> float:
     """Bytes of the ids as little-endian int32 over their zlib (level 6) size."""
     raw = np.asarray(ids).astype("<i4").tobytes()
@@ -82,12 +68,41 @@ def repetition_stats(ids: np.ndarray) -> dict[str, float]:
     """Every component of one window (module docstring), by name."""
     ids = np.asarray(ids, dtype=np.int64)
     length = int(ids.size)
-    codes = ngram_codes(ids, max(DUP_NS[-1], DISTINCT_N), min_n=TOP_NS[0])
+    codes = ngram_codes(ids, DUP_NS[0])
     out: dict[str, float] = {}
     for n in TOP_NS:
         out[f"top_{n}gram"] = top_ngram_share(codes[n], n, length)
-    for n in DUP_NS:
-        out[f"dup_{n}gram"] = duplicate_ngram_share(codes[n], n, length)
-    out[f"distinct_{DISTINCT_N}gram"] = distinct_share(codes[DISTINCT_N])
+    for n, starts, distinct in repeated_ngram_starts(codes[1], codes[DUP_NS[0]],
+                                                         DUP_NS):
+        out[f"dup_{n}gram"] = covered_share(starts, n, length)
+        if n == DISTINCT_N:
+            out[f"distinct_{n}gram"] = distinct / (length - n + 1) if length >= n else 1.0
     out["compression"] = compression_ratio(ids)
     return out
+
+
+def repeated_ngram_starts(tokens: np.ndarray, first_codes: np.ndarray, ns: tuple[int, ...]):
+    """For each n of the consecutive ``ns``: (n, the starts of the n-grams that occur more
+    than once, the number of distinct n-grams), from the window's token codes and the exact
+    codes of its ``ns[0]``-grams (``ngram_codes``).
+
+    Why not a full pass per n: an n-gram can only repeat where its (n-1)-gram does, so each
+    n after the first is coded over those candidate starts alone (the (n-1)-gram's code there
+    and the next token, factorized: equal codes are equal n-grams among the candidates, and a
+    start outside them holds an n-gram that occurs once). Natural text repeats few long
+    n-grams, so the passes after the first shrink to a fraction of the window; the result is
+    that of ``ngram_codes`` over every start (tested against plain Python)."""
+    length = int(tokens.size)
+    width = int(tokens.max()) + 1 if tokens.size else 1
+    starts = np.arange(first_codes.size, dtype=np.int64)
+    codes = first_codes
+    for step, n in enumerate(ns):
+        if step:
+            keep = starts + n <= length  # the n-gram at a start exists
+            starts, codes = starts[keep], codes[keep]
+            codes = pd.factorize(codes * width + tokens[starts + n - 1])[0]
+        counts = np.bincount(codes) if codes.size else np.zeros(0, dtype=np.int64)
+        repeated = counts[codes] > 1
+        distinct = max(length - n + 1, 0) - codes.size + counts.size
+        starts, codes = starts[repeated], codes[repeated]
+        yield n, starts, distinct
