@@ -44,6 +44,17 @@ def code_text(chars: int) -> list[str]:
     return texts
 
 
+def long_documents(texts: list[str], chars: int, doc_chars: int = 400_000) -> list[str]:
+    """The texts joined into documents of about ``doc_chars`` characters (several 32k-token
+    windows each: a module shorter than a window gives none), repeated up to ``chars``."""
+    joined = "\n\n".join(texts)
+    docs = [joined[i:i + doc_chars] for i in range(0, len(joined), doc_chars)]
+    out: list[str] = []
+    while sum(len(d) for d in out) < chars:
+        out += docs
+    return out
+
+
 def best_of(repeats: int, work) -> float:
     times = []
     for _ in range(repeats):
@@ -78,7 +89,7 @@ def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
     from longattn_spark.tokenizer import get_tokenizer, llama3_tokenizer_dir, load_tokenizer_spec
 
     spec = load_tokenizer_spec(llama3_tokenizer_dir())
-    texts = code_text(chars)
+    texts = long_documents(code_text(chars), chars)
     work = Path(tempfile.mkdtemp(prefix="repetition-cost-"))
     cores = os.cpu_count() or 1
     try:
