@@ -14,7 +14,7 @@
    the real SmolLM2-135M at L = 1024 on the CPU. Goal: <= 1.05x.
 
     .venv/bin/python benchmarks/repetition_cost.py [--window 32768] [--lossgain-windows 4]
-        [--skip-lossgain]
+        [--chars 16000000] [--skip-lossgain]
 """
 
 from __future__ import annotations
