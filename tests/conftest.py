@@ -122,21 +122,25 @@ def browser():
             launched.close()
 
 
-# pytest-xdist (`-n 2 --dist loadgroup` in pyproject.toml) hands out whole groups: a module, or
+# pytest-xdist (`-n 3 --dist loadgroup` in pyproject.toml) hands out whole groups: a module, or
 # the modules that share the one test cluster, so that each session fixture starts once. A worker
 # takes the next group when its own has two tests left, so handing out the longest groups first
-# makes the two workers end close together (a long group left for last runs alone on one core).
+# makes the workers end close together (a long group left for last runs alone). Three workers on
+# two cores: with two, a worker waiting on a subprocess, a cluster or a Connect server left a
+# core idle (1628 s from a fresh clone on 2026-12-06); with three the cores stayed busy
+# (vmstat: 0-1% idle until the last group) and the suite took 1436 s, at 15 GiB of memory.
 SHARED_FIXTURE_GROUPS = {"test_cluster_pipeline": "cluster", "test_cluster_smoke": "cluster",
                          "test_paths_hdfs": "cluster", "test_table_race": "cluster"}
-# Seconds per group (setup + call + teardown) in a fresh-clone run with two workers
-# (2026-12-04, 2 cores); groups not listed are the short ones and go last. test_report: 76 s
-# then, times 1.7 for its browser tests (issue 32; 86 s -> 145 s serially on a quiet machine).
+# Seconds per group (setup + call + teardown) with three workers (2026-12-06, 2 cores; the real
+# model's demo then shrank from W = 512 to 256); groups not listed are the short ones and go last.
 GROUP_SECONDS = {
-    "cluster": 690, "test_connect": 379, "test_crash_consistency": 296, "test_prolong_job": 259,
-    "test_score_job": 209, "test_real_model": 200, "test_selection": 197, "test_probe": 146,
-    "test_export": 135, "test_report": 130, "test_fourth_scorer": 120, "test_ingest": 106,
-    "test_recipes": 90, "test_integrity": 88, "test_notebook": 85, "test_lossgain_job": 72, "test_demo": 70, "test_triton_sums": 59,
-    "test_scorer_methods": 44, "test_compare": 19, "test_scorer": 15, "test_lossgain": 14}
+    "cluster": 593, "test_connect": 418, "test_crash_consistency": 384, "test_selection": 377,
+    "test_prolong_job": 314, "test_real_model": 260, "test_score_job": 227, "test_report": 192,
+    "test_probe": 180, "test_export": 137, "test_ingest": 130, "test_integrity": 106,
+    "test_demo": 95, "test_fourth_scorer": 93, "test_lossgain_job": 91, "test_recipes": 87,
+    "test_notebook": 80, "test_triton_sums": 76, "test_scorer_methods": 58,
+    "test_gpu_acceptance": 46, "test_position_limit": 37, "test_fused_layer0": 35,
+    "test_compare": 29, "test_lossgain": 25, "test_scorer": 13}
 
 
 def xdist_group_of(item) -> str:

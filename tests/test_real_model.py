@@ -246,7 +246,7 @@ def real_demo(spark, smollm2_dir, tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         paths = run_demo(LongAttnConfig(demo=DemoConfig(
-            output=str(out), window_size=512, max_docs_per_category=2, max_doc_chars=3000,
+            output=str(out), window_size=256, max_docs_per_category=2, max_doc_chars=1500,
             probe_per_category=2)))
     return paths, printed.getvalue()
 
