@@ -17,9 +17,12 @@ records, service logs), and, when ``--shared`` holds them, Gutenberg books and a
 (held out: not used to choose the recipe).
 
 Model passes are cached per (corpus, category, chunk of 10 natural windows) under
-``--cache``, so an interrupted run resumes and recipes are re-ranked in seconds.
+``--cache``, so an interrupted run resumes and recipes are re-ranked in seconds. A chunk's
+controls draw their donors from the first ``2 * --natural`` windows of the run that scored it:
+a cache grown from ``--natural 40`` to 70 holds four chunks built with 80 donors and three with
+140, and a run from an empty cache at 70 would draw the first four from 140.
 
-    .venv/bin/python benchmarks/recipe_probe.py --natural 40 --json benchmarks/recipe_probe.json
+    .venv/bin/python benchmarks/recipe_probe.py --natural 70 --json benchmarks/recipe_probe.json
 """
 
 from __future__ import annotations
@@ -235,7 +238,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "corpus")
     parser.add_argument("--cache", type=Path,
                         default=Path.home() / ".cache" / "longattn-spark" / "recipe-probe")
-    parser.add_argument("--natural", type=int, default=40)
+    parser.add_argument("--natural", type=int, default=70)
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000)
