@@ -128,7 +128,8 @@ def browser():
 # makes the workers end close together (a long group left for last runs alone). Three workers on
 # two cores: with two, a worker waiting on a subprocess, a cluster or a Connect server left a
 # core idle (1628 s from a fresh clone on 2026-12-06); with three the cores stayed busy
-# (vmstat: 0-1% idle until the last group) and the suite took 1436 s, at 15 GiB of memory.
+# (vmstat: 0-1% idle until the last group): 1436 s in a working copy, 1582 s from a fresh clone,
+# at up to about 17 GiB of memory.
 SHARED_FIXTURE_GROUPS = {"test_cluster_pipeline": "cluster", "test_cluster_smoke": "cluster",
                          "test_paths_hdfs": "cluster", "test_table_race": "cluster"}
 # Seconds per group (setup + call + teardown) with three workers (2026-12-06, 2 cores; the real
