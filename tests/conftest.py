@@ -29,9 +29,24 @@ def spark(lakehouse):
         master="local[2]", lakehouse=str(lakehouse), catalog="hive",
         spark_conf={"spark.sql.shuffle.partitions": "4",
                     "spark.default.parallelism": "2", **spark_defaults_for_tests()})
-    session = get_spark(settings, app_name="longattn-spark-tests")
+    saved = os.environ["SPARK_SUBMIT_OPTS"]
+    os.environ["SPARK_SUBMIT_OPTS"] = session_driver_opts(saved)
+    try:
+        session = get_spark(settings, app_name="longattn-spark-tests")
+    finally:
+        os.environ["SPARK_SUBMIT_OPTS"] = saved
     yield session
     session.stop()
+
+
+def session_driver_opts(local_opts: str) -> str:
+    """The JVM options of this session's own driver: the short-lived drivers' options
+    (``local_opts``, below) with the JIT's optimizing compiler (C2) left on. This driver lives
+    the whole run and runs hundreds of jobs, where C2's code pays for its compilation: with C1
+    only, the session drivers were the largest CPU consumers of a fresh-clone run (350-490 s of
+    CPU each of 3,100 s in all, 2026-12-06); tests/test_selection.py alone took 181 s of wall
+    and 188 s of the driver's CPU with C1 only, 140 s and 174 s with C2."""
+    return " ".join(opt for opt in local_opts.split() if opt != "-XX:TieredStopAtLevel=1")
 
 
 @pytest.fixture
@@ -168,11 +183,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 # Summaries print at COLUMNS when it is set (longattn_spark/console.py): a CI runner's
 # COLUMNS=80 wraps a table cell mid-sentence, and tests read the printed text.
 os.environ["COLUMNS"] = "400"
-# Every local Spark driver the tests start (this session's, the CLI subprocesses', the notebook
-# kernel's) is a JVM that lives seconds to minutes on 2 cores, where C2 compilation took a third
+# The short-lived local Spark drivers the tests start (the CLI subprocesses', the notebook
+# kernel's) are JVMs that live seconds to minutes on 2 cores, where C2 compilation took a third
 # to a half of a driver's CPU: C1 only and the serial collector, as tests/cluster.py's JVM_OPTS
 # for the cluster's JVMs (spark-submit adds SPARK_SUBMIT_OPTS to a client-mode driver's JVM;
-# tests/test_crash_consistency.py: 377 s of CPU instead of 583 s). They also map Spark's and
+# tests/test_crash_consistency.py: 377 s of CPU instead of 583 s). This session's own driver
+# lives the whole run and keeps C2 (``session_driver_opts``). They all map Spark's and
 # Delta's classes from one class-data-sharing archive instead of loading them each time, and
 # read the tests' spark-defaults.conf (kilobyte tables: no code generation) as -D options,
 # because an archive cannot be used with a non-empty SPARK_CONF_DIR on the class path
