@@ -44,7 +44,7 @@ def session_driver_opts(local_opts: str) -> str:
     (``local_opts``, below) with the JIT's optimizing compiler (C2) left on. This driver lives
     the whole run and runs hundreds of jobs, where C2's code pays for its compilation: with C1
     only, the session drivers were the largest CPU consumers of a fresh-clone run (350-490 s of
-    CPU each of 3,100 s in all, 2026-12-06); tests/test_selection.py alone took 181 s of wall
+    CPU each of about 3,000 s in all, 2026-12-06); tests/test_selection.py alone took 181 s of wall
     and 188 s of the driver's CPU with C1 only, 140 s and 174 s with C2."""
     return " ".join(opt for opt in local_opts.split() if opt != "-XX:TieredStopAtLevel=1")
 
@@ -143,20 +143,20 @@ def browser():
 # makes the workers end close together (a long group left for last runs alone). Three workers on
 # two cores: with two, a worker waiting on a subprocess, a cluster or a Connect server left a
 # core idle (1628 s from a fresh clone on 2026-12-06); with three the cores stayed busy
-# (vmstat: 0-1% idle until the last group): 1436 s in a working copy, 1582 s from a fresh clone,
-# at up to about 17 GiB of memory.
+# (vmstat: 0-1% idle until the last group), at up to about 17 GiB of memory.
 SHARED_FIXTURE_GROUPS = {"test_cluster_pipeline": "cluster", "test_cluster_smoke": "cluster",
                          "test_paths_hdfs": "cluster", "test_table_race": "cluster"}
-# Seconds per group (setup + call + teardown) with three workers (2026-12-06, 2 cores; the real
-# model's demo then shrank from W = 512 to 256); groups not listed are the short ones and go last.
+# Seconds per group (setup + call + teardown, the durations of 3 s and more) in a fresh-clone run
+# with three workers (2026-12-06 17:05, 2 cores, commit 72e3dac: the session driver with C2, the
+# crash tests' finishing re-runs in process); groups not listed are the short ones and go last.
 GROUP_SECONDS = {
-    "cluster": 593, "test_connect": 418, "test_crash_consistency": 384, "test_selection": 377,
-    "test_prolong_job": 314, "test_real_model": 260, "test_score_job": 227, "test_report": 192,
-    "test_probe": 180, "test_export": 137, "test_ingest": 130, "test_integrity": 106,
-    "test_demo": 95, "test_fourth_scorer": 93, "test_lossgain_job": 91, "test_recipes": 87,
-    "test_notebook": 80, "test_triton_sums": 76, "test_scorer_methods": 58,
-    "test_gpu_acceptance": 46, "test_position_limit": 37, "test_fused_layer0": 35,
-    "test_compare": 29, "test_lossgain": 25, "test_scorer": 13}
+    "cluster": 699, "test_connect": 556, "test_crash_consistency": 454, "test_prolong_job": 339,
+    "test_selection": 306, "test_real_model": 249, "test_score_job": 185, "test_report": 152,
+    "test_probe": 125, "test_export": 124, "test_ingest": 95, "test_triton_sums": 91,
+    "test_notebook": 86, "test_lossgain_job": 83, "test_integrity": 80, "test_demo": 78,
+    "test_fourth_scorer": 70, "test_gpu_acceptance": 65, "test_recipes": 57,
+    "test_position_limit": 45, "test_scorer_methods": 41, "test_fused_layer0": 36,
+    "test_lossgain": 16, "test_scorer": 13, "test_compare": 12}
 
 
 def xdist_group_of(item) -> str:

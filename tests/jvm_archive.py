@@ -5,7 +5,7 @@ JVM that loads and verifies the same classes of Spark, Delta and their dependenc
 does any work. With a dynamic CDS archive of those classes (JDK 13+,
 ``-XX:ArchiveClassesAtExit`` once, then ``-XX:SharedArchiveFile``), a driver maps them instead:
 on this 2-core machine, a driver's start fell from 6.7 to 3.4 s of CPU and its first Delta
-create + MERGE + read from 12.2 to 8.2 s; tests/test_crash_consistency.py (five CLI drivers
+create + MERGE + read from 12.2 to 8.2 s; tests/test_crash_consistency.py (then five CLI drivers
 beside the session's) took 253 s of CPU instead of 286 s, and 189 s of wall instead of 221 s.
 
 The archive is built once per machine (JDK, pyspark, delta-spark and the options below are in
