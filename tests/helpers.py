@@ -1,12 +1,13 @@
 """What several test modules share: counting the Spark jobs an action starts, score options
-with a method's own options among them, the LDS computed independently of the product
-(pandas), as the paper defines it, and a windows table ingested from standard-library
-modules."""
+with a method's own options among them, a number of a job's printed summary, the LDS computed
+independently of the product (pandas), as the paper defines it, and a windows table ingested
+from standard-library modules."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,13 @@ def spark_jobs_in(spark, action) -> list[int]:
         jobs = list(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     return jobs
+
+
+def summary_number(printed: str, label: str) -> int:
+    """A number of a job's printed summary (a rich table row: ``│ label │ 1,234 │``)."""
+    found = re.search(rf"│ {re.escape(label)}\s*│\s*([\d,]+)", printed)
+    assert found, f"no '{label}' in the summary:\n{printed[-3000:]}"
+    return int(found.group(1).replace(",", ""))
 
 
 def with_options(cfg, **overrides):

@@ -27,6 +27,8 @@ from longattn_spark import cli
 from longattn_spark.export import export_files
 from longattn_spark.tables.refs import TableRef
 
+from helpers import summary_number
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(REPO / ".venv" / "bin" / "longattn-spark")
 WINDOW = 1024
@@ -248,12 +250,6 @@ def test_report_on_connect_shows_the_same_numbers(spark, run):
         assert category in connect
 
 
-def _summary_number(log: str, label: str) -> int:
-    found = re.search(rf"│ {re.escape(label)}\s*│\s*([\d,]+)", log)
-    assert found, f"no '{label}' in the score summary:\n{log[-3000:]}"
-    return int(found.group(1).replace(",", ""))
-
-
 def test_score_on_connect_resumes_to_the_classic_scores(spark, run):
     """Killed after its first commit, then run again: the classic scores (same window_ids and
     scorer_id, values within 1e-6 relative), one row per window, no rejects, and the second
@@ -279,8 +275,8 @@ def test_score_on_connect_resumes_to_the_classic_scores(spark, run):
     assert TableRef(rejects).read(spark).count() == 0
     kill, log = run["kill"], run["logs"]["score"]
     assert 1 <= kill["merges"] < kill["batches"]
-    skipped = _summary_number(log, "already scored (skipped)")
-    scored = _summary_number(log, "scored now")
+    skipped = summary_number(log, "already scored (skipped)")
+    scored = summary_number(log, "scored now")
     assert skipped >= kill["rows"] and skipped + scored == len(classic)
     assert scored > 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from longattn_spark.tables.refs import TableRef
 from longattn_spark.tokenizer import load_tokenizer_spec
 
 from documents import long_documents
+from helpers import summary_number
 
 W = 1024
 DOC_CHARS = 12_000  # about 2.8k tokens: 2-3 windows per document
@@ -135,13 +135,6 @@ def run_to_end(cmd: list[str], capsys) -> str:
     printed = capsys.readouterr()
     assert code == 0, (printed.out + printed.err)[-3000:]
     return printed.out
-
-
-def summary_number(printed: str, label: str) -> int:
-    """A number of a job's printed summary (a rich table: ``│ label │ 1,234 │``)."""
-    found = re.search(rf"│ {re.escape(label)}\s*│\s*([\d,]+)", printed)
-    assert found, f"no '{label}' in the summary:\n{printed[-3000:]}"
-    return int(found.group(1).replace(",", ""))
 
 
 def keyed(spark, table: str, key: str, columns: tuple[str, ...]) -> dict:
