@@ -6,15 +6,17 @@ seeded hash order are the natural sample, the first twice as many the donors; ev
 kind is built from them by the probe's own code (``probe.controls``); every window is scored
 by the product's scorers called as libraries (no Spark: the same code the score job's
 executors run): loss gain with the real SmolLM2-135M (per-token losses, then
-``lossgain_from_losses`` with the copy components), the repetition statistics, and LongAttn at
+``lossgain_from_losses`` with the copy and break components), the repetition statistics, and LongAttn at
 layer 0. Then each recipe is ranked as ``probe`` ranks it (``probe.ranking``: filters and rank
 over the natural sample's category statistics, a filtered row ranked last) and the AUC of
 natural over each control kind is printed with its seeded bootstrap 95% interval.
 
 Corpora: the demo corpus (standard-library sources, pydoc, license files), the generated
 boilerplate corpus (``demo.boilerplate``: bundled sources behind license headers, templated
-records, service logs), and, when ``--shared`` holds them, Gutenberg books and arXiv papers
-(held out: not used to choose the recipe).
+records, service logs), and, when ``--shared`` holds them, Gutenberg books and arXiv papers,
+and library text from site-packages (``library_documents``: transformers' modeling sources,
+package READMEs, C++ headers); books, arXiv and the library text are held out (not used to choose the
+recipe).
 
 Model passes are cached per (corpus, category, chunk of 10 natural windows) under
 ``--cache``, so an interrupted run resumes and recipes are re-ranked in seconds. A chunk's
@@ -55,16 +57,19 @@ from longattn_spark.recipes.recipe import load_recipe  # noqa: E402
 from longattn_spark.scorers.lossgain.losses import (  # noqa: E402
     copied_targets,
     lossgain_from_losses,
+    min_cohesion,
 )
+from longattn_spark.scorers.lossgain.method import METHOD as LOSSGAIN  # noqa: E402
 from longattn_spark.scorers.repetition.stats import repetition_stats  # noqa: E402
 
 CHUNK = 10
 PLAN = [("demo", "code"), ("boilerplate", "logs"), ("demo", "legal"), ("boilerplate", "records"),
-        ("demo", "docs"), ("boilerplate", "bundle"), ("books", "book"), ("arxiv", "arxiv")]
+        ("demo", "docs"), ("boilerplate", "bundle"), ("books", "book"), ("arxiv", "arxiv"),
+        ("lib", "modeling"), ("lib", "readme"), ("lib", "cpp")]
 RECIPES = ("longattn", "lossgain", "recommended")
 #: the kinds of the issue's target (shuffle is reported, not targeted); the held-out sources
 TARGET_KINDS = ("splice", "concat", "repeat", "nearrepeat")
-HELD_OUT = ("books", "arxiv")
+HELD_OUT = ("books", "arxiv", "lib")
 
 
 def mean_of_minima(by_category: dict, skip: tuple[str, ...] = ()) -> float:
@@ -86,10 +91,33 @@ def documents(source: str, shared: Path) -> list[dict] | None:
         from longattn_spark.demo.boilerplate import boilerplate_documents
 
         return list(boilerplate_documents(40))
+    if source == "lib":
+        return library_documents()
     path = shared / f"{source}.jsonl"
     if not path.is_file():
         return None
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def library_documents() -> list[dict]:
+    """Held-out text from this environment's site-packages: every fourth of transformers'
+    ``models/*/modeling_*.py`` (category ``modeling``: sources with much code copied between
+    models) and the packages' METADATA files over 6,000 characters (category ``readme``:
+    their long descriptions, mostly Markdown READMEs) and torch's ``include/c10/util/*.h``
+    (category ``cpp``: C++ headers). Which files exist depends on the
+    installed versions (``setup.sh`` installs the project's)."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    out = [{"id": p.name, "category": "modeling", "text": p.read_text(errors="replace")}
+           for p in sorted(site.glob("transformers/models/*/modeling_*.py"))[::4]]
+    for p in sorted(site.glob("*.dist-info/METADATA")):
+        text = p.read_text(errors="replace")
+        if len(text) > 6000:
+            out.append({"id": p.parent.name, "category": "readme", "text": text})
+    out += [{"id": p.name, "category": "cpp", "text": p.read_text(errors="replace")}
+            for p in sorted(site.glob("torch/include/c10/util/*.h"))]
+    return out
 
 
 def sampled(tokenizer, docs: list[dict], category: str, width: int, seed: int
@@ -195,10 +223,8 @@ def probe_rows(cache: Path, source: str, category: str, window: int, bos_id: int
                 seen.add(str(z["window_id"][i]))
             x = np.concatenate([[bos_id], z["ids"][i][:window - 1]]).astype(np.int64)
             lg = lossgain_from_losses(z["full"][i], z["short"][i], k,
-                                      copied_targets(x, k, copy_ngram))
-            components = {f"lossgain.{n}": getattr(lg, n) for n in (
-                "score", "key_share", "full_loss", "short_loss", "copy_share",
-                "dependency_gain", "dependency_key_share")}
+                                      copied_targets(x, k, copy_ngram), min_cohesion(x, k))
+            components = {f"lossgain.{n}": getattr(lg, n) for n in LOSSGAIN.components}
             components.update({f"repetition.{n}": v
                                for n, v in repetition_stats(z["ids"][i]).items()})
             components.update({"longattn.ds": float(z["ds"][i]),

@@ -6,9 +6,9 @@ same scores table, as the score job writes them (not timed):
 
 - ``bench-rp``, method ``repetition``: its eleven components in the ``components`` map
   (``compression``, ``dup_5gram``, ...), ``score`` = compression;
-- ``bench-lg``, method ``lossgain``: its seven components in the map (``score``,
-  ``short_loss``, ``full_loss``, ``copy_share``, ...), the ``score`` column and the
-  ``lossgain`` struct.
+- ``bench-lg``, method ``lossgain``: its nine components in the map (``score``,
+  ``short_loss``, ``full_loss``, ``copy_share``, ``min_cohesion``, ...), the ``score`` column
+  and the ``lossgain`` struct.
 
 Timed, alternating on the same tables, each into a fresh selection table (``run_select_job``
 as ``select_scale.time_spark``: pinned reads, join(s), per-category statistics, the cut, the
@@ -16,7 +16,7 @@ Delta write of every row, the summary read back):
 
 - LDS: ``--scorer-id bench --keep-fraction 0.5`` (the LongAttn scorer's own ranking);
 - recipe: ``--recipe recommended --scorer-id repetition=bench-rp,lossgain=bench-lg
-  --keep-fraction 0.5`` (two scorers joined by window_id, two filters, a rank of two
+  --keep-fraction 0.5`` (two scorers joined by window_id, two filters, a rank of four
   z-scores).
 
 Each select's wall seconds and CPU seconds (this Python process + the session's JVM, from
@@ -60,7 +60,7 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
     base = spark.range(rows).selectExpr(
         "substr(sha2(CAST(id AS STRING), 256), 1, 32) AS window_id",
         f"{CATEGORY_SQL} AS category", "rand(11) AS u1", "rand(12) AS u2", "rand(13) AS u3",
-        "rand(14) AS u4")
+        "rand(14) AS u4", "rand(15) AS u5", "rand(16) AS u6")
     common = ["window_id", "category", "current_timestamp() AS scored_at",
               "CAST(32768 AS INT) AS seq_len", "'cpu' AS device", "'float64' AS dtype"]
     rp_map = ", ".join(f"'{name}', CAST({expr.format(u='u1')} AS DOUBLE)"
@@ -72,7 +72,8 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
         *[c for c in common if "dtype" not in c], "'bench-lg' AS scorer_id",
         "'lossgain' AS method", "'torch' AS kernel", "'bfloat16' AS dtype",
         "'bench' AS model", "2.6 + 1.6 * u2 AS short_loss", "0.02 + 0.45 * u3 AS score",
-        "0.12 * pow(u4, 4) AS copy_share", "0.01 + 0.10 * u4 AS key_share"
+        "0.12 * pow(u4, 4) AS copy_share", "0.01 + 0.10 * u4 AS key_share",
+        "0.05 + 0.25 * u5 AS min_cohesion", "0.4 + 2.5 * pow(u6, 2) AS loss_spike"
     ).selectExpr(
         "*", "short_loss - score AS full_loss", "score * (1 - copy_share) AS dependency_gain",
         "key_share * (1 - copy_share) AS dependency_key_share",
@@ -81,7 +82,8 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
         "'short_loss', short_loss, 'short_context', 1024) AS lossgain",
         "map('score', score, 'key_share', key_share, 'full_loss', full_loss, "
         "'short_loss', short_loss, 'copy_share', copy_share, 'dependency_gain', "
-        "dependency_gain, 'dependency_key_share', dependency_key_share) AS components")
+        "dependency_gain, 'dependency_key_share', dependency_key_share, 'min_cohesion', "
+        "min_cohesion, 'loss_spike', loss_spike) AS components")
     location = TableRef(scores).location
     with_nulls(rp.unionByName(lg, allowMissingColumns=True), SCORES).write.format(
         "delta").mode("append").save(location)
@@ -126,6 +128,9 @@ def main() -> None:
                         help="skip the larger sizes when a select at a smaller one took longer")
     parser.add_argument("--dir", default="", help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the generated tables")
+    parser.add_argument("--also-recipe", default="",
+                        help="a recipe (name or YAML file) also timed in each round, after "
+                             "the pair, against the same LDS (e.g. an earlier recipe)")
     args = parser.parse_args()
 
     root, settings, spark = work_session(args.dir, "recipe-select")
@@ -159,6 +164,13 @@ def main() -> None:
                         n_sel = spark.read.format("delta").load(sel).count()
                 results.append((rows, r, seconds["lds"], seconds["recipe"], n_sel, cpu["lds"],
                                 cpu["recipe"]))
+                if args.also_recipe:
+                    flags = ["--recipe", args.also_recipe, *RECIPE[2:]]
+                    also, also_cpu = time_select(spark, settings, windows, scores,
+                                                 str(root / f"sel_{rows}_also_{r}"), flags)
+                    print(f"[{rows:,} rows] round {r + 1}: {args.also_recipe} {also:.1f} s "
+                          f"({also_cpu:.1f} s CPU), ratio to this round's LDS wall "
+                          f"{also / seconds['lds']:.2f}, CPU {also_cpu / cpu['lds']:.2f}")
                 print(f"[{rows:,} rows] round {r + 1}: LDS {seconds['lds']:.1f} s "
                       f"({cpu['lds']:.1f} s CPU), recipe {seconds['recipe']:.1f} s "
                       f"({cpu['recipe']:.1f} s CPU), ratio wall "

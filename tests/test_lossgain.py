@@ -29,7 +29,13 @@ from transformers import (
 
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.reasons import NON_FINITE_LOSS
-from longattn_spark.scorers.lossgain.losses import copied_targets
+from longattn_spark.scorers.lossgain.losses import (
+    SPIKE_TARGETS,
+    cohesion_points,
+    copied_targets,
+    loss_spike,
+    min_cohesion,
+)
 from longattn_spark.scorers.lossgain import (
     checked_short_context,
     lm_tokens_per_window,
@@ -129,6 +135,7 @@ def assert_matches(results, losses, expected, s: int) -> None:
         assert result.key_share == want["key_share"]
         assert result.short_context == s
         assert result.targets == L - 2 * s
+        assert result.loss_spike == pytest.approx(reference_spike(want["short"]), abs=1e-4)
 
 
 # --------------------------------------------------------------------------------------
@@ -218,13 +225,71 @@ def test_copy_components_by_hand():
     full = np.array([nan] * 4 + [1.0, 3.0, 0.5, 1.5])
     short = np.array([nan] * 4 + [3.5, 3.0, 0.5, 4.0])
     copied = np.array([False] * 4 + [False, True, False, True])
-    result = lossgain_from_losses(full, short, 2, copied)
+    result = lossgain_from_losses(full, short, 2, copied, cohesion=0.25)
     assert result.score == pytest.approx(1.25)          # the published score, unchanged
+    assert result.min_cohesion == 0.25                  # passed through
+    # four targets, one mean of short losses 3.5, 3.0, 0.5, 4.0: no run stands out
+    assert result.loss_spike == 0.0
     assert result.copy_share == 0.5
     assert result.dependency_gain == pytest.approx(2.5 / 4)   # t = 7's gain counts zero
     assert result.dependency_key_share == 0.25          # t = 4 only
     plain = lossgain_from_losses(full, short, 2)
     assert plain.copy_share is None and plain.score == result.score
+    assert plain.min_cohesion is None and plain.loss_spike == 0.0
+
+
+def reference_cohesion(x: list[int], s: int) -> float:
+    """min_cohesion by the definition: Jaccard of Python sets at every split point."""
+    step = max(1, s // 16)
+    values = [len(set(x[p - s:p]) & set(x[p:p + s])) / len(set(x[p - s:p]) | set(x[p:p + s]))
+              for p in range(s, len(x) - s + 1, step)]
+    return min(values) if values else 1.0
+
+
+def reference_spike(short_targets: list[float]) -> float:
+    """loss_spike by the definition: every run of 16 targets (all when fewer), a Python loop."""
+    span = min(16, len(short_targets))
+    means = sorted(sum(short_targets[i:i + span]) / span
+                   for i in range(len(short_targets) - span + 1))
+    middle = len(means) // 2
+    median = means[middle] if len(means) % 2 else (means[middle - 1] + means[middle]) / 2
+    return max(means) - median
+
+
+def test_cohesion_of_hand_made_sequences():
+    s = 16                                             # L = 128: split points 16, 17, .. 112
+    one = [1 + i % 8 for i in range(128)]              # one vocabulary all through
+    assert list(cohesion_points(128, s)) == list(range(16, 113))
+    assert min_cohesion(np.array(one), s) == 1.0
+    seam = one[:64] + [101 + i % 8 for i in range(64)]  # disjoint vocabularies from t = 64
+    assert min_cohesion(np.array(seam), s) == 0.0
+    half = one[:64] + [5 + i % 8 for i in range(64)]   # {1..8} then {5..12}: at p = 64,
+    assert min_cohesion(np.array(half), s) == pytest.approx(4 / 12)   # 4 shared of 12
+    assert list(cohesion_points(1024, 256)) == list(range(256, 769, 16))
+    assert list(cohesion_points(9, 4)) == [4, 5]
+
+
+def test_cohesion_equals_python_sets():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        length = int(rng.integers(4, 300))
+        s = int(rng.integers(1, length // 2 + 1))
+        x = [int(v) for v in rng.integers(0, int(rng.integers(1, 40)), length)]
+        assert min_cohesion(np.array(x), s) == pytest.approx(reference_cohesion(x, s),
+                                                             abs=1e-12), (length, s)
+
+
+def test_loss_spike_by_hand():
+    flat = [1.0] * 200
+    assert loss_spike(np.array(flat)) == 0.0
+    # one run of 16 at 5 nats: 31 of the 185 runs touch it, so the median run is flat
+    burst = flat[:30] + [5.0] * SPIKE_TARGETS + flat[46:]
+    assert loss_spike(np.array(burst)) == pytest.approx(4.0)
+    assert loss_spike(np.array([2.0, 4.0, 9.0])) == 0.0     # fewer than 16: one mean
+    rng = np.random.default_rng(2)
+    for size in (1, 15, 16, 17, 100, 513):
+        values = rng.gamma(2.0, 1.0, size)
+        assert loss_spike(values) == pytest.approx(reference_spike(values.tolist()), abs=1e-12)
 
 
 @pytest.mark.parametrize("s, seq_len, expected", [(0, 64, 16), (31, 64, 31), (1, 8, 1),
@@ -404,6 +469,10 @@ def test_real_model_matches_reference(smollm2_dir):
         assert result.copy_share == pytest.approx(copies.mean(), abs=1e-12)
         assert result.dependency_gain == pytest.approx(
             float(np.where(copies, 0.0, gain).sum() / gain.size), abs=1e-4)
+        # the break components against plain sets and a Python loop over the reference losses
+        assert result.min_cohesion == pytest.approx(reference_cohesion(x, s), abs=1e-12)
+        assert result.loss_spike == pytest.approx(reference_spike(list(want["short"])),
+                                                  abs=1e-4)
     # targets from 8 tokens into the copy on (the 8-grams before straddle its start): 56 of 64
     assert result.copy_share == 56 / 64 and result.score > 1.0
     # what is left is the copy's first 8 targets (an induction head needs a token or two of

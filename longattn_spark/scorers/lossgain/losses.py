@@ -29,6 +29,19 @@ u <= t - S: an exact copy of text that only the far context holds. Over the same
 ``copy`` is exact: n-grams are compared by exact integer codes (``longattn_spark.ngrams``),
 and the earliest end of each m-gram decides (an m-gram ending at t is a copy iff its first
 occurrence ends at or before t - S), in O(L) time and memory.
+
+Breaks (the components that tell a window with a seam, a splice or a concatenation of
+unrelated texts, from one text; math version ``lossgain-3``):
+
+- ``min_cohesion``: at split points p = S, S + d, S + 2d, ... <= L - S (d = max(1, S // 16)),
+  J(p) = |A & B| / |A | B| with A the distinct tokens of x[p-S : p] and B those of
+  x[p : p+S]; ``min_cohesion`` = min over p of J(p). Text keeps re-using its names, terms and
+  identifiers, so J stays high across every point of one text and drops where an unrelated
+  text starts. Model-free (the ids only); a window's repeats score high, which the copy and
+  repetition gates handle.
+- ``loss_spike``: the means of l_short over every run of ``SPIKE_TARGETS`` consecutive
+  targets in [2S, L) (all of them when fewer); ``loss_spike`` = their max minus their median.
+  The start of an unrelated text is a burst the near context cannot predict.
 """
 
 from __future__ import annotations
@@ -46,12 +59,15 @@ from longattn_spark.scorers.identity import scorer_id
 #: Bump when a change to the definition or the computation changes scores.
 #: lossgain-2: the copy components (copy_share, dependency_gain, dependency_key_share) and
 #: copy_ngram join the scores and the identity; score, key_share and the losses are unchanged.
-LOSSGAIN_MATH_VERSION = "lossgain-2"
+#: lossgain-3: the break components (min_cohesion, loss_spike) join; the rest is unchanged.
+LOSSGAIN_MATH_VERSION = "lossgain-3"
 #: LongPPL's key-token thresholds (nats): gain > KEY_GAIN and l_full < KEY_LOSS.
 KEY_GAIN = 2.0
 KEY_LOSS = 2.0
 #: tokens of the n-gram that makes a target a copy (``copy_ngram``)
 DEFAULT_COPY_NGRAM = 8
+#: consecutive targets per mean in ``loss_spike``
+SPIKE_TARGETS = 16
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,8 @@ class LossGainResult:
     copy_share: float | None = None
     dependency_gain: float | None = None
     dependency_key_share: float | None = None
+    min_cohesion: float | None = None
+    loss_spike: float | None = None
 
 
 def checked_short_context(short_context: Any, seq_len: int) -> int:
@@ -136,6 +154,49 @@ def copied_targets(x: np.ndarray, short_context: int, copy_ngram: int) -> np.nda
     return copied
 
 
+def cohesion_points(seq_len: int, short_context: int) -> range:
+    """The split points p of ``min_cohesion``: S, S + d, ... <= L - S, d = max(1, S // 16)."""
+    s = int(short_context)
+    return range(s, int(seq_len) - s + 1, max(1, s // 16))
+
+
+def min_cohesion(x: np.ndarray, short_context: int) -> float:
+    """``min_cohesion`` of the model input x (module docstring), in O(L log L + P * S) for P
+    split points, without sets: with prev[i] / next[i] the previous / next position of the
+    token at i (-1 / L when none), over A = x[p-S : p] and B = x[p : p+S]:
+    |A| = #{i in A : prev[i] < p - S} (each token counted at its first position in A),
+    |B| = #{i in B : prev[i] < p}, and |A & B| = #{i in A : p <= next[i] < p + S} (a token
+    of A, counted at its last position in A, whose next position falls in B)."""
+    x = np.asarray(x)
+    s = int(short_context)
+    points = cohesion_points(x.size, s)
+    if len(points) == 0:
+        return 1.0
+    order = np.argsort(x, kind="stable")
+    same = np.flatnonzero(x[order][1:] == x[order][:-1])  # order[j], order[j+1]: one token
+    prev = np.full(x.size, -1, dtype=np.int64)
+    nxt = np.full(x.size, x.size, dtype=np.int64)
+    prev[order[same + 1]] = order[same]
+    nxt[order[same]] = order[same + 1]
+    best = 1.0
+    for p in points:
+        left_prev, left_next, right_prev = prev[p - s:p], nxt[p - s:p], prev[p:p + s]
+        left = np.count_nonzero(left_prev < p - s)
+        right = np.count_nonzero(right_prev < p)
+        both = np.count_nonzero((left_next >= p) & (left_next < p + s))
+        best = min(best, both / (left + right - both))
+    return float(best)
+
+
+def loss_spike(short_targets: np.ndarray) -> float:
+    """``loss_spike`` of the short losses of the targets [2S, L) (module docstring)."""
+    values = np.asarray(short_targets, dtype=np.float64)
+    span = min(SPIKE_TARGETS, values.size)
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    means = (sums[span:] - sums[:-span]) / span
+    return float(means.max() - np.median(means))
+
+
 def checked_copy_ngram(copy_ngram: Any) -> int:
     """``copy_ngram`` as an int >= 1 (one-line ``ConfigError`` otherwise)."""
     if isinstance(copy_ngram, bool) or not isinstance(copy_ngram, (int, np.integer)) \
@@ -145,10 +206,12 @@ def checked_copy_ngram(copy_ngram: Any) -> int:
 
 
 def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int,
-                         copied: np.ndarray | None = None) -> LossGainResult:
+                         copied: np.ndarray | None = None,
+                         cohesion: float | None = None) -> LossGainResult:
     """The score from one window's losses, both indexed by target t (length L; entries
     before 2S are not read). Means are taken in float64. ``copied`` (``copied_targets``,
-    length L) adds the copy components."""
+    length L) adds the copy components; ``cohesion`` (``min_cohesion`` of the window's ids)
+    is passed through; ``loss_spike`` comes from the short losses."""
     s = int(short_context)
     full_t = np.asarray(full, dtype=np.float64)[2 * s:]
     short_t = np.asarray(short, dtype=np.float64)[2 * s:]
@@ -174,7 +237,9 @@ def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int
                   "dependency_key_share": float((key & ~copy_t).mean())}
     return LossGainResult(score=float(gain.mean()), key_share=float(key.mean()),
                           full_loss=float(full_t.mean()), short_loss=float(short_t.mean()),
-                          short_context=s, targets=targets, **copies)
+                          short_context=s, targets=targets, **copies,
+                          min_cohesion=None if cohesion is None else float(cohesion),
+                          loss_spike=loss_spike(short_t))
 
 
 def lm_tokens_per_window(seq_len: int, short_context: int) -> int:

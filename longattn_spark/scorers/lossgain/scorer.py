@@ -42,6 +42,7 @@ from longattn_spark.scorers.lossgain.losses import (
     LossGainResult,
     checked_short_context,
     lossgain_from_losses,
+    min_cohesion,
     short_blocks,
 )
 from longattn_spark.scorers.model_input import windows_with_bos
@@ -107,11 +108,12 @@ class LossGainScorer:
     def score(self, inputs: torch.Tensor, short_context: int = 0,
               copy_ngram: int = DEFAULT_COPY_NGRAM) -> list[LossGainResult]:
         """Loss gain of each row of ``inputs`` (``[B, L]``, BOS first), with its copy
-        components for m = ``copy_ngram``."""
+        components for m = ``copy_ngram`` and its break components."""
         s = checked_short_context(short_context, int(inputs.shape[1]))
         full, short = self.losses(inputs, s)
         ids = torch.as_tensor(inputs).cpu().numpy()
-        return [lossgain_from_losses(full[b], short[b], s, copied_targets(ids[b], s, copy_ngram))
+        return [lossgain_from_losses(full[b], short[b], s, copied_targets(ids[b], s, copy_ngram),
+                                     min_cohesion(ids[b], s))
                 for b in range(full.shape[0])]
 
     @torch.inference_mode()
