@@ -4,7 +4,7 @@ For each size, ``select_scale.build_tables`` writes synthetic windows (no input_
 LongAttn scorer's rows (scorer_id ``bench``); then rows of two more scorers are appended to the
 same scores table, as the score job writes them (not timed):
 
-- ``bench-rp``, method ``repetition``: its eleven components in the ``components`` map
+- ``bench-rp``, method ``repetition``: its twelve components in the ``components`` map
   (``compression``, ``dup_5gram``, ...), ``score`` = compression;
 - ``bench-lg``, method ``lossgain``: its nine components in the map (``score``,
   ``short_loss``, ``full_loss``, ``copy_share``, ``min_cohesion``, ...), the ``score`` column
@@ -46,7 +46,7 @@ REPETITION = {  # component -> SQL over a uniform u in [0, 1) per window (plausi
     "dup_6gram": "0.015 + 0.28 * pow({u}, 3)", "dup_7gram": "0.012 + 0.26 * pow({u}, 3)",
     "dup_8gram": "0.010 + 0.24 * pow({u}, 3)", "dup_9gram": "0.008 + 0.22 * pow({u}, 3)",
     "dup_10gram": "0.006 + 0.20 * pow({u}, 3)", "distinct_10gram": "1 - 0.2 * pow({u}, 3)",
-    "compression": "1.35 + 0.6 * pow({u}, 2)",
+    "compression": "1.35 + 0.6 * pow({u}, 2)", "lag_match": "0.02 + 0.5 * pow({u}, 4)",
 }
 
 

@@ -83,7 +83,7 @@ def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
     from longattn_spark.config import IngestConfig, SparkSettings
     from longattn_spark.ingest import ingest
     from longattn_spark.ngrams import ngram_codes
-    from longattn_spark.scorers.repetition.stats import repetition_stats
+    from longattn_spark.scorers.repetition.stats import lag_match, repetition_stats
     from longattn_spark.session import get_spark
     from longattn_spark.tables.refs import TableRef
     from longattn_spark.tokenizer import get_tokenizer, llama3_tokenizer_dir, load_tokenizer_spec
@@ -120,12 +120,16 @@ def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
     tokenize = best_of(repeats, lambda: tokenizer.encode_batch(texts, add_special_tokens=False))
     big = [w for w in windows if w.size == window] or windows
     big_tokens = sum(w.size for w in big)
+    bigrams = [(w.astype(np.int64), ngram_codes(w.astype(np.int64), 2, min_n=2)[2])
+               for w in big]
     one_core = {
         "all": best_of(repeats, lambda: [repetition_stats(w) for w in big]),
         "ngram codes n=2..5": best_of(repeats, lambda: [
             ngram_codes(w.astype(np.int64), 5, min_n=2) for w in big]),
         "zlib level 6": best_of(repeats, lambda: [
             zlib.compress(w.astype("<i4").tobytes(), 6) for w in big]),
+        "lag_match, bigram codes given": best_of(repeats, lambda: [
+            lag_match(w, c) for w, c in bigrams]),
     }
     return {"cores": cores, "windows": len(windows), "tokens": tokens,
             "window_tokens": window_tokens,

@@ -75,6 +75,31 @@ def test_demo_writes_every_table_with_the_expected_rows(spark, demo, expected_wi
     assert per_category(spark, demo.table("selection")) == expected
 
 
+def test_repetition_rows_hold_the_library_statistics_of_their_windows(spark, demo):
+    """The score job's repetition rows, read back through the components map: every component
+    (lag_match, the period gate's, included) equals the library's statistics of the window's
+    ids; and the selection recorded the recipe with its period gate."""
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from longattn_spark.scorers.repetition.stats import COMPONENTS, repetition_stats
+    from longattn_spark.tables.components import component, components_map
+
+    scores = TableRef(demo.table("scores")).read(spark).where("method = 'repetition'")
+    values = components_map(scores)
+    stored = scores.select("window_id", *[component(values, c).alias(c) for c in COMPONENTS])
+    windows = TableRef(demo.table("windows")).read(spark).select("window_id", "input_ids")
+    rows = stored.join(windows, "window_id").collect()
+    assert len(rows) == scores.count() > 0
+    for row in rows:
+        expected = repetition_stats(np.array(row["input_ids"]))
+        assert {c: row[c] for c in COMPONENTS} == pytest.approx(expected), row["window_id"]
+    assert any(row["lag_match"] > 0 for row in rows)  # the demo's windows have bigram lags
+    text = TableRef(demo.table("selection")).read(spark).select(
+        F.get_json_object("params", "$.recipe.text").alias("text")).first()["text"]
+    assert "- repetition.lag_match < 0.5" in text
+
+
 def test_demo_keeps_half_of_each_category_and_exports_them(spark, demo):
     kept = per_category(spark, demo.table("selection"), "selected")
     total = per_category(spark, demo.table("selection"))

@@ -43,7 +43,25 @@ def reference_stats(ids: list[int]) -> dict[str, float]:
     out["distinct_10gram"] = len(set(g)) / len(g) if g else 1.0
     raw = b"".join(int(i).to_bytes(4, "little", signed=True) for i in ids)
     out["compression"] = len(raw) / len(zlib.compress(raw, 6))
+    out["lag_match"] = reference_lag_match(ids)
     return out
+
+
+def reference_lag_match(ids: list[int]) -> float:
+    """The README's ``lag_match``: the last start of each bigram in a dict, the gaps between
+    consecutive starts in a Counter, the four most frequent in [16, N // 2] (ties: smaller
+    first), the best share of equal tokens at one of them."""
+    n_tokens = len(ids)
+    last: dict[tuple[int, int], int] = {}
+    gaps: Counter = Counter()
+    for t in range(n_tokens - 1):
+        bigram = (ids[t], ids[t + 1])
+        if bigram in last and 16 <= t - last[bigram] <= n_tokens // 2:
+            gaps[t - last[bigram]] += 1
+        last[bigram] = t
+    lags = sorted(gaps, key=lambda lag: (-gaps[lag], lag))[:4]
+    return max((sum(ids[t] == ids[t - lag] for t in range(lag, n_tokens)) / (n_tokens - lag)
+                for lag in lags), default=0.0)
 
 
 def test_no_repeats_at_all():
@@ -82,6 +100,42 @@ def test_one_phrase_repeated():
     assert stats == pytest.approx(reference_stats(ids))
 
 
+def test_a_period_gives_its_lag_match():
+    """A passage of 40 distinct tokens six times: every token past 40 equals the token 40
+    before it (lag_match 1.0). With every fifth token of each copy replaced by a new one, the
+    replaced offsets moving by one from copy to copy, a token equals the one 40 before it
+    when both are kept: 3 of every 5 offsets, 0.6 of the 200 tokens past the first copy."""
+    passage = list(range(500, 540))
+    ids = passage * 6
+    assert repetition_stats(np.array(ids))["lag_match"] == 1.0
+    fresh = iter(range(10_000, 20_000))
+    changed = []
+    for copy in range(6):
+        changed += [next(fresh) if (i + copy) % 5 == 0 else tok for i, tok in enumerate(passage)]
+    got = repetition_stats(np.array(changed))["lag_match"]
+    assert got == pytest.approx(reference_lag_match(changed))
+    assert got == pytest.approx(sum(changed[t] == changed[t - 40] for t in range(40, 240)) / 200)
+    assert got == pytest.approx(3 / 5)
+
+
+def test_repeats_that_do_not_recur_at_one_distance_have_no_period():
+    """Text that repeats phrases at scattered distances (here: 30 bigrams each copied once
+    at a distance of its own, 20 + 7i) has a low lag_match, whatever its duplicate shares;
+    fewer than 16 tokens apart and beyond half the window do not count."""
+    rng = np.random.default_rng(3)
+    ids = [int(i) for i in rng.permutation(100_000)[:2000]]
+    for i in range(30):
+        start = 50 * i + 10
+        ids[start + 20 + 7 * i:start + 22 + 7 * i] = ids[start:start + 2]
+    got = repetition_stats(np.array(ids))
+    assert got["lag_match"] == pytest.approx(reference_lag_match(ids))
+    assert got["lag_match"] < 0.01
+    short = [1, 2] + [int(i) for i in rng.permutation(1000)[:10] + 10] + [1, 2]  # gap 12
+    assert repetition_stats(np.array(short * 1))["lag_match"] == 0.0
+    far = [1, 2] + list(range(100, 140)) + [1, 2]  # gap 42 > 44 // 2
+    assert repetition_stats(np.array(far))["lag_match"] == 0.0
+
+
 @pytest.mark.parametrize("length", [0, 1, 4, 9, 10, 11])
 def test_shorter_than_the_ngrams(length):
     ids = list(range(length))
@@ -95,6 +149,11 @@ def test_random_sequences_equal_the_reference():
     for _ in range(60):
         vocab = int(rng.integers(2, 40))
         ids = [int(i) for i in rng.integers(0, vocab, int(rng.integers(11, 300)))]
+        if rng.random() < 0.5:  # a period with changed tokens: lag_match well above zero
+            period = int(rng.integers(16, 60))
+            ids = (ids[:period] * 8)[:len(ids) + 100]
+            for t in rng.integers(0, len(ids), len(ids) // 6):
+                ids[int(t)] = int(rng.integers(0, vocab))
         assert repetition_stats(np.array(ids)) == pytest.approx(reference_stats(ids)), ids
 
 

@@ -7,7 +7,8 @@ The model is written by hand (config.json and safetensors of fixed tensors, no r
 generator), so the ids depend on the product's hashing only.
 
 Loss gain's pin moved on purpose twice: math version lossgain-2 added the copy components and
-lossgain-3 the break components (issue 29), so its rows differ and its ids with them."""
+lossgain-3 the break components (issue 29), so its rows differ and its ids with them. The
+repetition statistics' pin moved once, on purpose: repetition-2 added ``lag_match``."""
 
 from __future__ import annotations
 
@@ -87,6 +88,22 @@ def test_whole_model_fingerprint_and_ids_are_pinned(model):
         "lg-eeaeceba8ffe062311cf3b77"  # lossgain-3 (break components): was
     # lg-7922fc6acb26105fd41df6e2 (lossgain-2, whose rows lack min_cohesion and loss_spike),
     # and before it lg-8418d03d72bd45ad0190ccef (whose rows lack copy_share, dependency_gain)
+
+
+def test_repetition_scorer_id_is_pinned():
+    """The model-free method: its id hashes its definitions and math version only."""
+    from longattn_spark.scorers.base import PlanContext
+    from longattn_spark.scorers.repetition.method import METHOD
+
+    def planned(sizes: list[int], tokenizers: list[str]) -> str:
+        ctx = PlanContext(spark=None, cfg=None, options=None, location=None, model=None,
+                          sizes=sizes, window_tokenizers=tokenizers,
+                          check_tokenizer=lambda _sid: {})
+        return METHOD.plan(ctx).scorer_id
+
+    assert planned([1024], ["tok-a"]) == planned([32768, 77], ["tok-b", "tok-c"]) == \
+        "rp-749a9e2d77a6373d1fce6c3a"  # repetition-2 (lag_match): was
+    # rp-402ee08f260a338a4c68f569 (repetition-1, whose rows lack lag_match)
 
 
 def test_one_hash_for_every_method():

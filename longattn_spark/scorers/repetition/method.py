@@ -21,13 +21,15 @@ from longattn_spark.scorers.repetition.stats import (
     COMPONENTS,
     DISTINCT_N,
     DUP_NS,
+    LAG_CANDIDATES,
+    MIN_LAG,
     TOP_NS,
     ZLIB_LEVEL,
 )
 from longattn_spark.scorers.settings import RunSettings
 
 #: Bump when a change to the definitions or the computation changes a statistic.
-REPETITION_MATH_VERSION = "repetition-1"
+REPETITION_MATH_VERSION = "repetition-2"  # 2: lag_match
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class RepetitionScorer:
 class RepetitionMethod(ScorerMethod):
     name = "repetition"
     summary = ("model-free repetition statistics of the window's ids: top n-gram shares, "
-               "duplicate n-gram shares, distinct 10-grams, compression ratio")
+               "duplicate n-gram shares, distinct 10-grams, compression ratio, periodicity")
     components = COMPONENTS
     needs_model = False
     uses_torch = False
@@ -59,7 +61,8 @@ class RepetitionMethod(ScorerMethod):
     def plan(self, ctx: PlanContext) -> MethodPlan:
         fields = {"method": self.name, "math_version": REPETITION_MATH_VERSION,
                   "top_ns": list(TOP_NS), "dup_ns": list(DUP_NS), "distinct_n": DISTINCT_N,
-                  "zlib_level": ZLIB_LEVEL, "ids": "the window's token ids, no BOS"}
+                  "zlib_level": ZLIB_LEVEL, "min_lag": MIN_LAG,
+                  "lag_candidates": LAG_CANDIDATES, "ids": "the window's token ids, no BOS"}
         scorer = scorer_id("rp", fields)
         ctx.tokenizer_check = "not needed (no model: the statistics are of the ids)"
         tokenizer = {"model": None, "windows": sorted(ctx.window_tokenizers),
