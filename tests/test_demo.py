@@ -80,10 +80,11 @@ def test_repetition_rows_hold_the_library_statistics_of_their_windows(spark, dem
     (lag_match, the period gate's, included) equals the library's statistics of the window's
     ids; and the selection recorded the recipe with its period gate."""
     import numpy as np
-    from pyspark.sql import functions as F
 
     from longattn_spark.scorers.repetition.stats import COMPONENTS, repetition_stats
+    from longattn_spark.select.cut import params_with_recipe_text
     from longattn_spark.tables.components import component, components_map
+    from longattn_spark.tables.refs import table_properties
 
     scores = TableRef(demo.table("scores")).read(spark).where("method = 'repetition'")
     values = components_map(scores)
@@ -95,8 +96,9 @@ def test_repetition_rows_hold_the_library_statistics_of_their_windows(spark, dem
         expected = repetition_stats(np.array(row["input_ids"]))
         assert {c: row[c] for c in COMPONENTS} == pytest.approx(expected), row["window_id"]
     assert any(row["lag_match"] > 0 for row in rows)  # the demo's windows have bigram lags
-    text = TableRef(demo.table("selection")).read(spark).select(
-        F.get_json_object("params", "$.recipe.text").alias("text")).first()["text"]
+    selection = TableRef(demo.table("selection"))
+    recorded = json.loads(selection.read(spark).select("params").first()["params"])
+    text = params_with_recipe_text(recorded, table_properties(spark, selection))["recipe"]["text"]
     assert "- repetition.lag_match < 0.5" in text
 
 
@@ -120,5 +122,9 @@ def test_demo_report_embeds_its_plots_and_labels_the_smoke_model(demo):
     plots = re.findall(r'<img[^>]+src="data:image/png;base64,([A-Za-z0-9+/=]{200,})"', html)
     assert len(plots) >= 5
     assert 'id="smoke-test-banner"' in html
+    # the note under the selection's histograms gives the recipe's rank: its text is read back
+    # from the selection table's property (the rows' params only name it)
+    assert "rank = z(lossgain.score) - 2 * z(lossgain.short_loss) + 2 * least(" in html
+    assert "(recipe recommended, among the windows where" in html
     profile = re.search(r'<section id="profile">(.*?)</section>', html, re.DOTALL)
     assert profile and "data:image/png;base64," in profile.group(1)

@@ -16,8 +16,9 @@ from longattn_spark import cli
 from longattn_spark.config import SelectConfig
 from longattn_spark.errors import ConfigError
 from longattn_spark.select import select_options, select_windows
+from longattn_spark.select.cut import params_for_rows, params_with_recipe_text, selection_id_for
 from longattn_spark.select.recipe import RecipeRequest
-from longattn_spark.tables.refs import TableRef
+from longattn_spark.tables.refs import TableRef, table_properties
 from longattn_spark.tables.schemas import SCORES, SELECTION, WINDOWS, TableSpec
 from longattn_spark.tables.writes import ensure_table, set_properties
 
@@ -113,10 +114,37 @@ def test_a_rank_and_filters_over_two_scorers_equal_pandas(spark, two_scorers, tm
         want["dropped_by"].fillna("").tolist()
     assert set(got.index[got.selected]) == set(want.index[want.selected])
     assert not got.loc[~got.passed.astype(bool), "selected"].any()
-    params = json.loads(rows["params"].iloc[0])
+    stored = json.loads(rows["params"].iloc[0])
+    assert rows["params"].nunique() == 1 and "text" not in stored["recipe"]
+    params = params_with_recipe_text(stored, table_properties(spark, table))
     assert params["recipe"]["name"] == "custom" and "rank:" in params["recipe"]["text"]
     assert rows["scorer_ids"].iloc[0] == {"lossgain": "lg-x", "repetition": "rp-x"}
     assert rows["recipe_sha256"].iloc[0] == params["recipe"]["sha256"]
+    # the id hashes the params with the text, as before the text moved to the property
+    assert rows["selection_id"].iloc[0] == selection_id_for(
+        json.dumps(params), result.scorer_id,
+        result.windows_version, result.scores_version)
+
+
+def test_rows_name_the_recipe_property_and_get_the_same_params_back():
+    """The recipe's text leaves the rows' params for one table property, and comes back
+    whole; params without a recipe (a scorer's own ranking) are stored as they are."""
+    recipe = {"name": "r", "sha256": "ab" * 32, "text": "rank: z(x)\n" * 200, "source": "f"}
+    params = json.dumps({"alpha": 0.5, "recipe": recipe, "scorer_ids": {"a": "b"}})
+    stored, properties = params_for_rows(params)
+    (key, value), = properties.items()
+    assert key.startswith("longattn.recipe.") and json.loads(value) == recipe
+    assert json.loads(stored)["recipe"] == {"name": "r", "sha256": "ab" * 32, "source": "f",
+                                            "property": key}
+    assert len(stored) < 300 < len(params)
+    assert params_with_recipe_text(json.loads(stored), properties) == json.loads(params)
+    assert params_with_recipe_text(json.loads(stored), {}) == json.loads(stored)
+    # another text of the same recipe (a comment more) is another property
+    other = params_for_rows(json.dumps({**json.loads(params),
+                                        "recipe": {**recipe, "text": "# c\n" + recipe["text"]}}))
+    assert set(other[1]) != set(properties)
+    plain = json.dumps({"alpha": 0.5, "method": "lds"})
+    assert params_for_rows(plain) == (plain, {})
 
 
 def test_a_recipe_file_selects_like_its_flags(spark, two_scorers, tmp_path):

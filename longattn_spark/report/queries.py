@@ -30,6 +30,7 @@ from longattn_spark.report.data import (
     parse_scorer_property,
     version_notes,
 )
+from longattn_spark.select.cut import params_with_recipe_text
 from longattn_spark.sqlfiles import load_sql
 from longattn_spark.stats import (
     CategoryStats,
@@ -105,7 +106,8 @@ def resolve_report_inputs(spark, cfg: ReportConfig) -> ReportInputs:
                          f"{scorer_id}: run `longattn-spark select --scorer-id {scorer_id}`.")
         else:
             selection_id = chosen["selection_id"]
-            params = json_object(chosen["params"])
+            params = params_with_recipe_text(json_object(chosen["params"]),
+                                             table_properties(spark, selection))
             built_on = (chosen["windows_version"], chosen["scores_version"])
             notes += version_notes(built_on, windows_version, scores_version)
     return ReportInputs(

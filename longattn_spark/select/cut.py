@@ -162,6 +162,45 @@ def selection_id_for(params: str, scorer_id: str, windows_version: int,
                           "scores_version": scores_version}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
+#: the selection table's property holding a recipe's text: ``longattn.recipe.<hash>``
+RECIPE_PROPERTY_PREFIX = "longattn.recipe."
+
+
+def params_for_rows(params: str) -> tuple[str, dict[str, str]]:
+    """The ``params`` each row of a selection stores, and the table properties it needs.
+
+    A recipe's text (a few KB) is recorded once, in the selection table's property
+    ``longattn.recipe.<hash>`` (the hash of the recorded name, hash, text and source), and
+    the rows' ``recipe`` object names that property instead of holding the text: every row
+    repeats ``params``, and a 3 KB constant on 10M rows cost the Delta write about 25 s of
+    its 65 s on this machine (benchmarks/recipe_select.py). The selection id is still the hash
+    of ``params`` with the text (``selection_id_for``), so ids are those of earlier releases;
+    ``params_with_recipe_text`` gives that JSON back."""
+    data = json.loads(params)
+    recipe = data.get("recipe")
+    if not isinstance(recipe, dict) or "text" not in recipe:
+        return params, {}
+    value = json.dumps(recipe, sort_keys=True)
+    key = RECIPE_PROPERTY_PREFIX + hashlib.sha256(value.encode()).hexdigest()[:32]
+    data["recipe"] = {**{k: v for k, v in recipe.items() if k != "text"}, "property": key}
+    return json.dumps(data, sort_keys=True), {key: value}
+
+
+def params_with_recipe_text(params: Mapping[str, Any], properties: Mapping[str, str]
+                            ) -> dict[str, Any]:
+    """A stored ``params`` object with its recipe's text back from the selection table's
+    properties (``params_for_rows``); unchanged when it holds the text or names no property
+    (earlier releases), or when the property is missing."""
+    out = dict(params)
+    recipe = out.get("recipe")
+    if isinstance(recipe, Mapping) and "text" not in recipe and recipe.get("property"):
+        stored = properties.get(str(recipe["property"]))
+        if stored:
+            out["recipe"] = {**{k: v for k, v in recipe.items() if k != "property"},
+                             **json.loads(stored)}
+    return out
+
+
 def check_mix_categories(mix: Iterable[tuple[str, float]], categories: Iterable[str | None]
                          ) -> None:
     """Every category named by --mix must have scored windows."""

@@ -19,6 +19,7 @@ from longattn_spark.select.cut import (
     DEFAULT_CANDIDATE_LIMIT,
     SelectOptions,
     check_heads_in_range,
+    params_for_rows,
     params_json,
     select_options,
     selection_id_for,
@@ -107,7 +108,7 @@ def select_windows(spark, options: SelectOptions, windows, scores, table, *,
                    candidate_limit: int = DEFAULT_CANDIDATE_LIMIT) -> SelectionResult:
     """Run one selection into ``table`` (TableRefs) and summarize it."""
     from longattn_spark.tables.schemas import SELECTION
-    from longattn_spark.tables.writes import ensure_table
+    from longattn_spark.tables.writes import ensure_table, set_properties
 
     request = request or RecipeRequest(scorer_id=scorer_id, normalize=options.normalize,
                                        alpha=options.alpha)
@@ -119,10 +120,12 @@ def select_windows(spark, options: SelectOptions, windows, scores, table, *,
     params = selection_params(options, inputs, str(windows), str(scores), request.explicit)
     selection_id = selection_id_for(params, inputs.scorer_id, inputs.windows_version,
                                     inputs.scores_version)
+    row_params, recipe_properties = params_for_rows(params)
     ensure_table(spark, table, SELECTION, properties=SELECTION_TABLE_PROPERTIES)
     written = not selection_present(spark, table, selection_id)
     if written:
-        with selection_rows(spark, inputs, options, selection_id, params, buckets,
+        set_properties(spark, table, recipe_properties)  # before any row names them
+        with selection_rows(spark, inputs, options, selection_id, row_params, buckets,
                             candidate_limit) as rows:
             write_selection(spark, table, rows, selection_id)
     categories = read_summary(spark, table, selection_id, options)

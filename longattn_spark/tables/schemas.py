@@ -178,8 +178,8 @@ SELECTION = TableSpec(
            "no_n_tokens, missing_score (<scorer>), null_score, nan_score, infinite_score, "
            "null_rank); null for usable windows"),
         _f("scorer_id", T.StringType(), "scorer whose scores were used (the recipe's first)"),
-        _f("params", T.StringType(), "JSON of the selection parameters (the recipe's text "
-           "included)"),
+        _f("params", T.StringType(), "JSON of the selection parameters; a recipe's text is "
+           "in the table property its recipe.property names (longattn.recipe.<hash>)"),
         _f("windows_version", T.LongType(), "Delta version of the windows table read"),
         _f("scores_version", T.LongType(), "Delta version of the scores table read"),
         _f("selected_at", T.TimestampType(), "when the selection was made"),
