@@ -8,9 +8,9 @@ results (``probe.report.ProbeSection``), so no number is computed twice.
 
 Recipes (issue 29) are optional: a selection made by one carries ``"recipe": {"name",
 "sha256", "text"}`` in its ``params`` JSON (the text read back from the selection table's
-property by ``select.cut.params_with_recipe_text``), and a probe that ranked by one carries ``"recipe":
-{"name", "sha256"}`` in its table's ``longattn.probe`` property. Without a recipe, a selection
-or a probe is named by its scorer's method, e.g. ``longattn (LDS)``.
+property by ``select.cut.params_with_recipe_text``), and a probe that ranked by one carries
+``"recipe": {"name", "sha256"}`` in its table's ``longattn.probe`` property. Without a recipe,
+a selection or a probe is named by its scorer's method, e.g. ``longattn (LDS)``.
 """
 
 from __future__ import annotations

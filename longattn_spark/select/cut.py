@@ -162,6 +162,7 @@ def selection_id_for(params: str, scorer_id: str, windows_version: int,
                           "scores_version": scores_version}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
+
 #: the selection table's property holding a recipe's text: ``longattn.recipe.<hash>``
 RECIPE_PROPERTY_PREFIX = "longattn.recipe."
 
