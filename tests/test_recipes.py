@@ -147,6 +147,22 @@ def test_rows_name_the_recipe_property_and_get_the_same_params_back():
     assert params_for_rows(plain) == (plain, {})
 
 
+def test_the_report_names_a_recipe_whose_text_property_is_missing():
+    """The report's rank note: the recipe's rank from its text; a row naming a property the
+    table lacks (someone unset it) says so, instead of passing for LongAttn's LDS."""
+    from longattn_spark.report.html import rank_formula
+
+    recipe = {"name": "r", "sha256": "ab" * 32, "source": "f",
+              "text": "rank: z(lossgain.score)\nwhere: [repetition.lag_match < 0.5]\n"}
+    stored, properties = params_for_rows(json.dumps({"alpha": 0.5, "recipe": recipe}))
+    assert rank_formula(params_with_recipe_text(json.loads(stored), properties)) == (
+        "rank = z(lossgain.score) (recipe r, among the windows where "
+        "repetition.lag_match < 0.5)")
+    missing = rank_formula(params_with_recipe_text(json.loads(stored), {}))
+    assert missing == (f"rank of recipe r (sha256 {'ab' * 6}); its text is missing from the "
+                       f"selection table (table property {next(iter(properties))})")
+
+
 def test_a_recipe_file_selects_like_its_flags(spark, two_scorers, tmp_path):
     w, s, _, root = two_scorers
     recipe = tmp_path / "mine.yaml"

@@ -130,6 +130,11 @@ def rank_formula(params: dict[str, Any]) -> str:
         if rank:
             kept = f", among the windows where {' and '.join(where)}" if where else ""
             return f"rank = {rank} (recipe {recipe.get('name')}{kept})"
+    if isinstance(recipe, dict) and not recipe.get("text") and recipe.get("property"):
+        # the rows name a table property the selection table no longer holds
+        return (f"rank of recipe {recipe.get('name')} (sha256 "
+                f"{str(recipe.get('sha256'))[:12]}); its text is missing from the selection "
+                f"table (table property {recipe['property']})")
     return ("LDS = z(DS) + α·z(DU), z within the category, DU = −variance"
             if params.get("normalize") != "minmax"
             else "LDS = minmax(DS) − α·minmax(variance)")

@@ -173,8 +173,8 @@ def params_for_rows(params: str) -> tuple[str, dict[str, str]]:
     A recipe's text (a few KB) is recorded once, in the selection table's property
     ``longattn.recipe.<hash>`` (the hash of the recorded name, hash, text and source), and
     the rows' ``recipe`` object names that property instead of holding the text: every row
-    repeats ``params``, and a 3 KB constant on 10M rows cost the Delta write about 25 s of
-    its 65 s on this machine (benchmarks/recipe_select.py). The selection id is still the hash
+    repeats ``params``, and a 3 KB constant string on 10M rows cost a Delta write 22-24 s more
+    than a 300-byte one on a 2-core machine (benchmarks/RESULTS.md). The selection id is still the hash
     of ``params`` with the text (``selection_id_for``), so ids are those of earlier releases;
     ``params_with_recipe_text`` gives that JSON back."""
     data = json.loads(params)
