@@ -7,7 +7,8 @@
    - the statistics: every window of the job's table, split over a process pool of one worker
      per core (as a score job's tasks would), wall seconds per token;
    - for reference, the bare fast tokenizer (``encode_batch``, Rust threads on every core) and
-     where the statistics' time goes on one core (exact n-gram codes, zlib, the shares).
+     where the statistics' time goes on one core (exact n-gram codes, zlib-ng, the shares,
+     and the reference zlib at the same level for comparison).
    Goal: statistics <= 5% of ingest's time per token.
 2. Loss gain's copy components (``copied_targets`` and the three components, per window)
    against loss gain without them (the model's full and short passes plus the same means), on
@@ -82,8 +83,13 @@ def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
 
     from longattn_spark.config import IngestConfig, SparkSettings
     from longattn_spark.ingest import ingest
-    from longattn_spark.ngrams import ngram_codes
-    from longattn_spark.scorers.repetition.stats import lag_match, repetition_stats
+    from zlib_ng import zlib_ng
+
+    from longattn_spark.scorers.repetition.stats import (
+        lag_match,
+        ngram_levels,
+        repetition_stats,
+    )
     from longattn_spark.session import get_spark
     from longattn_spark.tables.refs import TableRef
     from longattn_spark.tokenizer import get_tokenizer, llama3_tokenizer_dir, load_tokenizer_spec
@@ -120,13 +126,15 @@ def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
     tokenize = best_of(repeats, lambda: tokenizer.encode_batch(texts, add_special_tokens=False))
     big = [w for w in windows if w.size == window] or windows
     big_tokens = sum(w.size for w in big)
-    bigrams = [(w.astype(np.int64), ngram_codes(w.astype(np.int64), 2, min_n=2)[2])
+    bigrams = [(w.astype(np.int64), next(ngram_levels(w.astype(np.int64), 2)).codes)
                for w in big]
     one_core = {
         "all": best_of(repeats, lambda: [repetition_stats(w) for w in big]),
-        "ngram codes n=2..5": best_of(repeats, lambda: [
-            ngram_codes(w.astype(np.int64), 5, min_n=2) for w in big]),
-        "zlib level 6": best_of(repeats, lambda: [
+        "ngram levels n=2..10": best_of(repeats, lambda: [
+            list(ngram_levels(w.astype(np.int64), 10)) for w in big]),
+        "zlib-ng level 6 (compression)": best_of(repeats, lambda: [
+            zlib_ng.compress(w.astype("<i4").tobytes(), 6) for w in big]),
+        "reference zlib level 6 (for comparison)": best_of(repeats, lambda: [
             zlib.compress(w.astype("<i4").tobytes(), 6) for w in big]),
         "lag_match, bigram codes given": best_of(repeats, lambda: [
             lag_match(w, c) for w, c in bigrams]),

@@ -4,12 +4,12 @@ hand-made id sequences whose answers are known and on real token windows."""
 from __future__ import annotations
 
 import sysconfig
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from zlib_ng import zlib_ng
 
 from longattn_spark.scorers.repetition.stats import COMPONENTS, repetition_stats
 
@@ -42,7 +42,7 @@ def reference_stats(ids: list[int]) -> dict[str, float]:
     g = grams(10)
     out["distinct_10gram"] = len(set(g)) / len(g) if g else 1.0
     raw = b"".join(int(i).to_bytes(4, "little", signed=True) for i in ids)
-    out["compression"] = len(raw) / len(zlib.compress(raw, 6))
+    out["compression"] = len(raw) / len(zlib_ng.compress(raw, 6))  # zlib level 6, zlib-ng's
     out["lag_match"] = reference_lag_match(ids)
     return out
 
@@ -171,3 +171,21 @@ def test_real_token_windows_equal_the_reference(llama3_tokenizer_dir):
             assert list(got) == list(COMPONENTS)
             assert got == pytest.approx(reference_stats(window))
             assert 1.0 < got["compression"] < 10.0
+
+
+def test_an_executor_with_another_zlib_ng_stops_with_one_line():
+    """compression depends on zlib-ng's version: the scorer_id records the driver's, and a
+    worker with another stops before it scores (its values would differ under that id)."""
+    from longattn_spark.errors import ConfigError
+    from longattn_spark.scorers.repetition.method import METHOD, RepetitionSettings
+    from longattn_spark.scorers.repetition.stats import ZLIB_NG_VERSION
+    from longattn_spark.scorers.settings import RunSettings
+
+    run = RunSettings(location=None, device="cpu", dtype="float64", allow_pickle=False,
+                      threads=1)
+    assert METHOD.load(RepetitionSettings(run=run, zlib_ng=ZLIB_NG_VERSION), "cpu") is not None
+    with pytest.raises(ConfigError) as err:
+        METHOD.load(RepetitionSettings(run=run, zlib_ng="2.0.7"), "cpu")
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"zlib-ng library is {ZLIB_NG_VERSION}" in message and "is 2.0.7" in message

@@ -8,7 +8,8 @@ generator), so the ids depend on the product's hashing only.
 
 Loss gain's pin moved on purpose twice: math version lossgain-2 added the copy components and
 lossgain-3 the break components (issue 29), so its rows differ and its ids with them. The
-repetition statistics' pin moved once, on purpose: repetition-2 added ``lag_match``."""
+repetition statistics' pin moved twice, on purpose: repetition-2 added ``lag_match``, and
+repetition-3 measures ``compression`` with zlib-ng (its version is part of the id)."""
 
 from __future__ import annotations
 
@@ -102,8 +103,9 @@ def test_repetition_scorer_id_is_pinned():
         return METHOD.plan(ctx).scorer_id
 
     assert planned([1024], ["tok-a"]) == planned([32768, 77], ["tok-b", "tok-c"]) == \
-        "rp-749a9e2d77a6373d1fce6c3a"  # repetition-2 (lag_match): was
-    # rp-402ee08f260a338a4c68f569 (repetition-1, whose rows lack lag_match)
+        "rp-76efa664ad12c09d3f278d3c"  # repetition-3 (zlib-ng 2.3.3): was
+    # rp-749a9e2d77a6373d1fce6c3a (repetition-2, lag_match) and rp-402ee08f260a338a4c68f569
+    # (repetition-1, whose rows lack lag_match)
 
 
 def test_one_hash_for_every_method():

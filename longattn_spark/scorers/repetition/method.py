@@ -4,15 +4,19 @@ GPU; vectorised numpy on the executors, a few milliseconds per 32k-token window.
 
 Every window is scored over all of its ids (no BOS, no ``--seq-len``); a window whose ids are
 missing or not ``n_tokens`` of them is a ``wrong_length`` reject. The scorer_id (``rp-...``)
-hashes the definitions (n-gram sizes, zlib level) and the math version, nothing else: the
-statistics of a window depend on its ids only. Default ranking: ``-compression`` (less
-repetitive first); as a gate in a recipe: ``where: z(repetition.compression) < 3``.
+hashes the definitions (n-gram sizes, zlib level, the zlib-ng library's version) and the math
+version, nothing else: the statistics of a window depend on its ids only. An executor whose
+zlib-ng differs from the driver's stops with one line naming both versions, since its
+``compression`` values would differ under the same scorer_id. Default ranking:
+``-compression`` (less repetitive first); as a gate in a recipe:
+``where: z(repetition.compression) < 3``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longattn_spark.errors import ConfigError
 from longattn_spark.reasons import WRONG_LENGTH
 from longattn_spark.scorers.base import MethodPlan, PlanContext, Ranking, ScorerMethod
 from longattn_spark.scorers.batch import WindowBatch
@@ -25,16 +29,18 @@ from longattn_spark.scorers.repetition.stats import (
     MIN_LAG,
     TOP_NS,
     ZLIB_LEVEL,
+    ZLIB_NG_VERSION,
 )
 from longattn_spark.scorers.settings import RunSettings
 
 #: Bump when a change to the definitions or the computation changes a statistic.
-REPETITION_MATH_VERSION = "repetition-2"  # 2: lag_match
+REPETITION_MATH_VERSION = "repetition-3"  # 2: lag_match; 3: compression by zlib-ng
 
 
 @dataclass(frozen=True)
 class RepetitionSettings:
     run: RunSettings
+    zlib_ng: str  # the driver's zlib-ng version, which the scorer_id records
 
 
 class RepetitionScorer:
@@ -61,7 +67,7 @@ class RepetitionMethod(ScorerMethod):
     def plan(self, ctx: PlanContext) -> MethodPlan:
         fields = {"method": self.name, "math_version": REPETITION_MATH_VERSION,
                   "top_ns": list(TOP_NS), "dup_ns": list(DUP_NS), "distinct_n": DISTINCT_N,
-                  "zlib_level": ZLIB_LEVEL, "min_lag": MIN_LAG,
+                  "zlib_level": ZLIB_LEVEL, "zlib_ng": ZLIB_NG_VERSION, "min_lag": MIN_LAG,
                   "lag_candidates": LAG_CANDIDATES, "ids": "the window's token ids, no BOS"}
         scorer = scorer_id("rp", fields)
         ctx.tokenizer_check = "not needed (no model: the statistics are of the ids)"
@@ -69,10 +75,13 @@ class RepetitionMethod(ScorerMethod):
                      "check": "no_model"}
         run = RunSettings(location=None, device="cpu", dtype="float64", allow_pickle=False,
                           threads=1)
-        return MethodPlan(scorer_id=scorer, settings=RepetitionSettings(run=run),
+        settings = RepetitionSettings(run=run, zlib_ng=ZLIB_NG_VERSION)
+        return MethodPlan(scorer_id=scorer, settings=settings,
                           describe=fields, tokenizer=tokenizer)
 
     def load(self, settings: RepetitionSettings, device: str) -> RepetitionScorer:
+        """Check that this worker compresses as the driver planned (``compression``)."""
+        check_zlib_ng(settings.zlib_ng, ZLIB_NG_VERSION)
         return RepetitionScorer()
 
     def prepare(self, batch: WindowBatch, scorer, settings) -> WindowBatch:
@@ -90,6 +99,15 @@ class RepetitionMethod(ScorerMethod):
 
     def run_info(self, scorer) -> tuple[str, str | None]:
         return "numpy", None
+
+
+def check_zlib_ng(planned: str, here: str) -> None:
+    """One line when this worker's zlib-ng is not the one the scorer_id was planned with."""
+    if planned != here:
+        raise ConfigError(f"--method repetition: this executor's zlib-ng library is {here}, "
+                          f"the driver's (the scorer_id's) is {planned}: install the same "
+                          "zlib-ng package on the driver and every executor (the compression "
+                          "statistic depends on it)")
 
 
 METHOD = RepetitionMethod()
