@@ -3,7 +3,7 @@ candidates that are not shipped, on the same natural windows and controls as
 ``benchmarks/recipe_probe.py`` (its corpora, sampling, seed and ``probe.controls``), in
 seconds: no model pass.
 
-What it answers: splices are the kind the recommended recipe misses most (0.56-0.79 in six
+What it answers: splices are the kind the recommended recipe misses most (0.56-0.79 in eight
 of eleven categories, benchmarks/RESULTS.md), and its seam term is ``min_cohesion``, the
 lowest Jaccard share of distinct tokens between the S tokens before and after a point. A seam
 statistic that separates splices better on its own is a lead for the recipe; whether the
