@@ -87,6 +87,7 @@ def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
 
     from longattn_spark.scorers.repetition.stats import (
         lag_match,
+        min_split_jaccard,
         ngram_levels,
         repetition_stats,
     )
@@ -138,6 +139,8 @@ def repetition_vs_ingest(window: int, repeats: int, chars: int) -> dict:
             zlib.compress(w.astype("<i4").tobytes(), 6) for w in big]),
         "lag_match, bigram codes given": best_of(repeats, lambda: [
             lag_match(w, c) for w, c in bigrams]),
+        "min_split_jaccard": best_of(repeats, lambda: [
+            min_split_jaccard(w.astype(np.int64)) for w in big]),
     }
     return {"cores": cores, "windows": len(windows), "tokens": tokens,
             "window_tokens": window_tokens,

@@ -1,5 +1,5 @@
-"""Model-free seam statistics against the probe's controls: the shipped ``min_cohesion`` beside
-candidates that are not shipped, on the same natural windows and controls as
+"""Model-free seam statistics against the probe's controls: loss gain's ``min_cohesion`` beside
+the repetition statistics' ``min_split_jaccard``, on the same natural windows and controls as
 ``benchmarks/recipe_probe.py`` (its corpora, sampling, seed and ``probe.controls``), in
 seconds: no model pass.
 
@@ -9,13 +9,15 @@ lowest Jaccard share of distinct tokens between the S tokens before and after a 
 statistic that separates splices better on its own is a lead for the recipe; whether the
 recipe gains needs the model's components too (``recipe_probe.py``).
 
-Each statistic is computed on the model input x (BOS + the window's first L - 1 ids, as loss
-gain scores it), higher = more like one text:
-- ``min_cohesion``: the shipped component (``scorers/lossgain/losses.py``), S-token sides;
-- ``min_split_jaccard`` (candidate): the lowest, over the points p in [S, L - S], of the
-  Jaccard share of distinct tokens between everything before p and everything from p on;
-- ``min_split_jaccard_w`` (candidate): the same with each distinct token weighted by
-  1 / (its count in the window), so tokens that recur everywhere weigh less.
+Each statistic as its scorer computes it, higher = more like one text:
+- ``min_cohesion`` (``scorers/lossgain/losses.py``), on the model input x (BOS + the window's
+  first L - 1 ids): the lowest Jaccard share of distinct tokens between the S tokens before
+  and after a point;
+- ``min_split_jaccard`` (``scorers/repetition/stats.py``), on the window's first L - 1 ids:
+  the lowest, over the points p of the middle half, of the Jaccard share of distinct tokens
+  between everything before p and everything from p on. Before it shipped (repetition-4), a
+  variant weighting each distinct token by 1 / its count in the window was measured here and
+  was not better (benchmarks/RESULTS.md).
 
 AUC of natural over each control kind with its seeded bootstrap 95% interval.
 
@@ -42,31 +44,12 @@ from recipe_probe import PLAN, documents, sampled  # noqa: E402
 from longattn_spark.probe.auc import auc_with_interval, bootstrap_seed  # noqa: E402
 from longattn_spark.probe.controls import KINDS, build_controls, default_block  # noqa: E402
 from longattn_spark.scorers.lossgain.losses import min_cohesion  # noqa: E402
-
-
-def min_split_jaccard(x: np.ndarray, short_context: int, weighted: bool = False) -> float:
-    """min over p in [S, L - S] of J(set(x[:p]), set(x[p:])) (module docstring), O(L log L):
-    a distinct token is before p when its first position is < p, after when its last is
-    >= p, and in both when first < p <= last."""
-    n = x.size
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    first = np.full(counts.size, n)
-    last = np.full(counts.size, -1)
-    np.minimum.at(first, inverse, np.arange(n))
-    np.maximum.at(last, inverse, np.arange(n))
-    weight = 1.0 / counts if weighted else np.ones(counts.size)
-    before = np.cumsum(np.bincount(first, weights=weight, minlength=n + 1))  # first <= p - 1
-    after = np.cumsum(np.bincount(last, weights=weight, minlength=n + 1)[::-1])[::-1]  # >= p
-    points = np.arange(short_context, n - short_context + 1)
-    a, b = before[points - 1], after[points]
-    both = a + b - weight.sum()  # first < p and last >= p
-    return float(np.min(both / (a + b - both)))
+from longattn_spark.scorers.repetition.stats import min_split_jaccard  # noqa: E402
 
 
 STATISTICS = {
     "min_cohesion": lambda x, s: min_cohesion(x, s),
-    "min_split_jaccard": lambda x, s: min_split_jaccard(x, s),
-    "min_split_jaccard_w": lambda x, s: min_split_jaccard(x, s, weighted=True),
+    "min_split_jaccard": lambda x, s: min_split_jaccard(x[1:]),  # the window's ids, no BOS
 }
 
 

@@ -44,7 +44,18 @@ def reference_stats(ids: list[int]) -> dict[str, float]:
     raw = b"".join(int(i).to_bytes(4, "little", signed=True) for i in ids)
     out["compression"] = len(raw) / len(zlib_ng.compress(raw, 6))  # zlib level 6, zlib-ng's
     out["lag_match"] = reference_lag_match(ids)
+    out["min_split_jaccard"] = reference_min_split_jaccard(ids)
     return out
+
+
+def reference_min_split_jaccard(ids: list[int]) -> float:
+    """The README's ``min_split_jaccard``: the sets before and after every point of the middle
+    half, intersected and joined."""
+    n_tokens = len(ids)
+    margin = max(n_tokens // 4, 1)
+    shares = [len(set(ids[:p]) & set(ids[p:])) / len(set(ids[:p]) | set(ids[p:]))
+              for p in range(margin, n_tokens - margin + 1)]
+    return min(shares, default=1.0)
 
 
 def reference_lag_match(ids: list[int]) -> float:
@@ -136,7 +147,23 @@ def test_repeats_that_do_not_recur_at_one_distance_have_no_period():
     assert repetition_stats(np.array(far))["lag_match"] == 0.0
 
 
-@pytest.mark.parametrize("length", [0, 1, 4, 9, 10, 11])
+def test_a_seam_in_the_middle_half_lowers_min_split_jaccard():
+    """A text of 20 recurring tokens (a cycle) after a text of tokens all its own, 400 tokens
+    in all, the middle half [100, 300]. Joined at 150, no token is on both sides of the
+    join: 0.0. Joined at 60, outside the middle half, the seam is not seen: at every point of
+    the middle half the 20 recurring tokens are on both sides and the 60 of the first text
+    before it, 20 of 80 distinct tokens: 0.25. One text alone: every token on both sides."""
+    def joined(at: int) -> list[int]:
+        return list(range(1000, 1000 + at)) + (list(range(20)) * 20)[:400 - at]
+
+    for at, expected in ((150, 0.0), (60, 0.25)):
+        got = repetition_stats(np.array(joined(at)))["min_split_jaccard"]
+        assert got == pytest.approx(expected)
+        assert got == pytest.approx(reference_min_split_jaccard(joined(at)))
+    assert repetition_stats(np.array(list(range(20)) * 20))["min_split_jaccard"] == 1.0
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 4, 9, 10, 11])
 def test_shorter_than_the_ngrams(length):
     ids = list(range(length))
     stats = repetition_stats(np.array(ids, dtype=np.int64))

@@ -8,8 +8,9 @@ generator), so the ids depend on the product's hashing only.
 
 Loss gain's pin moved on purpose twice: math version lossgain-2 added the copy components and
 lossgain-3 the break components (issue 29), so its rows differ and its ids with them. The
-repetition statistics' pin moved twice, on purpose: repetition-2 added ``lag_match``, and
-repetition-3 measures ``compression`` with zlib-ng (its version is part of the id)."""
+repetition statistics' pin moved three times, on purpose: repetition-2 added ``lag_match``,
+repetition-3 measures ``compression`` with zlib-ng (its version is part of the id), and
+repetition-4 added ``min_split_jaccard``."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def test_repetition_scorer_id_is_pinned():
         return METHOD.plan(ctx).scorer_id
 
     assert planned([1024], ["tok-a"]) == planned([32768, 77], ["tok-b", "tok-c"]) == \
-        "rp-76efa664ad12c09d3f278d3c"  # repetition-3 (zlib-ng 2.3.3): was
+        "rp-4d12349fa93b4b81ab8099bb"  # repetition-4 (zlib-ng 2.3.3): was
+    # rp-76efa664ad12c09d3f278d3c (repetition-3, whose rows lack min_split_jaccard),
     # rp-749a9e2d77a6373d1fce6c3a (repetition-2, lag_match) and rp-402ee08f260a338a4c68f569
     # (repetition-1, whose rows lack lag_match)
 

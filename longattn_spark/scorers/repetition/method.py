@@ -27,6 +27,7 @@ from longattn_spark.scorers.repetition.stats import (
     DUP_NS,
     LAG_CANDIDATES,
     MIN_LAG,
+    SPLIT_MARGIN_DIVISOR,
     TOP_NS,
     ZLIB_LEVEL,
     ZLIB_NG_VERSION,
@@ -34,7 +35,8 @@ from longattn_spark.scorers.repetition.stats import (
 from longattn_spark.scorers.settings import RunSettings
 
 #: Bump when a change to the definitions or the computation changes a statistic.
-REPETITION_MATH_VERSION = "repetition-3"  # 2: lag_match; 3: compression by zlib-ng
+#: 2: lag_match; 3: compression by zlib-ng; 4: min_split_jaccard
+REPETITION_MATH_VERSION = "repetition-4"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class RepetitionScorer:
 class RepetitionMethod(ScorerMethod):
     name = "repetition"
     summary = ("model-free repetition statistics of the window's ids: top n-gram shares, "
-               "duplicate n-gram shares, distinct 10-grams, compression ratio, periodicity")
+               "duplicate n-gram shares, distinct 10-grams, compression ratio, periodicity, "
+               "lowest split Jaccard share (seams)")
     components = COMPONENTS
     needs_model = False
     uses_torch = False
@@ -68,7 +71,9 @@ class RepetitionMethod(ScorerMethod):
         fields = {"method": self.name, "math_version": REPETITION_MATH_VERSION,
                   "top_ns": list(TOP_NS), "dup_ns": list(DUP_NS), "distinct_n": DISTINCT_N,
                   "zlib_level": ZLIB_LEVEL, "zlib_ng": ZLIB_NG_VERSION, "min_lag": MIN_LAG,
-                  "lag_candidates": LAG_CANDIDATES, "ids": "the window's token ids, no BOS"}
+                  "lag_candidates": LAG_CANDIDATES,
+                  "split_margin": f"N // {SPLIT_MARGIN_DIVISOR}",
+                  "ids": "the window's token ids, no BOS"}
         scorer = scorer_id("rp", fields)
         ctx.tokenizer_check = "not needed (no model: the statistics are of the ids)"
         tokenizer = {"model": None, "windows": sorted(ctx.window_tokenizers),

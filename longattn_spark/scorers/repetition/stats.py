@@ -28,6 +28,15 @@ FineWeb's, computed over tokens instead of characters). For a window of N token 
   period (the probe's near-repeats, 15% of tokens replaced: about 0.8); natural text, whose
   repeats do not recur at one distance, stays low (at most 0.55 on ten of eleven probe
   categories, benchmarks/RESULTS.md), however much it repeats elsewhere.
+- ``min_split_jaccard``: how much the window reads as one text across its middle half. For a
+  split point p, the Jaccard share of distinct tokens between everything before p and
+  everything from p on, |set(x[:p]) & set(x[p:])| / |set(x[:p]) | set(x[p:])|;
+  ``min_split_jaccard`` is its lowest value over p in [M, N - M], M = max(N // 4, 1) (the
+  middle half: near an end one side holds too few distinct tokens to share many, whatever
+  the text); 1.0 when N < 2. Two unrelated texts joined in the middle half (a splice, a
+  concatenation) share fewer distinct tokens across the join than one text does across any
+  point. The union of the two sides is the window's whole vocabulary, so it is
+  #{distinct tokens whose first position < p <= last position} / #{distinct tokens}.
 
 A window shorter than n has no n-grams: its top / dup shares are 0 and distinct_10gram 1.
 
@@ -52,10 +61,12 @@ ZLIB_LEVEL = 6
 ZLIB_NG_VERSION = zlib_ng.ZLIBNG_VERSION
 MIN_LAG = 16
 LAG_CANDIDATES = 4
+#: ``min_split_jaccard`` splits in [N // 4, N - N // 4]
+SPLIT_MARGIN_DIVISOR = 4
 
 #: the components, in the order they are stored
 COMPONENTS = (*(f"top_{n}gram" for n in TOP_NS), *(f"dup_{n}gram" for n in DUP_NS),
-              f"distinct_{DISTINCT_N}gram", "compression", "lag_match")
+              f"distinct_{DISTINCT_N}gram", "compression", "lag_match", "min_split_jaccard")
 
 
 def covered_share(starts: np.ndarray, n: int, length: int) -> float:
@@ -148,7 +159,33 @@ def repetition_stats(ids: np.ndarray) -> dict[str, float]:
             out[f"distinct_{n}gram"] = level.distinct / (length - n + 1)
     out["compression"] = compression_ratio(ids)
     out["lag_match"] = lag_match(ids, bigram_codes)
+    out["min_split_jaccard"] = min_split_jaccard(ids)
     return out
+
+
+def split_margin(length: int) -> int:
+    """M: ``min_split_jaccard`` splits the window at p in [M, length - M]."""
+    return max(length // SPLIT_MARGIN_DIVISOR, 1)
+
+
+def min_split_jaccard(ids: np.ndarray) -> float:
+    """``min_split_jaccard`` of one window (module docstring), in O(N): a distinct token is
+    on both sides of p when its first position < p <= its last position, so the count on
+    both sides is a running sum of +1 one past each first position and -1 one past each last
+    position; the union of the two sides is every distinct token."""
+    length = int(ids.size)
+    margin = split_margin(length)
+    if length - margin < margin:
+        return 1.0
+    codes, uniques = pd.factorize(ids)
+    positions = np.arange(length)
+    first = np.full(uniques.size, length)
+    last = np.full(uniques.size, -1)
+    np.minimum.at(first, codes, positions)
+    np.maximum.at(last, codes, positions)
+    both = np.cumsum(np.bincount(first + 1, minlength=length + 1)
+                     - np.bincount(last + 1, minlength=length + 1))  # both[p], p = 0 .. N
+    return float(both[margin:length - margin + 1].min() / uniques.size)
 
 
 def candidate_lags(bigram_codes: np.ndarray, length: int) -> np.ndarray:
