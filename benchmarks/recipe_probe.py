@@ -236,12 +236,7 @@ def probe_rows(cache: Path, source: str, category: str, window: int, bos_id: int
 
 def recipe_aucs(rows: list[dict], recipe_name: str, seed: int, replicates: int) -> dict:
     """AUC of natural over each control kind for one recipe, as the probe ranks it."""
-    from longattn_spark.recipes.checked import default_recipe
-
-    recipe = check_recipe(default_recipe("lossgain") if recipe_name == "lossgain"
-                          else load_recipe(recipe_name))
-    values, passed = rank_rows(rows, recipe.rank, recipe.where)
-    ranked = np.where(passed, values, FILTERED)
+    ranked, passed = recipe_ranks(rows, recipe_name)
     kinds = np.array([r["kind"] for r in rows])
     natural = ranked[kinds == "natural"]
     out = {}
@@ -256,6 +251,71 @@ def recipe_aucs(rows: list[dict], recipe_name: str, seed: int, replicates: int) 
                          "filtered_natural": int((~passed[kinds == "natural"]).sum()),
                          "filtered_control": int((~passed[kinds == kind]).sum())}
     return out
+
+
+def recipe_ranks(rows: list[dict], recipe_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's rank under one recipe as the probe ranks it (a filtered row last), and
+    whether it passed the recipe's filters."""
+    from longattn_spark.recipes.checked import default_recipe
+
+    recipe = check_recipe(default_recipe("lossgain") if recipe_name == "lossgain"
+                          else load_recipe(recipe_name))
+    values, passed = rank_rows(rows, recipe.rank, recipe.where)
+    return np.where(passed, values, FILTERED), passed
+
+
+def win_matrix(natural: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """1 where a natural window ranks above a control, 0.5 on ties: its mean is the AUC."""
+    return ((natural[:, None] > control[None, :])
+            + 0.5 * (natural[:, None] == control[None, :])).astype(np.float64)
+
+
+def paired_differences(rows_by_category: dict[str, list[dict]], base: str, other: str,
+                       seed: int, replicates: int) -> dict:
+    """AUC(other) - AUC(base) per category and kind, with a 95% interval from one bootstrap
+    that draws the same natural and control windows for both recipes (the two recipes rank
+    the same windows, so their difference varies far less than either AUC), and per kind the
+    mean over categories, each category drawn on its own within every replicate."""
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    for kind in KINDS:
+        means = np.zeros(replicates)
+        diffs = []
+        for category, rows in rows_by_category.items():
+            kinds = np.array([r["kind"] for r in rows])
+            if not ((kinds == kind).any() and (kinds == "natural").any()):
+                continue
+            a, b = recipe_ranks(rows, base)[0], recipe_ranks(rows, other)[0]
+            nat, ctl = kinds == "natural", kinds == kind
+            delta = win_matrix(b[nat], b[ctl]) - win_matrix(a[nat], a[ctl])
+            n1, n2 = delta.shape
+            c1 = np.zeros((replicates, n1))
+            c2 = np.zeros((replicates, n2))
+            rows_ix = np.arange(replicates)[:, None]
+            np.add.at(c1, (rows_ix, rng.integers(0, n1, (replicates, n1))), 1.0)
+            np.add.at(c2, (rows_ix, rng.integers(0, n2, (replicates, n2))), 1.0)
+            replicated = np.einsum("bi,ij,bj->b", c1, delta, c2, optimize=True) / (n1 * n2)
+            lo, hi = np.percentile(replicated, [2.5, 97.5])
+            out.setdefault(kind, {})[category] = {"delta": float(delta.mean()),
+                                                  "lo": float(lo), "hi": float(hi)}
+            diffs.append(float(delta.mean()))
+            means += replicated
+        if diffs:
+            means /= len(diffs)
+            lo, hi = np.percentile(means, [2.5, 97.5])
+            out[kind]["mean"] = {"delta": float(np.mean(diffs)), "lo": float(lo),
+                                 "hi": float(hi)}
+    return out
+
+
+def print_paired(differences: dict, base: str, other: str) -> None:
+    print(f"\n{other} - {base}: AUC difference on the same windows [95% paired interval]")
+    categories = [c for c in next(iter(differences.values())) if c != "mean"]
+    print(f"{'corpus/category':22}" + "".join(f"{k:>22}" for k in differences))
+    for category in [*categories, "mean"]:
+        print(f"{category:22}" + "".join(
+            f"{d[category]['delta']:+8.3f} [{d[category]['lo']:+.2f},{d[category]['hi']:+.2f}]"
+            if category in d else f"{'-':>22}" for d in differences.values()))
 
 
 def main() -> None:
@@ -274,6 +334,9 @@ def main() -> None:
                         help="a recipe to rank (shipped name or YAML file; repeatable; "
                              f"default: {', '.join(RECIPES)}; 'lossgain' is the method's "
                              "default ranking)")
+    parser.add_argument("--paired", action="store_true",
+                        help="also print each recipe's AUC difference from the first recipe "
+                             "on the same windows, with a paired bootstrap interval")
     parser.add_argument("--no-collect", action="store_true",
                         help="rank what the cache holds; score nothing")
     args = parser.parse_args()
@@ -310,10 +373,21 @@ def main() -> None:
         print(f"mean over categories of the minimum AUC over {', '.join(TARGET_KINDS)}: "
               f"{mean_of_minima(results[recipe]):.3f}; tuning categories only (not "
               f"{', '.join(HELD_OUT)}): {mean_of_minima(results[recipe], HELD_OUT):.3f}")
+    recipes = args.recipe or list(RECIPES)
+    paired: dict = {}
+    if args.paired and len(recipes) > 1:
+        rows_by_category = {f"{source}/{category}": rows for source, category in PLAN
+                            if (rows := probe_rows(args.cache, source, category, args.window,
+                                                   bos, 8))}
+        for other in recipes[1:]:
+            paired[other] = paired_differences(rows_by_category, recipes[0], other, args.seed,
+                                               args.bootstrap)
+            print_paired(paired[other], recipes[0], other)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "window": args.window, "natural": args.natural,
-            "seed": args.seed, "results": results}, indent=1, sort_keys=True) + "\n")
+            "seed": args.seed, "results": results, "paired_against_first": paired},
+            indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ For each size, ``select_scale.build_tables`` writes synthetic windows (no input_
 LongAttn scorer's rows (scorer_id ``bench``); then rows of two more scorers are appended to the
 same scores table, as the score job writes them (not timed):
 
-- ``bench-rp``, method ``repetition``: its twelve components in the ``components`` map
+- ``bench-rp``, method ``repetition``: its thirteen components in the ``components`` map
   (``compression``, ``dup_5gram``, ...), ``score`` = compression;
-- ``bench-lg``, method ``lossgain``: its nine components in the map (``score``,
+- ``bench-lg``, method ``lossgain``: its ten components in the map (``score``,
   ``short_loss``, ``full_loss``, ``copy_share``, ``min_cohesion``, ...), the ``score`` column
   and the ``lossgain`` struct.
 
@@ -47,6 +47,7 @@ REPETITION = {  # component -> SQL over a uniform u in [0, 1) per window (plausi
     "dup_8gram": "0.010 + 0.24 * pow({u}, 3)", "dup_9gram": "0.008 + 0.22 * pow({u}, 3)",
     "dup_10gram": "0.006 + 0.20 * pow({u}, 3)", "distinct_10gram": "1 - 0.2 * pow({u}, 3)",
     "compression": "1.35 + 0.6 * pow({u}, 2)", "lag_match": "0.02 + 0.5 * pow({u}, 4)",
+    "min_split_jaccard": "0.10 + 0.35 * {u}",
 }
 
 
@@ -73,7 +74,8 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
         "'lossgain' AS method", "'torch' AS kernel", "'bfloat16' AS dtype",
         "'bench' AS model", "2.6 + 1.6 * u2 AS short_loss", "0.02 + 0.45 * u3 AS score",
         "0.12 * pow(u4, 4) AS copy_share", "0.01 + 0.10 * u4 AS key_share",
-        "0.05 + 0.25 * u5 AS min_cohesion", "0.4 + 2.5 * pow(u6, 2) AS loss_spike"
+        "0.05 + 0.25 * u5 AS min_cohesion", "0.4 + 2.5 * pow(u6, 2) AS loss_spike",
+        "score - 0.05 - 0.1 * u6 AS min_block_gain"
     ).selectExpr(
         "*", "short_loss - score AS full_loss", "score * (1 - copy_share) AS dependency_gain",
         "key_share * (1 - copy_share) AS dependency_key_share",
@@ -83,7 +85,7 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
         "map('score', score, 'key_share', key_share, 'full_loss', full_loss, "
         "'short_loss', short_loss, 'copy_share', copy_share, 'dependency_gain', "
         "dependency_gain, 'dependency_key_share', dependency_key_share, 'min_cohesion', "
-        "min_cohesion, 'loss_spike', loss_spike) AS components")
+        "min_cohesion, 'loss_spike', loss_spike, 'min_block_gain', min_block_gain) AS components")
     location = TableRef(scores).location
     with_nulls(rp.unionByName(lg, allowMissingColumns=True), SCORES).write.format(
         "delta").mode("append").save(location)

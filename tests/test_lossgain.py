@@ -34,6 +34,7 @@ from longattn_spark.scorers.lossgain.losses import (
     cohesion_points,
     copied_targets,
     loss_spike,
+    min_block_gain,
     min_cohesion,
 )
 from longattn_spark.scorers.lossgain import (
@@ -136,6 +137,8 @@ def assert_matches(results, losses, expected, s: int) -> None:
         assert result.short_context == s
         assert result.targets == L - 2 * s
         assert result.loss_spike == pytest.approx(reference_spike(want["short"]), abs=1e-4)
+        assert result.min_block_gain == pytest.approx(
+            reference_block_gain(want["short"], want["full"], s), abs=1e-4)
 
 
 # --------------------------------------------------------------------------------------
@@ -230,6 +233,8 @@ def test_copy_components_by_hand():
     assert result.min_cohesion == 0.25                  # passed through
     # four targets, one mean of short losses 3.5, 3.0, 0.5, 4.0: no run stands out
     assert result.loss_spike == 0.0
+    # runs of S = 2 targets: gains (2.5, 0), (0, 0), (0, 2.5): the middle one
+    assert result.min_block_gain == 0.0
     assert result.copy_share == 0.5
     assert result.dependency_gain == pytest.approx(2.5 / 4)   # t = 7's gain counts zero
     assert result.dependency_key_share == 0.25          # t = 4 only
@@ -277,6 +282,35 @@ def test_cohesion_equals_python_sets():
         x = [int(v) for v in rng.integers(0, int(rng.integers(1, 40)), length)]
         assert min_cohesion(np.array(x), s) == pytest.approx(reference_cohesion(x, s),
                                                              abs=1e-12), (length, s)
+
+
+def reference_block_gain(short_targets: list[float], full_targets: list[float], s: int
+                         ) -> float:
+    """min_block_gain by the definition: the mean gain of every run of S targets (all when
+    fewer), a Python loop."""
+    gains = [a - b for a, b in zip(short_targets, full_targets, strict=True)]
+    span = min(s, len(gains))
+    return min(sum(gains[i:i + span]) / span for i in range(len(gains) - span + 1))
+
+
+def test_min_block_gain_by_hand():
+    """A window whose far context helps everywhere but over the S targets after a seam."""
+    gains = [0.5] * 300
+    gains[120:184] = [0.0] * 64  # S = 64 targets the far context does not help
+    assert min_block_gain(np.array(gains), 64) == 0.0
+    assert min_block_gain(np.array([0.5] * 300), 64) == 0.5
+    assert min_block_gain(np.array([1.0, 2.0, 6.0]), 64) == 3.0  # fewer than S: one mean
+    nan = float("nan")
+    # L = 12, S = 2: targets 4..11, gains 1, 1, 0.5, 0.5, 1, 1, 0, 3; the means of the runs
+    # of 2 are 1, 0.75, 0.5, 0.75, 1, 0.5, 1.5
+    full = np.array([nan] * 4 + [1.0] * 8)
+    short = np.array([nan] * 4 + [2.0, 2.0, 1.5, 1.5, 2.0, 2.0, 1.0, 4.0])
+    assert lossgain_from_losses(full, short, 2).min_block_gain == 0.5
+    rng = np.random.default_rng(4)
+    for size, span in ((1, 4), (63, 64), (64, 64), (65, 64), (513, 100)):
+        short_t, full_t = rng.gamma(2.0, 1.0, size), rng.gamma(2.0, 1.0, size)
+        assert min_block_gain(short_t - full_t, span) == pytest.approx(
+            reference_block_gain(short_t.tolist(), full_t.tolist(), span), abs=1e-12)
 
 
 def test_loss_spike_by_hand():
@@ -473,6 +507,8 @@ def test_real_model_matches_reference(smollm2_dir):
         assert result.min_cohesion == pytest.approx(reference_cohesion(x, s), abs=1e-12)
         assert result.loss_spike == pytest.approx(reference_spike(list(want["short"])),
                                                   abs=1e-4)
+        assert result.min_block_gain == pytest.approx(
+            reference_block_gain(list(want["short"]), list(want["full"]), s), abs=1e-4)
     # targets from 8 tokens into the copy on (the 8-grams before straddle its start): 56 of 64
     assert result.copy_share == 56 / 64 and result.score > 1.0
     # what is left is the copy's first 8 targets (an induction head needs a token or two of

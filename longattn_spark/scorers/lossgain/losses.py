@@ -42,6 +42,11 @@ unrelated texts, from one text; math version ``lossgain-3``):
 - ``loss_spike``: the means of l_short over every run of ``SPIKE_TARGETS`` consecutive
   targets in [2S, L) (all of them when fewer); ``loss_spike`` = their max minus their median.
   The start of an unrelated text is a burst the near context cannot predict.
+- ``min_block_gain`` (math version ``lossgain-4``): the means of gain[t] over every run of S
+  consecutive targets in [2S, L) (all of them when fewer); ``min_block_gain`` = their
+  minimum. Where an unrelated text starts, the far context stops helping the S targets after
+  the start; a start before 2S, which ``loss_spike`` cannot see (no target is there), leaves
+  the first targets with a far context that is the other text.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ from longattn_spark.scorers.identity import scorer_id
 #: lossgain-2: the copy components (copy_share, dependency_gain, dependency_key_share) and
 #: copy_ngram join the scores and the identity; score, key_share and the losses are unchanged.
 #: lossgain-3: the break components (min_cohesion, loss_spike) join; the rest is unchanged.
-LOSSGAIN_MATH_VERSION = "lossgain-3"
+#: lossgain-4: min_block_gain joins; the rest is unchanged.
+LOSSGAIN_MATH_VERSION = "lossgain-4"
 #: LongPPL's key-token thresholds (nats): gain > KEY_GAIN and l_full < KEY_LOSS.
 KEY_GAIN = 2.0
 KEY_LOSS = 2.0
@@ -111,6 +117,7 @@ class LossGainResult:
     dependency_key_share: float | None = None
     min_cohesion: float | None = None
     loss_spike: float | None = None
+    min_block_gain: float | None = None
 
 
 def checked_short_context(short_context: Any, seq_len: int) -> int:
@@ -188,13 +195,24 @@ def min_cohesion(x: np.ndarray, short_context: int) -> float:
     return float(best)
 
 
+def run_means(values: np.ndarray, span: int) -> np.ndarray:
+    """The means of every run of ``span`` consecutive values (one mean of all of them when
+    there are fewer), in float64."""
+    values = np.asarray(values, dtype=np.float64)
+    span = min(int(span), values.size)
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    return (sums[span:] - sums[:-span]) / span
+
+
 def loss_spike(short_targets: np.ndarray) -> float:
     """``loss_spike`` of the short losses of the targets [2S, L) (module docstring)."""
-    values = np.asarray(short_targets, dtype=np.float64)
-    span = min(SPIKE_TARGETS, values.size)
-    sums = np.cumsum(np.concatenate([[0.0], values]))
-    means = (sums[span:] - sums[:-span]) / span
+    means = run_means(short_targets, SPIKE_TARGETS)
     return float(means.max() - np.median(means))
+
+
+def min_block_gain(gain_targets: np.ndarray, short_context: int) -> float:
+    """``min_block_gain`` of the gains of the targets [2S, L) (module docstring)."""
+    return float(run_means(gain_targets, short_context).min())
 
 
 def checked_copy_ngram(copy_ngram: Any) -> int:
@@ -239,7 +257,8 @@ def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int
                           full_loss=float(full_t.mean()), short_loss=float(short_t.mean()),
                           short_context=s, targets=targets, **copies,
                           min_cohesion=None if cohesion is None else float(cohesion),
-                          loss_spike=loss_spike(short_t))
+                          loss_spike=loss_spike(short_t),
+                          min_block_gain=min_block_gain(gain, s))
 
 
 def lm_tokens_per_window(seq_len: int, short_context: int) -> int:
