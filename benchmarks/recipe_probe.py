@@ -44,7 +44,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from longattn_spark.ingest.windowing import sliding_windows  # noqa: E402
-from longattn_spark.probe.auc import auc_with_interval, bootstrap_seed  # noqa: E402
+from longattn_spark.probe.auc import (  # noqa: E402
+    auc_with_interval,
+    bootstrap_means,
+    bootstrap_seed,
+    win_matrix,
+)
 from longattn_spark.probe.controls import (  # noqa: E402
     KINDS,
     SourceWindow,
@@ -264,12 +269,6 @@ def recipe_ranks(rows: list[dict], recipe_name: str) -> tuple[np.ndarray, np.nda
     return np.where(passed, values, FILTERED), passed
 
 
-def win_matrix(natural: np.ndarray, control: np.ndarray) -> np.ndarray:
-    """1 where a natural window ranks above a control, 0.5 on ties: its mean is the AUC."""
-    return ((natural[:, None] > control[None, :])
-            + 0.5 * (natural[:, None] == control[None, :])).astype(np.float64)
-
-
 def paired_differences(rows_by_category: dict[str, list[dict]], base: str, other: str,
                        seed: int, replicates: int) -> dict:
     """AUC(other) - AUC(base) per category and kind, with a 95% interval from one bootstrap
@@ -288,13 +287,7 @@ def paired_differences(rows_by_category: dict[str, list[dict]], base: str, other
             a, b = recipe_ranks(rows, base)[0], recipe_ranks(rows, other)[0]
             nat, ctl = kinds == "natural", kinds == kind
             delta = win_matrix(b[nat], b[ctl]) - win_matrix(a[nat], a[ctl])
-            n1, n2 = delta.shape
-            c1 = np.zeros((replicates, n1))
-            c2 = np.zeros((replicates, n2))
-            rows_ix = np.arange(replicates)[:, None]
-            np.add.at(c1, (rows_ix, rng.integers(0, n1, (replicates, n1))), 1.0)
-            np.add.at(c2, (rows_ix, rng.integers(0, n2, (replicates, n2))), 1.0)
-            replicated = np.einsum("bi,ij,bj->b", c1, delta, c2, optimize=True) / (n1 * n2)
+            replicated = bootstrap_means(delta, rng, replicates)
             lo, hi = np.percentile(replicated, [2.5, 97.5])
             out.setdefault(kind, {})[category] = {"delta": float(delta.mean()),
                                                   "lo": float(lo), "hi": float(hi)}

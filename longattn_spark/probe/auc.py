@@ -38,7 +38,7 @@ def finite(values) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def _wins(natural: np.ndarray, control: np.ndarray) -> np.ndarray:
+def win_matrix(natural: np.ndarray, control: np.ndarray) -> np.ndarray:
     """``[n_natural, n_control]``: 1 where the natural window scores higher, 1/2 on ties."""
     diff = natural[:, None] - control[None, :]
     return (diff > 0).astype(np.float64) + 0.5 * (diff == 0)
@@ -46,7 +46,7 @@ def _wins(natural: np.ndarray, control: np.ndarray) -> np.ndarray:
 
 def auc(natural, control) -> float:
     natural, control = np.asarray(natural, np.float64), np.asarray(control, np.float64)
-    return float(_wins(natural, control).mean())
+    return float(win_matrix(natural, control).mean())
 
 
 def bootstrap_seed(seed: int, *parts: str) -> int:
@@ -60,19 +60,27 @@ def auc_with_interval(natural, control, seed: int, replicates: int = 1000) -> Au
     n1, n2 = len(natural), len(control)
     if n1 == 0 or n2 == 0:
         raise ValueError("AUC needs at least one natural and one control value")
-    wins = _wins(natural, control)
-    rng = np.random.default_rng(seed)
+    wins = win_matrix(natural, control)
+    replicated = bootstrap_means(wins, np.random.default_rng(seed), replicates)
+    lo, hi = np.percentile(replicated, [2.5, 97.5])
+    return AucResult(float(wins.mean()), float(lo), float(hi), n1, n2)
+
+
+def bootstrap_means(wins: np.ndarray, rng: np.random.Generator, replicates: int
+                    ) -> np.ndarray:
+    """The mean of ``wins`` ([n_natural, n_control]) in each of ``replicates`` bootstrap
+    draws, natural rows drawn first, then control columns, from ``rng``. Replicate b:
+    mean of wins[I[b]][:, J[b]] = c1_b . wins . c2_b / (n1 n2), c = draw counts. A matrix of
+    AUC differences (two rankings of the same windows) gives their paired interval."""
+    n1, n2 = wins.shape
     draws_1 = rng.integers(0, n1, (replicates, n1))
     draws_2 = rng.integers(0, n2, (replicates, n2))
-    # replicate b: mean of wins[I[b]][:, J[b]] = c1_b . wins . c2_b / (n1 n2), c = draw counts
     counts_1 = np.zeros((replicates, n1))
     counts_2 = np.zeros((replicates, n2))
     rows = np.arange(replicates)[:, None]
     np.add.at(counts_1, (rows, draws_1), 1.0)
     np.add.at(counts_2, (rows, draws_2), 1.0)
-    replicated = np.einsum("bi,ij,bj->b", counts_1, wins, counts_2, optimize=True) / (n1 * n2)
-    lo, hi = np.percentile(replicated, [2.5, 97.5])
-    return AucResult(float(wins.mean()), float(lo), float(hi), n1, n2)
+    return np.einsum("bi,ij,bj->b", counts_1, wins, counts_2, optimize=True) / (n1 * n2)
 
 
 def verdict(kind: str, result: AucResult | None, skipped: str | None = None) -> str:
