@@ -216,7 +216,6 @@ def probe_rows(cache: Path, source: str, category: str, window: int, bos_id: int
     collections, shifting which windows a chunk's positions hold) is left out, with its
     controls (they carry its window_id): each natural window counts once."""
     rows = []
-    k = window // 4
     seen: set[str] = set()
     for path in sorted(cache.glob(f"{source}-{category}-*.npz")):
         z = np.load(path)
@@ -226,17 +225,26 @@ def probe_rows(cache: Path, source: str, category: str, window: int, bos_id: int
                 continue
             if str(z["kind"][i]) == "natural":
                 seen.add(str(z["window_id"][i]))
-            x = np.concatenate([[bos_id], z["ids"][i][:window - 1]]).astype(np.int64)
-            lg = lossgain_from_losses(z["full"][i], z["short"][i], k,
-                                      copied_targets(x, k, copy_ngram), min_cohesion(x, k))
-            components = {f"lossgain.{n}": getattr(lg, n) for n in LOSSGAIN.components}
-            components.update({f"repetition.{n}": v
-                               for n, v in repetition_stats(z["ids"][i]).items()})
+            components = scorer_components(z["ids"][i], z["full"][i], z["short"][i], window,
+                                           bos_id, copy_ngram)
             components.update({"longattn.ds": float(z["ds"][i]),
                                "longattn.variance": float(z["variance"][i])})
             rows.append({"kind": str(z["kind"][i]), "category": category,
                          "window_id": str(z["window_id"][i]), "components": components})
     return rows
+
+
+def scorer_components(ids: np.ndarray, full: np.ndarray, short: np.ndarray, window: int,
+                      bos_id: int, copy_ngram: int) -> dict[str, float]:
+    """One window's loss-gain and repetition components, qualified, from its ids and its
+    model passes' per-token losses (as the score job's executors compute them)."""
+    k = window // 4
+    x = np.concatenate([[bos_id], ids[:window - 1]]).astype(np.int64)
+    lg = lossgain_from_losses(full, short, k, copied_targets(x, k, copy_ngram),
+                              min_cohesion(x, k))
+    components = {f"lossgain.{n}": getattr(lg, n) for n in LOSSGAIN.components}
+    components.update({f"repetition.{n}": v for n, v in repetition_stats(ids).items()})
+    return components
 
 
 def recipe_aucs(rows: list[dict], recipe_name: str, seed: int, replicates: int) -> dict:

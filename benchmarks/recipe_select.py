@@ -6,7 +6,7 @@ same scores table, as the score job writes them (not timed):
 
 - ``bench-rp``, method ``repetition``: its thirteen components in the ``components`` map
   (``compression``, ``dup_5gram``, ...), ``score`` = compression;
-- ``bench-lg``, method ``lossgain``: its ten components in the map (``score``,
+- ``bench-lg``, method ``lossgain``: its eleven components in the map (``score``,
   ``short_loss``, ``full_loss``, ``copy_share``, ``min_cohesion``, ...), the ``score`` column
   and the ``lossgain`` struct.
 
@@ -75,7 +75,7 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
         "'bench' AS model", "2.6 + 1.6 * u2 AS short_loss", "0.02 + 0.45 * u3 AS score",
         "0.12 * pow(u4, 4) AS copy_share", "0.01 + 0.10 * u4 AS key_share",
         "0.05 + 0.25 * u5 AS min_cohesion", "0.4 + 2.5 * pow(u6, 2) AS loss_spike",
-        "score - 0.05 - 0.1 * u6 AS min_block_gain"
+        "score - 0.05 - 0.1 * u6 AS min_block_gain", "0.3 + 0.4 * pow(u5, 2) AS loss_roughness"
     ).selectExpr(
         "*", "short_loss - score AS full_loss", "score * (1 - copy_share) AS dependency_gain",
         "key_share * (1 - copy_share) AS dependency_key_share",
@@ -85,7 +85,8 @@ def add_recipe_scorers(spark, scores: str, rows: int) -> None:
         "map('score', score, 'key_share', key_share, 'full_loss', full_loss, "
         "'short_loss', short_loss, 'copy_share', copy_share, 'dependency_gain', "
         "dependency_gain, 'dependency_key_share', dependency_key_share, 'min_cohesion', "
-        "min_cohesion, 'loss_spike', loss_spike, 'min_block_gain', min_block_gain) AS components")
+        "min_cohesion, 'loss_spike', loss_spike, 'min_block_gain', min_block_gain, "
+        "'loss_roughness', loss_roughness) AS components")
     location = TableRef(scores).location
     with_nulls(rp.unionByName(lg, allowMissingColumns=True), SCORES).write.format(
         "delta").mode("append").save(location)
@@ -133,9 +134,15 @@ def main() -> None:
     parser.add_argument("--also-recipe", default="",
                         help="a recipe (name or YAML file) also timed in each round, after "
                              "the pair, against the same LDS (e.g. an earlier recipe)")
+    parser.add_argument("--recipe", default="recommended",
+                        help="the recipe timed against LDS (name or YAML file)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra Spark setting of the embedded session (repeatable)")
     args = parser.parse_args()
+    RECIPE[1] = args.recipe
 
-    root, settings, spark = work_session(args.dir, "recipe-select")
+    root, settings, spark = work_session(args.dir, "recipe-select",
+                                         dict(c.split("=", 1) for c in args.conf))
     cores = spark.sparkContext.defaultParallelism
     results: list[tuple[int, int, float, float, int]] = []
     t0 = time.perf_counter()
@@ -179,7 +186,7 @@ def main() -> None:
                       f"{seconds['recipe'] / seconds['lds']:.2f}, CPU "
                       f"{cpu['recipe'] / cpu['lds']:.2f}; recipe selection rows "
                       f"{n_sel:,} ({'=' if n_sel == rows else '!='} windows {rows:,})")
-        print(f"\nrecipe_select: local Spark ({cores} cores), recipe 'recommended' over 2 "
+        print(f"\nrecipe_select: local Spark ({cores} cores), recipe {args.recipe!r} over 2 "
               f"scorers vs LDS over 1, same windows, --keep-fraction 0.5")
         print(f"{'rows':>12}{'round':>7}{'LDS s':>9}{'recipe s':>10}{'recipe/LDS':>12}"
               f"{'LDS CPU':>9}{'rec CPU':>9}{'CPU ratio':>11}{'recipe rows':>13}")

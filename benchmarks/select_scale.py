@@ -127,15 +127,16 @@ def pandas_select(windows: str, scores: str, out: Path, keep_fraction: float | N
     return time.perf_counter() - start
 
 
-def work_session(folder: str, name: str):
+def work_session(folder: str, name: str, conf: dict[str, str] | None = None):
     """The benchmark's work folder (``folder`` or a temporary one), Spark settings with a
-    lakehouse in it, and the session."""
+    lakehouse in it (and ``conf`` as extra Spark settings), and the session."""
     from longattn_spark.config import SparkSettings
     from longattn_spark.session import get_spark
 
     root = Path(folder or tempfile.mkdtemp(prefix=name.replace("-", "_") + "_")).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    settings = SparkSettings(lakehouse=str(root / "lakehouse"), catalog="in-memory")
+    settings = SparkSettings(lakehouse=str(root / "lakehouse"), catalog="in-memory",
+                             spark_conf=dict(conf or {}))
     return root, settings, get_spark(settings, app_name=name)
 
 

@@ -29,6 +29,10 @@ SPARK_DEFAULT_LOG4J = ("org/apache/spark/log4j2-defaults.properties",
 LOCAL_DEFAULTS = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.adaptive.enabled": "true",
+    # batch shuffles start at 64 partitions and adaptive execution coalesces them to about
+    # 64 MB each: a select over 10M windows whose recipe reads eight components ran out of a
+    # 4 GB heap with 8 (streaming, where adaptive execution does not run, keeps the 8)
+    "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "64",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.python.worker.reuse": "true",
     "spark.databricks.delta.snapshotPartitions": "2",

@@ -30,9 +30,11 @@ from transformers import (
 from longattn_spark.errors import ConfigError, InputError
 from longattn_spark.reasons import NON_FINITE_LOSS
 from longattn_spark.scorers.lossgain.losses import (
+    ROUGHNESS_TARGETS,
     SPIKE_TARGETS,
     cohesion_points,
     copied_targets,
+    loss_roughness,
     loss_spike,
     min_block_gain,
     min_cohesion,
@@ -139,6 +141,8 @@ def assert_matches(results, losses, expected, s: int) -> None:
         assert result.loss_spike == pytest.approx(reference_spike(want["short"]), abs=1e-4)
         assert result.min_block_gain == pytest.approx(
             reference_block_gain(want["short"], want["full"], s), abs=1e-4)
+        assert result.loss_roughness == pytest.approx(reference_roughness(want["short"]),
+                                                      abs=1e-4)
 
 
 # --------------------------------------------------------------------------------------
@@ -311,6 +315,42 @@ def test_min_block_gain_by_hand():
         short_t, full_t = rng.gamma(2.0, 1.0, size), rng.gamma(2.0, 1.0, size)
         assert min_block_gain(short_t - full_t, span) == pytest.approx(
             reference_block_gain(short_t.tolist(), full_t.tolist(), span), abs=1e-12)
+
+
+def reference_roughness(short_targets: list[float]) -> float:
+    """loss_roughness by the definition, a Python loop: the mean of |m[i + 8] - m[i]| over the
+    means m of every run of 8 targets (0 when fewer than 16 targets)."""
+    if len(short_targets) < 16:
+        return 0.0
+    means = [sum(short_targets[i:i + 8]) / 8 for i in range(len(short_targets) - 7)]
+    jumps = [abs(means[i + 8] - means[i]) for i in range(len(means) - 8)]
+    return sum(jumps) / len(jumps)
+
+
+def test_loss_roughness_by_hand():
+    assert ROUGHNESS_TARGETS == 8
+    flat = [2.0] * 200
+    assert loss_roughness(np.array(flat)) == 0.0
+    assert loss_roughness(np.array([1.0, 9.0] * 7)) == 0.0      # fewer than 16 targets
+    # one step from 1 to 3 nats: 185 pairs of runs 8 apart; the 15 that straddle the step
+    # differ by 2/8, 4/8, .., 16/8, 14/8, .., 2/8 nats (16 in all), the others by 0
+    step = [1.0] * 100 + [3.0] * 100
+    assert loss_roughness(np.array(step)) == pytest.approx(16 / 185)
+    # the near context fails and recovers every 16 targets: a run of 8 holding a of the 6s
+    # and one 8 later holding 8 - a differ by |a - 4| nats, 2 on average over a period
+    period = ([6.0] * 8 + [2.0] * 8) * 12
+    assert loss_roughness(np.array(period)) == pytest.approx(reference_roughness(period))
+    assert loss_roughness(np.array(period)) == pytest.approx(2.0, abs=0.03)
+    # L = 40, S = 4: 32 targets, short losses 1 then 5 from target 16 on
+    nan = float("nan")
+    short = np.array([nan] * 8 + [1.0] * 16 + [5.0] * 16)
+    assert lossgain_from_losses(np.ones(40), short, 4).loss_roughness == pytest.approx(
+        reference_roughness([1.0] * 16 + [5.0] * 16))
+    rng = np.random.default_rng(5)
+    for size in (15, 16, 17, 100, 513):
+        values = rng.gamma(2.0, 1.0, size)
+        assert loss_roughness(values) == pytest.approx(reference_roughness(values.tolist()),
+                                                       abs=1e-12)
 
 
 def test_loss_spike_by_hand():
@@ -509,6 +549,8 @@ def test_real_model_matches_reference(smollm2_dir):
                                                   abs=1e-4)
         assert result.min_block_gain == pytest.approx(
             reference_block_gain(list(want["short"]), list(want["full"]), s), abs=1e-4)
+        assert result.loss_roughness == pytest.approx(
+            reference_roughness(list(want["short"])), abs=1e-4)
     # targets from 8 tokens into the copy on (the 8-grams before straddle its start): 56 of 64
     assert result.copy_share == 56 / 64 and result.score > 1.0
     # what is left is the copy's first 8 targets (an induction head needs a token or two of

@@ -6,9 +6,9 @@ computed with the code before the refactor that gave scorer_id hashing one home
 The model is written by hand (config.json and safetensors of fixed tensors, no random
 generator), so the ids depend on the product's hashing only.
 
-Loss gain's pin moved on purpose three times: math version lossgain-2 added the copy components,
-lossgain-3 the break components and lossgain-4 ``min_block_gain`` (issue 29), so its rows differ
-and its ids with them. The repetition statistics' pin moved three times, on purpose:
+Loss gain's pin moved on purpose four times: math version lossgain-2 added the copy components,
+lossgain-3 the break components, lossgain-4 ``min_block_gain`` and lossgain-5
+``loss_roughness`` (issue 29), so its rows differ and its ids with them. The repetition statistics' pin moved three times, on purpose:
 repetition-2 added ``lag_match``, repetition-3 measures ``compression`` with zlib-ng (its
 version is part of the id), and repetition-4 added ``min_split_jaccard``."""
 
@@ -87,7 +87,8 @@ def test_whole_model_fingerprint_and_ids_are_pinned(model):
         retokenized_with="tok-0123456789abcdef")) == "pl-997af7a296cfd66ac67d308c"
     assert lossgain_id(lossgain_fields(raw, weights_sha256=WEIGHTS, seq_len=64,
                                        short_context=16, dtype="float32", bos_id=1)) == \
-        "lg-162c5842660a4e6bf21f190d"  # lossgain-4 (min_block_gain): was
+        "lg-27d2e6ecadfaf1e008cbcdfe"  # lossgain-5 (loss_roughness): was
+    # lg-162c5842660a4e6bf21f190d (lossgain-4, whose rows lack loss_roughness),
     # lg-eeaeceba8ffe062311cf3b77 (lossgain-3, whose rows lack min_block_gain),
     # lg-7922fc6acb26105fd41df6e2 (lossgain-2, whose rows lack min_cohesion and loss_spike),
     # and before it lg-8418d03d72bd45ad0190ccef (whose rows lack copy_share, dependency_gain)

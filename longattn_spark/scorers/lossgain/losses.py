@@ -47,6 +47,12 @@ unrelated texts, from one text; math version ``lossgain-3``):
   minimum. Where an unrelated text starts, the far context stops helping the S targets after
   the start; a start before 2S, which ``loss_spike`` cannot see (no target is there), leaves
   the first targets with a far context that is the other text.
+- ``loss_roughness`` (math version ``lossgain-5``): m[i] = the mean of l_short over the run of
+  ``ROUGHNESS_TARGETS`` (R) consecutive targets from the i-th target of [2S, L);
+  ``loss_roughness`` = the mean of |m[i + R] - m[i]| over every i (0 when fewer than 2R
+  targets): how much the near-context loss jumps between neighbouring runs of R targets. Text
+  whose order was broken in many places (sentences or blocks shuffled) makes the near context
+  fail, then recover, again and again; one text, or one seam, does not.
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ from longattn_spark.scorers.identity import scorer_id
 #: copy_ngram join the scores and the identity; score, key_share and the losses are unchanged.
 #: lossgain-3: the break components (min_cohesion, loss_spike) join; the rest is unchanged.
 #: lossgain-4: min_block_gain joins; the rest is unchanged.
-LOSSGAIN_MATH_VERSION = "lossgain-4"
+#: lossgain-5: loss_roughness joins; the rest is unchanged.
+LOSSGAIN_MATH_VERSION = "lossgain-5"
 #: LongPPL's key-token thresholds (nats): gain > KEY_GAIN and l_full < KEY_LOSS.
 KEY_GAIN = 2.0
 KEY_LOSS = 2.0
@@ -74,6 +81,8 @@ KEY_LOSS = 2.0
 DEFAULT_COPY_NGRAM = 8
 #: consecutive targets per mean in ``loss_spike``
 SPIKE_TARGETS = 16
+#: consecutive targets per mean in ``loss_roughness``
+ROUGHNESS_TARGETS = 8
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class LossGainResult:
     min_cohesion: float | None = None
     loss_spike: float | None = None
     min_block_gain: float | None = None
+    loss_roughness: float | None = None
 
 
 def checked_short_context(short_context: Any, seq_len: int) -> int:
@@ -215,6 +225,14 @@ def min_block_gain(gain_targets: np.ndarray, short_context: int) -> float:
     return float(run_means(gain_targets, short_context).min())
 
 
+def loss_roughness(short_targets: np.ndarray) -> float:
+    """``loss_roughness`` of the short losses of the targets [2S, L) (module docstring)."""
+    if np.asarray(short_targets).size < 2 * ROUGHNESS_TARGETS:
+        return 0.0
+    means = run_means(short_targets, ROUGHNESS_TARGETS)
+    return float(np.abs(means[ROUGHNESS_TARGETS:] - means[:-ROUGHNESS_TARGETS]).mean())
+
+
 def checked_copy_ngram(copy_ngram: Any) -> int:
     """``copy_ngram`` as an int >= 1 (one-line ``ConfigError`` otherwise)."""
     if isinstance(copy_ngram, bool) or not isinstance(copy_ngram, (int, np.integer)) \
@@ -258,7 +276,8 @@ def lossgain_from_losses(full: np.ndarray, short: np.ndarray, short_context: int
                           short_context=s, targets=targets, **copies,
                           min_cohesion=None if cohesion is None else float(cohesion),
                           loss_spike=loss_spike(short_t),
-                          min_block_gain=min_block_gain(gain, s))
+                          min_block_gain=min_block_gain(gain, s),
+                          loss_roughness=loss_roughness(short_t))
 
 
 def lm_tokens_per_window(seq_len: int, short_context: int) -> int:

@@ -61,11 +61,11 @@ class LossGainMethod(ScorerMethod):
     summary = ("loss gain with the whole causal LM: mean drop of the per-token loss with the "
                "whole window against a short context (--option short_context=S), how much of "
                "it is copying (--option copy_ngram=m), and signs of a seam (min_cohesion, "
-               "loss_spike, min_block_gain)")
+               "loss_spike, min_block_gain) and of broken order (loss_roughness)")
     Options = LossGainOptions
     components = ("score", "key_share", "full_loss", "short_loss", "copy_share",
                   "dependency_gain", "dependency_key_share", "min_cohesion", "loss_spike",
-                  "min_block_gain")
+                  "min_block_gain", "loss_roughness")
     out_fields = (SCORES.schema["score"], SCORES.schema["lossgain"])
 
     def validate(self, cfg, options: LossGainOptions) -> None:
