@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args()
+    if args.category.count("/") != 1:
+        parser.error(f"--category {args.category!r}: source/category, e.g. boilerplate/bundle")
     if not args.model:
         from longattn_spark.models.gguf import cached_smollm2
 

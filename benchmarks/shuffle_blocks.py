@@ -104,7 +104,15 @@ def main() -> None:
                              "default recommended)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    args.blocks = tuple(int(b) for b in args.blocks.split(","))
+    try:
+        args.blocks = tuple(int(b) for b in args.blocks.split(","))
+    except ValueError:
+        parser.error(f"--blocks {args.blocks!r}: comma-separated integers, e.g. 16,32,128")
+    if any(b < 1 or args.window % b for b in args.blocks):
+        parser.error(f"--blocks {args.blocks}: each must divide --window {args.window}")
+    for name in args.category:
+        if name.count("/") != 1:
+            parser.error(f"--category {name!r}: source/category, e.g. demo/code")
     if not args.model:
         from longattn_spark.models.gguf import cached_smollm2
 
