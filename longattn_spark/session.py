@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from longattn_spark.config import SparkSettings
+from longattn_spark.paths.shell import pyspark_home
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -206,6 +207,60 @@ def arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
             spark.conf.set(key, previous)
 
 
+def local_defaults(user: dict[str, str]) -> dict[str, str]:
+    """The embedded session's defaults (``LOCAL_DEFAULTS``) less every key the user already set
+    in ``spark-defaults.conf`` or ``SPARK_SUBMIT_OPTS``: a setting passed to the builder
+    outranks both, so a default set there would silently override the user's file. The
+    driver's Java options are the user's followed by ours (Netty needs reflection)."""
+    conf = {key: value for key, value in LOCAL_DEFAULTS.items() if key not in user}
+    java_options = "spark.driver.extraJavaOptions"
+    conf[java_options] = " ".join(filter(None, [user.get(java_options, ""),
+                                                LOCAL_DEFAULTS[java_options]]))
+    return conf
+
+
+def user_spark_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """The Spark settings the launcher gives the embedded driver before the builder's: the
+    ``spark-defaults.conf`` of ``$SPARK_CONF_DIR`` (else ``$SPARK_HOME/conf``, pyspark's own
+    folder when SPARK_HOME is unset), then the ``-Dspark.*`` options of
+    ``$SPARK_SUBMIT_OPTS``."""
+    home = env.get("SPARK_HOME") or pyspark_home()
+    conf_dir = env.get("SPARK_CONF_DIR") or (str(Path(home, "conf")) if home else "")
+    path = Path(conf_dir, "spark-defaults.conf") if conf_dir else None
+    settings = spark_properties(path.read_text(encoding="utf-8")) \
+        if path is not None and path.is_file() else {}
+    settings.update(submit_opts_properties(env.get("SPARK_SUBMIT_OPTS", "")))
+    return settings
+
+
+def spark_properties(text: str) -> dict[str, str]:
+    """The ``spark.*`` settings of a Java properties file as Spark's launcher reads
+    ``spark-defaults.conf``: ``#`` and ``!`` comment lines; a key ends at the first
+    whitespace, ``=`` or ``:``; the value is trimmed."""
+    settings = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        match = re.match(r"([^\s=:]+)\s*[=:\s]\s*(.*)$", line)
+        key, value = (match.group(1), match.group(2).strip()) if match else (line, "")
+        if key.startswith("spark."):
+            settings[key] = value
+    return settings
+
+
+def submit_opts_properties(opts: str) -> dict[str, str]:
+    """The ``-Dspark.key=value`` options of a ``SPARK_SUBMIT_OPTS`` string."""
+    import shlex
+
+    settings = {}
+    for word in shlex.split(opts):
+        if word.startswith("-Dspark."):
+            key, _, value = word[2:].partition("=")
+            settings[key] = value
+    return settings
+
+
 def lakehouse_path(settings: SparkSettings) -> Path:
     return Path(settings.lakehouse).expanduser().resolve()
 
@@ -220,7 +275,7 @@ def _local_session(settings: SparkSettings, app_name: str) -> SparkSession:
     ivy = Path(settings.ivy_cache).expanduser().resolve()
     ivy.mkdir(parents=True, exist_ok=True)
 
-    conf = dict(LOCAL_DEFAULTS)
+    conf = local_defaults(user_spark_defaults(os.environ))
     conf.update({
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,

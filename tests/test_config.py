@@ -1,14 +1,17 @@
-"""The one config object: defaults < YAML < flags; bad options get one clear line."""
+"""The one config object: defaults < YAML < flags; bad options get one clear line; the embedded
+session's own defaults yield to the user's spark-defaults.conf."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from longattn_spark import session
 from longattn_spark.cli import parse_config
 from longattn_spark.config import load_config
 from longattn_spark.errors import ConfigError
@@ -106,3 +109,64 @@ def test_help_shows_defaults():
     assert "--window-size" in result.stdout and "32768" in result.stdout
     assert "(required)" in result.stdout
     assert run_cli("--help").returncode == 0
+
+
+# --- the embedded session's defaults yield to the user's spark-defaults.conf -----------------
+
+def test_spark_properties_reads_the_launchers_file_format():
+    text = ("# a comment\n! another\n\nspark.a  1\nspark.b=2\n  spark.c : x y  \n"
+            "spark.d\nhadoop.x 5\nspark.e\t-Dk=v -Dq=w\n")
+    assert session.spark_properties(text) == {"spark.a": "1", "spark.b": "2", "spark.c": "x y",
+                                              "spark.d": "", "spark.e": "-Dk=v -Dq=w"}
+
+
+def test_submit_opts_override_the_file(tmp_path):
+    (tmp_path / "spark-defaults.conf").write_text("spark.a 1\nspark.b 2\n")
+    env = {"SPARK_CONF_DIR": str(tmp_path),
+           "SPARK_SUBMIT_OPTS": "-Xmx1g -Dspark.b=3 -Dother=1 '-Dspark.c=a b'"}
+    assert session.user_spark_defaults(env) == {"spark.a": "1", "spark.b": "3", "spark.c": "a b"}
+    assert session.user_spark_defaults({"SPARK_CONF_DIR": str(tmp_path / "none")}) == {}
+
+
+def test_local_defaults_leave_out_what_the_user_set():
+    key = "spark.sql.adaptive.coalescePartitions.initialPartitionNum"
+    java = "spark.driver.extraJavaOptions"
+    assert session.local_defaults({}) == session.LOCAL_DEFAULTS
+    conf = session.local_defaults({key: "4", java: "-Dmine=1"})
+    assert key not in conf
+    assert conf[java] == "-Dmine=1 " + session.LOCAL_DEFAULTS[java]
+    assert {k: v for k, v in conf.items() if k != java} == \
+        {k: v for k, v in session.LOCAL_DEFAULTS.items() if k not in (key, java)}
+
+
+def test_embedded_session_keeps_the_users_spark_defaults(tmp_path):
+    """A real embedded session started as the CLI jobs start it: settings from the user's
+    spark-defaults.conf (and SPARK_SUBMIT_OPTS) win over the product's own defaults, which
+    fill in the rest."""
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text(
+        "spark.sql.adaptive.coalescePartitions.initialPartitionNum 7\n"
+        "spark.driver.extraJavaOptions -Dlongattn.test.mine=1\n")
+    code = (
+        "import json, sys\n"
+        "from longattn_spark.config import SparkSettings\n"
+        "from longattn_spark.session import get_spark\n"
+        "spark = get_spark(SparkSettings(lakehouse=sys.argv[1]))\n"
+        "keys = ['spark.sql.adaptive.coalescePartitions.initialPartitionNum',\n"
+        "        'spark.databricks.delta.snapshotPartitions', 'spark.sql.shuffle.partitions',\n"
+        "        'spark.driver.extraJavaOptions']\n"
+        "print(json.dumps({k: spark.conf.get(k, None) for k in keys}))\n"
+        "spark.stop()\n")
+    env = {**os.environ, "SPARK_CONF_DIR": str(conf_dir),
+           "SPARK_SUBMIT_OPTS": "-Dspark.databricks.delta.snapshotPartitions=3"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lake")], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["spark.sql.adaptive.coalescePartitions.initialPartitionNum"] == "7"
+    assert got["spark.databricks.delta.snapshotPartitions"] == "3"
+    assert got["spark.sql.shuffle.partitions"] == "8"            # the product's default
+    java = got["spark.driver.extraJavaOptions"].split()
+    assert java[0] == "-Dlongattn.test.mine=1"
+    assert "-Dio.netty.tryReflectionSetAccessible=true" in java

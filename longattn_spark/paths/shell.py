@@ -35,7 +35,7 @@ def fs_shell_command(work: str) -> tuple[list[str], dict[str, str]]:
         Path(work, "conf").mkdir(exist_ok=True)
         Path(work, "conf", "core-site.xml").write_text(hadoop_xml(()))
         env["HADOOP_CONF_DIR"] = str(Path(work, "conf"))
-    spark_home = env.get("SPARK_HOME") or _pyspark_home()
+    spark_home = env.get("SPARK_HOME") or pyspark_home()
     spark_class = Path(spark_home, "bin", "spark-class") if spark_home else None
     if spark_class is not None and spark_class.is_file():
         env["SPARK_HOME"] = spark_home
@@ -47,7 +47,7 @@ def fs_shell_command(work: str) -> tuple[list[str], dict[str, str]]:
                        "to reach a Hadoop filesystem")
 
 
-def _pyspark_home() -> str | None:
+def pyspark_home() -> str | None:
     try:
         import pyspark
     except ImportError:
