@@ -227,10 +227,24 @@ def user_spark_defaults(env: Mapping[str, str]) -> dict[str, str]:
     home = env.get("SPARK_HOME") or pyspark_home()
     conf_dir = env.get("SPARK_CONF_DIR") or (str(Path(home, "conf")) if home else "")
     path = Path(conf_dir, "spark-defaults.conf") if conf_dir else None
-    settings = spark_properties(path.read_text(encoding="utf-8")) \
+    settings = spark_properties(properties_text(path)) \
         if path is not None and path.is_file() else {}
     settings.update(submit_opts_properties(env.get("SPARK_SUBMIT_OPTS", "")))
     return settings
+
+
+def properties_text(path: Path) -> str:
+    """The text of a ``spark-defaults.conf`` (UTF-8, as Spark reads it), or a one-line
+    ConfigError naming the file."""
+    from longattn_spark.errors import ConfigError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); Spark reads "
+                          "spark-defaults.conf as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def spark_properties(text: str) -> dict[str, str]:
@@ -253,8 +267,12 @@ def submit_opts_properties(opts: str) -> dict[str, str]:
     """The ``-Dspark.key=value`` options of a ``SPARK_SUBMIT_OPTS`` string."""
     import shlex
 
+    try:
+        words = shlex.split(opts)
+    except ValueError:  # an unbalanced quote: the shell that runs the launcher splits on spaces
+        words = opts.split()
     settings = {}
-    for word in shlex.split(opts):
+    for word in words:
         if word.startswith("-Dspark."):
             key, _, value = word[2:].partition("=")
             settings[key] = value

@@ -170,3 +170,11 @@ def test_embedded_session_keeps_the_users_spark_defaults(tmp_path):
     java = got["spark.driver.extraJavaOptions"].split()
     assert java[0] == "-Dlongattn.test.mine=1"
     assert "-Dio.netty.tryReflectionSetAccessible=true" in java
+
+
+def test_unreadable_spark_defaults_is_one_line_naming_the_file(tmp_path):
+    (tmp_path / "spark-defaults.conf").write_bytes(b"spark.a 1\nspark.b \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"spark-defaults.conf: not UTF-8 text \(byte 18\)"):
+        session.user_spark_defaults({"SPARK_CONF_DIR": str(tmp_path)})
+    # an unbalanced quote in SPARK_SUBMIT_OPTS is split on spaces, not a stack trace
+    assert session.submit_opts_properties("-Dspark.a=1 '-Dspark.b=2") == {"spark.a": "1"}
