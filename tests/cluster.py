@@ -84,13 +84,10 @@ def spark_jvm_options() -> str:
 
 def spark_defaults_for_tests() -> dict[str, str]:
     """tests/spark-conf/spark-defaults.conf as a dict: the settings every Spark the tests
-    start shares (kilobyte tables: no code generation)."""
-    out = {}
-    for line in (TEST_SPARK_CONF_DIR / "spark-defaults.conf").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, value = line.split(None, 1)
-            out[key] = value.strip()
-    return out
+    start shares (kilobyte tables: no code generation), read as the product reads a user's."""
+    from longattn_spark.session import spark_properties
+
+    return spark_properties((TEST_SPARK_CONF_DIR / "spark-defaults.conf").read_text())
 
 
 DAEMON_JAVA_OPTS = JVM_OPTS
