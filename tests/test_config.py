@@ -178,3 +178,16 @@ def test_unreadable_spark_defaults_is_one_line_naming_the_file(tmp_path):
         session.user_spark_defaults({"SPARK_CONF_DIR": str(tmp_path)})
     # an unbalanced quote in SPARK_SUBMIT_OPTS is split on spaces, not a stack trace
     assert session.submit_opts_properties("-Dspark.a=1 '-Dspark.b=2") == {"spark.a": "1"}
+
+
+def test_a_spark_defaults_that_fails_to_read_is_one_line_naming_the_file(tmp_path):
+    """A file that exists but cannot be read (here a link to /proc/self/mem, which is a regular
+    file that answers every read at offset 0 with EIO, even for root): the OS's reason and
+    the path, no stack trace."""
+    conf = tmp_path / "spark-defaults.conf"
+    conf.symlink_to("/proc/self/mem")
+    assert conf.is_file()
+    with pytest.raises(ConfigError) as raised:
+        session.user_spark_defaults({"SPARK_CONF_DIR": str(tmp_path)})
+    line = str(raised.value)
+    assert line == f"{conf}: cannot be read (Input/output error)"
