@@ -163,7 +163,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         with tempfile.TemporaryDirectory() as tmp:
             pacct = Path(tmp) / "pacct"
-            code, wall, busy, lasting = run_accounted(args.command or DEFAULT_COMMAND, pacct)
+            try:
+                code, wall, busy, lasting = run_accounted(args.command or DEFAULT_COMMAND, pacct)
+            except subprocess.CalledProcessError as exc:
+                print(f"suite_cpu: {' '.join(exc.cmd)} failed: "
+                      f"{(exc.stderr or b'').decode(errors='replace').strip() or exc}",
+                      file=sys.stderr)
+                return 2
+            except OSError as exc:
+                print(f"suite_cpu: process accounting into {pacct}: {exc}", file=sys.stderr)
+                return 2
             records = read_records(pacct)
     table = cpu_by_kind(records, wall)
     ended = sum(c for _, c in table.values())
