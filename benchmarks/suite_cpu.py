@@ -146,15 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wall", type=float, help="with --pacct: the run's wall seconds")
     parser.add_argument("command", nargs="*", help="the command to run (after --)")
     args = parser.parse_args(argv)
+    if args.wall is not None and args.pacct is None:
+        parser.error("--wall goes with --pacct (a run measures its own wall time)")
     if shutil.which("dump-acct") is None or shutil.which("accton") is None:
         print("suite_cpu: needs Debian's acct package (accton, dump-acct): "
               "apt-get install acct", file=sys.stderr)
         return 2
     if args.pacct is not None:
         if not args.pacct.is_file():
-            print(f"suite_cpu: --pacct {args.pacct}: no such file", file=sys.stderr)
+            print(f"suite_cpu: --pacct {args.pacct}: not a file", file=sys.stderr)
             return 2
-        records = read_records(args.pacct)
+        try:
+            records = read_records(args.pacct)
+        except subprocess.CalledProcessError as exc:
+            print(f"suite_cpu: --pacct {args.pacct}: dump-acct cannot read it "
+                  f"({exc.stderr.strip() or exc})", file=sys.stderr)
+            return 2
+        if not records:
+            print(f"suite_cpu: --pacct {args.pacct}: no process accounting records "
+                  "(not a file written by accton?)", file=sys.stderr)
+            return 2
         wall = args.wall or max((r.life_s for r in records), default=0.0)
         code, busy, lasting = 0, None, []
     else:
