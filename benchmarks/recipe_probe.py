@@ -6,8 +6,9 @@ seeded hash order are the natural sample, the first twice as many the donors; ev
 kind is built from them by the probe's own code (``probe.controls``); every window is scored
 by the product's scorers called as libraries (no Spark: the same code the score job's
 executors run): loss gain with the real SmolLM2-135M (per-token losses, then
-``lossgain_from_losses`` with the copy and break components), the repetition statistics, and LongAttn at
-layer 0. Then each recipe is ranked as ``probe`` ranks it (``probe.ranking``: filters and rank
+``lossgain_from_losses`` with the copy and break components), the repetition statistics, the
+cohesion statistic (its vocabulary: every window of the category in the cache, natural and
+controls, as ``probe`` plans it over its staging table), and LongAttn at layer 0. Then each recipe is ranked as ``probe`` ranks it (``probe.ranking``: filters and rank
 over the natural sample's category statistics, a filtered row ranked last) and the AUC of
 natural over each control kind is printed with its seeded bootstrap 95% interval.
 
@@ -61,6 +62,7 @@ from longattn_spark.probe.controls import (  # noqa: E402
 from longattn_spark.probe.ranking import FILTERED, rank_rows  # noqa: E402
 from longattn_spark.recipes.checked import check_recipe  # noqa: E402
 from longattn_spark.recipes.recipe import load_recipe  # noqa: E402
+from longattn_spark.scorers.cohesion.stats import cohesion_stats, vocabulary_of  # noqa: E402
 from longattn_spark.scorers.lossgain.losses import (  # noqa: E402
     copied_targets,
     lossgain_from_losses,
@@ -245,7 +247,14 @@ def probe_rows(cache: Path, source: str, category: str, window: int, bos_id: int
             components.update({"longattn.ds": float(z["ds"][i]),
                                "longattn.variance": float(z["variance"][i])})
             rows.append({"kind": str(z["kind"][i]), "category": category,
-                         "window_id": str(z["window_id"][i]), "components": components})
+                         "window_id": str(z["window_id"][i]), "components": components,
+                         "ids": z["ids"][i]})
+    # cohesion's vocabulary: every probe window of the category, natural and controls, as the
+    # probe's score job plans it over its staging table
+    vocabulary = vocabulary_of(r["ids"] for r in rows)
+    for r in rows:
+        r["components"].update({f"cohesion.{n}": v for n, v in
+                                cohesion_stats(r.pop("ids"), vocabulary, 2.0).items()})
     return rows
 
 

@@ -13,6 +13,10 @@ Each statistic as its scorer computes it, higher = more like one text:
 - ``min_cohesion`` (``scorers/lossgain/losses.py``), on the model input x (BOS + the window's
   first L - 1 ids): the lowest Jaccard share of distinct tokens between the S tokens before
   and after a point;
+- ``min_split_idf`` (``scorers/cohesion/stats.py``), on the window's first L - 1 ids: as
+  ``min_split_jaccard`` with each distinct token weighted by its inverse document frequency
+  (squared, the default) among every window of the category here, natural and controls (what
+  ``probe`` plans for ``--method cohesion`` over its staging table);
 - ``min_split_jaccard`` (``scorers/repetition/stats.py``), on the window's first L - 1 ids:
   the lowest, over the points p of the middle half, of the Jaccard share of distinct tokens
   between everything before p and everything from p on. Before it shipped (repetition-4), a
@@ -21,7 +25,7 @@ Each statistic as its scorer computes it, higher = more like one text:
 
 AUC of natural over each control kind with its seeded bootstrap 95% interval.
 
-    .venv/bin/python benchmarks/seam_statistics.py [--natural 70] [--window 1024]
+    .venv/bin/python benchmarks/seam_statistics.py [--natural 70] [--first 0] [--window 1024]
 """
 
 from __future__ import annotations
@@ -43,13 +47,17 @@ from recipe_probe import PLAN, documents, sampled  # noqa: E402
 
 from longattn_spark.probe.auc import auc_with_interval, bootstrap_seed  # noqa: E402
 from longattn_spark.probe.controls import KINDS, build_controls, default_block  # noqa: E402
+from longattn_spark.scorers.cohesion.stats import min_split_idf, vocabulary_of  # noqa: E402
 from longattn_spark.scorers.lossgain.losses import min_cohesion  # noqa: E402
 from longattn_spark.scorers.repetition.stats import min_split_jaccard  # noqa: E402
 
 
 STATISTICS = {
-    "min_cohesion": lambda x, s: min_cohesion(x, s),
-    "min_split_jaccard": lambda x, s: min_split_jaccard(x[1:]),  # the window's ids, no BOS
+    "min_cohesion": lambda x, s, v: min_cohesion(x, s),
+    "min_split_jaccard": lambda x, s, v: min_split_jaccard(x[1:]),  # the window's ids, no BOS
+    # the category's vocabulary v: every probe window of the category (natural and controls),
+    # as the probe's score job plans it for --method cohesion
+    "min_split_idf": lambda x, s, v: min_split_idf(x[1:], v, 2.0),
 }
 
 
@@ -59,6 +67,10 @@ def main() -> None:
                         "(default: SmolLM2 imported)")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "corpus")
     parser.add_argument("--natural", type=int, default=70)
+    parser.add_argument("--first", type=int, default=0,
+                        help="the natural sample starts at this window of the seeded order "
+                             "(donors: the 2 * --natural windows from there); e.g. 70 for "
+                             "windows the default run did not use")
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -77,7 +89,8 @@ def main() -> None:
     width, k = args.window, args.window // 4
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"tokenizer of {args.model}; W = L = {width}, S = k = {k}; up to {args.natural} "
-          f"natural windows per category, seed {args.seed}")
+          f"natural windows per category from window {args.first} of the seeded order, "
+          f"seed {args.seed}")
     results: dict = {}
     loaded: dict = {}
     for source, category in PLAN:
@@ -87,15 +100,17 @@ def main() -> None:
             print(f"{source}/{category}: no corpus under {args.shared}, skipped")
             continue
         windows = sampled(tokenizer, loaded[source], category, width, args.seed)
-        natural = windows[:args.natural]
-        controls, _ = build_controls(natural, windows[:2 * args.natural], KINDS, args.seed,
+        natural = windows[args.first:args.first + args.natural]
+        donors = windows[args.first:args.first + 2 * args.natural]
+        controls, _ = build_controls(natural, donors, KINDS, args.seed,
                                      width, k, default_block(width, k))
         kinds = np.array(["natural"] * len(natural) + [c.kind for c in controls])
         inputs = [np.concatenate([[bos], ids[:width - 1]]).astype(np.int64)
                   for ids in [w.input_ids for w in natural] + [c.input_ids for c in controls]]
         name = f"{source}/{category}"
+        vocabulary = vocabulary_of(x[1:] for x in inputs)
         for stat, function in STATISTICS.items():
-            values = np.array([function(x, k) for x in inputs])
+            values = np.array([function(x, k, vocabulary) for x in inputs])
             res = {}
             for kind in KINDS:
                 r = auc_with_interval(values[kinds == "natural"], values[kinds == kind],
@@ -114,7 +129,8 @@ def main() -> None:
             print(f"{kind}: mean {np.mean(aucs):.3f}, min {np.min(aucs):.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "window": width,
-                                               "natural": args.natural, "seed": args.seed,
+                                               "natural": args.natural, "first": args.first,
+                                               "seed": args.seed,
                                                "results": results}, indent=1, sort_keys=True)
                                    + "\n")
 

@@ -154,7 +154,7 @@ GROUP_SECONDS = {
     "test_selection": 306, "test_real_model": 249, "test_score_job": 185, "test_report": 152,
     "test_probe": 125, "test_export": 124, "test_ingest": 95, "test_triton_sums": 91,
     "test_notebook": 86, "test_lossgain_job": 83, "test_integrity": 80, "test_demo": 78,
-    "test_fourth_scorer": 70, "test_gpu_acceptance": 65, "test_recipes": 57,
+    "test_fourth_scorer": 70, "test_gpu_acceptance": 65, "test_cohesion": 60, "test_recipes": 57,
     "test_position_limit": 45, "test_scorer_methods": 41, "test_fused_layer0": 36,
     "test_lossgain": 16, "test_scorer": 13, "test_compare": 12}
 

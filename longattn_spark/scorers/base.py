@@ -69,8 +69,8 @@ from longattn_spark.scorers.batch import Reject, WindowBatch
 from longattn_spark.scorers.options import NoOptions, build_options, given_options
 from longattn_spark.scorers.settings import RunSettings, run_settings
 
-__all__ = ["MethodPlan", "PlanContext", "Ranking", "Reject", "RunSettings", "ScorerMethod",
-           "WindowBatch"]
+__all__ = ["IdsOnlyMethod", "MethodPlan", "PlanContext", "Ranking", "Reject", "RunSettings",
+           "ScorerMethod", "WindowBatch"]
 
 
 @dataclass
@@ -213,3 +213,42 @@ class ScorerMethod:
         return (getattr(scorer, "kernel", "torch") or "torch",
                 getattr(scorer, "kernel_note", None) or None)
 
+
+
+class IdsOnlyMethod(ScorerMethod):
+    """Base class of a method computed from the windows' token ids alone (``repetition``,
+    ``cohesion``): no model to locate, no tokenizer to check, numpy on the executors' CPU
+    cores, every window scored over all of its ids (no BOS, no ``--seq-len``); a window whose
+    ids are missing or not ``n_tokens`` of them is a ``wrong_length`` reject. Subclasses set
+    ``rank_template``, their default ranking with ``{f}`` for the normalizing function."""
+
+    needs_model = False
+    uses_torch = False
+    rank_template: str = ""
+
+    def ranking(self, normalize: str = "zscore") -> Ranking:
+        rank = self.rank_template.format(f="minmax" if normalize == "minmax" else "z")
+        return Ranking(rank=rank, record=(("z_ds", rank), ("z_du", "0")))
+
+    @staticmethod
+    def cpu_run() -> RunSettings:
+        """The run settings of every task: the CPU, float64, one thread, no model files."""
+        return RunSettings(location=None, device="cpu", dtype="float64", allow_pickle=False,
+                           threads=1)
+
+    @staticmethod
+    def ids_only_tokenizer(ctx: PlanContext) -> dict:
+        """The tokenizer record of a method that reads no model: nothing to check."""
+        ctx.tokenizer_check = "not needed (no model: the statistics are of the ids)"
+        return {"model": None, "windows": sorted(ctx.window_tokenizers), "check": "no_model"}
+
+    def prepare(self, batch: WindowBatch, scorer, settings) -> WindowBatch:
+        from longattn_spark.reasons import WRONG_LENGTH
+
+        for i in batch.rows_not_n_tokens().nonzero()[0]:
+            batch.reject(int(i), WRONG_LENGTH, f"{batch.lengths[i]} token ids (n_tokens column "
+                                               f"{batch.n_tokens[i]})")
+        return batch
+
+    def run_info(self, scorer) -> tuple[str, str | None]:
+        return "numpy", None

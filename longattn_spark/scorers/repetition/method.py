@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from longattn_spark.errors import ConfigError
-from longattn_spark.reasons import WRONG_LENGTH
-from longattn_spark.scorers.base import MethodPlan, PlanContext, Ranking, ScorerMethod
+from longattn_spark.scorers.base import IdsOnlyMethod, MethodPlan, PlanContext
 from longattn_spark.scorers.batch import WindowBatch
 from longattn_spark.scorers.identity import scorer_id
 from longattn_spark.scorers.repetition.stats import (
@@ -52,20 +51,13 @@ class RepetitionScorer:
     dtype = "float64"
 
 
-class RepetitionMethod(ScorerMethod):
+class RepetitionMethod(IdsOnlyMethod):
     name = "repetition"
     summary = ("model-free repetition statistics of the window's ids: top n-gram shares, "
                "duplicate n-gram shares, distinct 10-grams, compression ratio, periodicity, "
                "lowest split Jaccard share (seams)")
     components = COMPONENTS
-    needs_model = False
-    uses_torch = False
-
-    def ranking(self, normalize: str = "zscore") -> Ranking:
-        """Least repetitive first."""
-        function = "minmax" if normalize == "minmax" else "z"
-        return Ranking(rank=f"-{function}(compression)",
-                       record=(("z_ds", f"-{function}(compression)"), ("z_du", "0")))
+    rank_template = "-{f}(compression)"  # least repetitive first
 
     def plan(self, ctx: PlanContext) -> MethodPlan:
         fields = {"method": self.name, "math_version": REPETITION_MATH_VERSION,
@@ -74,36 +66,20 @@ class RepetitionMethod(ScorerMethod):
                   "lag_candidates": LAG_CANDIDATES,
                   "split_margin": f"N // {SPLIT_MARGIN_DIVISOR}",
                   "ids": "the window's token ids, no BOS"}
-        scorer = scorer_id("rp", fields)
-        ctx.tokenizer_check = "not needed (no model: the statistics are of the ids)"
-        tokenizer = {"model": None, "windows": sorted(ctx.window_tokenizers),
-                     "check": "no_model"}
-        run = RunSettings(location=None, device="cpu", dtype="float64", allow_pickle=False,
-                          threads=1)
-        settings = RepetitionSettings(run=run, zlib_ng=ZLIB_NG_VERSION)
-        return MethodPlan(scorer_id=scorer, settings=settings,
-                          describe=fields, tokenizer=tokenizer)
+        settings = RepetitionSettings(run=self.cpu_run(), zlib_ng=ZLIB_NG_VERSION)
+        return MethodPlan(scorer_id=scorer_id("rp", fields), settings=settings,
+                          describe=fields, tokenizer=self.ids_only_tokenizer(ctx))
 
     def load(self, settings: RepetitionSettings, device: str) -> RepetitionScorer:
         """Check that this worker compresses as the driver planned (``compression``)."""
         check_zlib_ng(settings.zlib_ng, ZLIB_NG_VERSION)
         return RepetitionScorer()
 
-    def prepare(self, batch: WindowBatch, scorer, settings) -> WindowBatch:
-        """Reject windows whose ids are missing or not ``n_tokens`` of them."""
-        for i in batch.rows_not_n_tokens().nonzero()[0]:
-            batch.reject(int(i), WRONG_LENGTH, f"{batch.lengths[i]} token ids (n_tokens column "
-                                               f"{batch.n_tokens[i]})")
-        return batch
-
     def score_rows(self, prepared: WindowBatch, rows: list[int], scorer, settings
                    ) -> list[dict]:
         from longattn_spark.scorers.repetition.stats import repetition_stats
 
         return [repetition_stats(prepared.ids(i)) for i in rows]
-
-    def run_info(self, scorer) -> tuple[str, str | None]:
-        return "numpy", None
 
 
 def check_zlib_ng(planned: str, here: str) -> None:
