@@ -83,6 +83,18 @@ HELD_OUT = ("books", "arxiv", "lib", "arxiv-text")
 PLACEHOLDER = re.compile(r"\{\{(formula|cite|table|figure):[^}]*\}\}")
 
 
+def chosen_plan(text: str) -> list[tuple[str, str]]:
+    """The (corpus, category) pairs of ``--categories``, in PLAN's order; all without it."""
+    if not text:
+        return list(PLAN)
+    wanted = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = wanted - {f"{s}/{c}" for s, c in PLAN}
+    if unknown:
+        raise SystemExit(f"--categories: unknown {', '.join(sorted(unknown))}; known: "
+                         + ", ".join(f"{s}/{c}" for s, c in PLAN))
+    return [(s, c) for s, c in PLAN if f"{s}/{c}" in wanted]
+
+
 def mean_of_minima(by_category: dict, skip: tuple[str, ...] = ()) -> float:
     """How a recipe was compared: the mean over categories of its weakest target kind."""
     minima = [min(res[k]["auc"] for k in TARGET_KINDS if k in res)
@@ -196,7 +208,7 @@ def collect(args, scorers_factory) -> None:
     loaded: dict[str, list[dict] | None] = {}
     scorers = None
     for first in range(0, args.natural, CHUNK):
-        for source, category in PLAN:
+        for source, category in args.plan:
             target = chunk_file(args.cache, source, category, first)
             if target.exists():
                 continue
@@ -362,9 +374,13 @@ def main() -> None:
     parser.add_argument("--paired", action="store_true",
                         help="also print each recipe's AUC difference from the first recipe "
                              "on the same windows, with a paired bootstrap interval")
+    parser.add_argument("--categories", default="",
+                        help="only these corpus/category pairs, comma-separated (e.g. "
+                             "demo/docs,arxiv/arxiv); default: every one of PLAN")
     parser.add_argument("--no-collect", action="store_true",
                         help="rank what the cache holds; score nothing")
     args = parser.parse_args()
+    args.plan = chosen_plan(args.categories)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -386,7 +402,7 @@ def main() -> None:
     for recipe in args.recipe or RECIPES:
         print(f"\nrecipe {recipe}: AUC of natural over control [95% interval]")
         print(f"{'corpus/category':22}" + "".join(f"{k:>20}" for k in KINDS))
-        for source, category in PLAN:
+        for source, category in args.plan:
             rows = probe_rows(args.cache, source, category, args.window, bos, 8)
             if not rows:
                 continue
@@ -401,7 +417,7 @@ def main() -> None:
     recipes = args.recipe or list(RECIPES)
     paired: dict = {}
     if args.paired and len(recipes) > 1:
-        rows_by_category = {f"{source}/{category}": rows for source, category in PLAN
+        rows_by_category = {f"{source}/{category}": rows for source, category in args.plan
                             if (rows := probe_rows(args.cache, source, category, args.window,
                                                    bos, 8))}
         for other in recipes[1:]:
