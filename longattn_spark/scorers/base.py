@@ -65,6 +65,7 @@ from typing import Any
 
 from pyspark.sql import types as T
 
+from longattn_spark.reasons import WRONG_LENGTH
 from longattn_spark.scorers.batch import Reject, WindowBatch
 from longattn_spark.scorers.options import NoOptions, build_options, given_options
 from longattn_spark.scorers.settings import RunSettings, run_settings
@@ -214,7 +215,6 @@ class ScorerMethod:
                 getattr(scorer, "kernel_note", None) or None)
 
 
-
 class IdsOnlyMethod(ScorerMethod):
     """Base class of a method computed from the windows' token ids alone (``repetition``,
     ``cohesion``): no model to locate, no tokenizer to check, numpy on the executors' CPU
@@ -243,8 +243,6 @@ class IdsOnlyMethod(ScorerMethod):
         return {"model": None, "windows": sorted(ctx.window_tokenizers), "check": "no_model"}
 
     def prepare(self, batch: WindowBatch, scorer, settings) -> WindowBatch:
-        from longattn_spark.reasons import WRONG_LENGTH
-
         for i in batch.rows_not_n_tokens().nonzero()[0]:
             batch.reject(int(i), WRONG_LENGTH, f"{batch.lengths[i]} token ids (n_tokens column "
                                                f"{batch.n_tokens[i]})")
