@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    if args.first < 0 or args.natural < 2:
+        parser.error("--first must be >= 0 and --natural >= 2")
     from tokenizers import Tokenizer
 
     from longattn_spark.weights.configs import bos_token_id
@@ -101,6 +103,10 @@ def main() -> None:
             continue
         windows = sampled(tokenizer, loaded[source], category, width, args.seed)
         natural = windows[args.first:args.first + args.natural]
+        if len(natural) < 2:
+            print(f"{source}/{category}: {len(windows)} windows, fewer than 2 from window "
+                  f"{args.first} on (--first): skipped")
+            continue
         donors = windows[args.first:args.first + 2 * args.natural]
         controls, _ = build_controls(natural, donors, KINDS, args.seed,
                                      width, k, default_block(width, k))

@@ -294,3 +294,6 @@ def test_vocabulary_is_hashable_and_named_by_its_counts():
     b = Vocabulary.of(2, np.array([2, 1]), np.array([2, 1]))
     assert a == b and hash(a) == hash(b) and a.fingerprint() == b.fingerprint()
     assert vocabulary_of([np.array([1, 2])]).fingerprint() != a.fingerprint()
+    # same windows counted, same tokens, other document frequencies: another vocabulary
+    other = Vocabulary.of(2, np.array([1, 2]), np.array([2, 2]))
+    assert other != a and other.fingerprint() != a.fingerprint()
